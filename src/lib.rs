@@ -1,0 +1,8 @@
+//! qpm-operator: manage Qualys Patch Management deployment jobs declaratively.
+//!
+//! The flow runs one way: `api` (the DeploymentJob resource) → `reconcile` (render, normalise,
+//! diff, plan, engine) → `qualys` (wire model and HTTP client). `controller` adapts the engine to
+//! Kubernetes; `cli` to files on disk; `sim` stands in for the Qualys gateway.
+
+pub mod qualys;
+pub mod sim;

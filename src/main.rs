@@ -1,0 +1,49 @@
+//! The command line: parse arguments and hand over to the library. Nothing else lives here.
+
+use clap::{Parser, Subcommand};
+use qpm_operator::sim;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qpm-operator",
+    version,
+    about = "Manage Qualys Patch Management deployment jobs declaratively"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the Qualys PM API simulator.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process (reqwest and kube both use rustls on ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sim(args) => sim::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The Qualys PM API: the wire model of a deployment job and (in `client`) the HTTP client.
+
+pub mod field;
+pub mod model;
+
+pub use field::{Field, LooseInt};
+pub use model::*;
+
+#[cfg(test)]
+mod lossless_tests {
+    use super::JobBody;
+    use serde_json::Value;
+
+    const FIXTURES: [&str; 6] = [
+        "01-windows-install.request.json",
+        "01-windows-install.response.json",
+        "02-linux-rollback.request.json",
+        "02-linux-rollback.response.json",
+        "03-chained-job.request.json",
+        "03-chained-job.response.json",
+    ];
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_seed_body_round_trips_to_the_same_json_value() {
+        for name in FIXTURES {
+            let bytes = fixture(name);
+            let original: Value = serde_json::from_slice(&bytes).unwrap();
+            let body = JobBody::from_json(&bytes).unwrap();
+            let back = serde_json::to_value(&body).unwrap();
+            assert_eq!(back, original, "{name} changed on a round trip");
+            // Nothing fell into `extra`: every seed key is modelled.
+            assert!(
+                body.extra.is_empty(),
+                "{name}: unmodelled keys {:?}",
+                body.extra.keys()
+            );
+        }
+    }
+
+    #[test]
+    fn response_bodies_serialise_in_canonical_key_order() {
+        for name in [
+            "02-linux-rollback.response.json",
+            "03-chained-job.response.json",
+        ] {
+            let bytes = fixture(name);
+            let original: Value = serde_json::from_slice(&bytes).unwrap();
+            let body = JobBody::from_json(&bytes).unwrap();
+            let back = serde_json::to_value(&body).unwrap();
+            let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(&back), keys(&original), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_kept() {
+        let doc = serde_json::json!({
+            "name": "x",
+            "futureField": {"a": 1},
+            "postDeployment": {"onComplete": {"newKnob": true}},
+            "preDeployActions": [{"action": "Run Script", "params": {"futureParam": "p"}}]
+        });
+        let body: JobBody = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&body).unwrap(), doc);
+        assert!(body.extra.contains_key("futureField"));
+    }
+
+    #[test]
+    fn numbers_sent_as_strings_are_read() {
+        let body = JobBody::from_json(&fixture("01-windows-install.request.json")).unwrap();
+        assert_eq!(
+            body.patch_tuesday_plus_x_days
+                .get()
+                .and_then(|n| n.as_i64()),
+            Some(-12)
+        );
+        assert_eq!(
+            body.custom_patch_url_id.get().and_then(|n| n.as_i64()),
+            Some(1008)
+        );
+        let completed = body
+            .notification
+            .get()
+            .and_then(|n| n.notification_configs.get())
+            .and_then(|c| c.completed_percentage.get())
+            .and_then(|n| n.as_i64());
+        assert_eq!(completed, Some(80));
+        let chained = JobBody::from_json(&fixture("03-chained-job.request.json")).unwrap();
+        let rule = &chained.chained_job_rule.get().unwrap()[0];
+        assert_eq!(rule.threshold.get().and_then(|n| n.as_i64()), Some(100));
+    }
+}
