@@ -4,5 +4,6 @@
 //! diff, plan, engine) → `qualys` (wire model and HTTP client). `controller` adapts the engine to
 //! Kubernetes; `cli` to files on disk; `sim` stands in for the Qualys gateway.
 
+pub mod api;
 pub mod qualys;
 pub mod sim;

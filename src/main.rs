@@ -18,6 +18,13 @@ struct Cli {
 enum Command {
     /// Serve the Qualys PM API simulator.
     Sim(sim::SimArgs),
+    /// Print the DeploymentJob CustomResourceDefinition (YAML).
+    Crd,
+}
+
+fn print_crd() -> anyhow::Result<()> {
+    print!("{}", qpm_operator::api::crd_yaml()?);
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sim(args) => sim::run(args).await,
+            Command::Crd => print_crd(),
         }
     });
     match result {
