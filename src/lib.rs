@@ -6,4 +6,5 @@
 
 pub mod api;
 pub mod qualys;
+pub mod reconcile;
 pub mod sim;

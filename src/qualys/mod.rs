@@ -2,6 +2,7 @@
 
 pub mod field;
 pub mod model;
+pub mod schedule;
 
 pub use field::{Field, LooseInt};
 pub use model::*;

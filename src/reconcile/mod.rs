@@ -1,0 +1,19 @@
+//! The operator's brain, usable with or without a cluster: `render` a spec into the desired
+//! job body, `normalise` desired and live alike, `diff` them over the managed fields, build the
+//! bodies to send, and (in `engine`) execute the resulting plan against a Qualys client.
+//! No Kubernetes client below this line.
+
+pub mod diff;
+pub mod digest;
+pub mod import;
+pub mod normalise;
+pub mod render;
+pub mod update;
+
+pub use diff::{FieldChange, diff};
+pub use normalise::{normalise, normalise_desired, normalise_live};
+pub use render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
+pub use update::{create_body, update_body};
+
+#[cfg(test)]
+mod tests;
