@@ -27,6 +27,8 @@ pub const WEEK_DAYS_PATTERN: &str = "^[01](,[01]){6}$";
 /// A DeploymentJob declares one Qualys Patch Management deployment job. The operator creates
 /// it in Qualys, keeps it matching `spec.job`, and deletes it (per `deletionPolicy`) when the
 /// resource is deleted.
+// Every printer column repeats `type_ = "string"`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "pm.qualys.io",

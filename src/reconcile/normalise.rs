@@ -183,7 +183,10 @@ fn walk(v: &mut Value, key: Option<&str>) {
             match v {
                 Value::Null => *v = Value::Array(Vec::new()),
                 Value::Array(items) => {
-                    items.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                    items.sort_by(|a, b| match (a.as_str(), b.as_str()) {
+                        (Some(x), Some(y)) => x.cmp(y),
+                        _ => a.to_string().cmp(&b.to_string()),
+                    });
                     items.dedup();
                 }
                 _ => {}
