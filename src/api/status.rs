@@ -55,6 +55,16 @@ pub struct DeploymentJobStatus {
     /// A summary of the live job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<LiveJobSummary>,
+
+    /// The generation at which an existing job was adopted. The operator never enables a job
+    /// on adoption: its `status` is applied only once the spec changes after this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_generation: Option<i64>,
+
+    /// When the operator last enabled the job. A non-recurring job (On-demand, Once) is enabled
+    /// at most once: enabling it again would run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_enabled_time: Option<Time>,
 }
 
 /// A create that may or may not have reached Qualys.

@@ -1,0 +1,312 @@
+//! Reading `-f PATH…` like kubectl: files and folders (a folder non-recursively unless `-R`),
+//! multi-document YAML or JSON; DeploymentJobs, ConfigMaps and Secrets are kept, other kinds
+//! skipped with a warning; a missing namespace means `default`. Everything is validated before
+//! anything is written, and each problem is one line naming the file, the resource and the field.
+
+use crate::api::{DeploymentJob, KeyRef, ScriptSource, validate::validate_manifest};
+use crate::reconcile::ScriptResolver;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A DeploymentJob read from a file.
+#[derive(Clone, Debug)]
+pub struct JobManifest {
+    pub file: PathBuf,
+    pub namespace: String,
+    pub name: String,
+    pub job: DeploymentJob,
+}
+
+impl JobManifest {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the input held.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// In dependency order: a linkedJobRef parent comes before its children.
+    pub jobs: Vec<JobManifest>,
+    pub config_maps: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    pub secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    pub warnings: Vec<String>,
+}
+
+/// One problem with the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputError {
+    pub file: String,
+    /// `DeploymentJob default/name`, when known.
+    pub resource: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.resource {
+            Some(r) => write!(f, "{}: {r}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Read and validate every manifest under `paths`.
+pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError>> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        collect_files(p, recursive, true, &mut files, &mut errors);
+    }
+    if files.is_empty() && errors.is_empty() {
+        errors.push(InputError {
+            file: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            resource: None,
+            message: "no .yaml, .yml or .json files found".into(),
+        });
+    }
+    let mut inputs = Inputs::default();
+    let mut jobs = Vec::new();
+    for file in &files {
+        let shown = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(InputError { file: shown, resource: None, message: format!("cannot read: {e}") });
+                continue;
+            }
+        };
+        let docs = match parse_documents(&text) {
+            Ok(d) => d,
+            Err(message) => {
+                errors.push(InputError { file: shown, resource: None, message });
+                continue;
+            }
+        };
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            read_document(file, i, doc, &mut inputs, &mut jobs, &mut errors);
+        }
+    }
+    check_duplicates(&jobs, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match order_by_links(jobs) {
+        Ok(ordered) => inputs.jobs = ordered,
+        Err(e) => return Err(vec![e]),
+    }
+    Ok(inputs)
+}
+
+fn collect_files(path: &Path, recursive: bool, top: bool, out: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
+    let shown = path.display().to_string();
+    if path.is_dir() {
+        if !top && !recursive {
+            return;
+        }
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                errors.push(InputError { file: shown, resource: None, message: format!("cannot read folder: {e}") });
+                return;
+            }
+        };
+        entries.sort();
+        for entry in entries {
+            if entry.is_dir() {
+                collect_files(&entry, recursive, false, out, errors);
+            } else if is_manifest(&entry) {
+                out.push(entry);
+            }
+        }
+    } else if path.exists() {
+        out.push(path.to_path_buf());
+    } else {
+        errors.push(InputError { file: shown, resource: None, message: "no such file or folder".into() });
+    }
+}
+
+fn is_manifest(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+/// Parse a file of one or more YAML (or JSON) documents into JSON values.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
+        let first = e.to_string();
+        format!("not valid YAML: {}", first.lines().next().unwrap_or("parse error"))
+    })
+}
+
+fn read_document(
+    file: &Path,
+    index: usize,
+    doc: Value,
+    inputs: &mut Inputs,
+    jobs: &mut Vec<JobManifest>,
+    errors: &mut Vec<InputError>,
+) {
+    let shown = file.display().to_string();
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let namespace = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let resource = format!("{kind} {namespace}/{name}");
+    if !doc.is_object() {
+        errors.push(InputError { file: shown, resource: None, message: format!("document {} is not a mapping", index + 1) });
+        return;
+    }
+    match (kind.as_str(), api_version.as_str()) {
+        ("DeploymentJob", _) => match validate_manifest(&doc) {
+            Ok(job) => jobs.push(JobManifest { file: file.to_path_buf(), namespace, name, job }),
+            Err(problems) => {
+                for p in problems {
+                    errors.push(InputError { file: shown.clone(), resource: Some(resource.clone()), message: p.to_string() });
+                }
+            }
+        },
+        (_, "") | ("", _) => errors.push(InputError {
+            file: shown,
+            resource: None,
+            message: format!("document {} has no apiVersion and kind", index + 1),
+        }),
+        ("ConfigMap", "v1") => {
+            let mut data = BTreeMap::new();
+            for (k, v) in doc.get("data").and_then(Value::as_object).into_iter().flatten() {
+                data.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+            }
+            for (k, v) in doc.get("binaryData").and_then(Value::as_object).into_iter().flatten() {
+                match BASE64.decode(v.as_str().unwrap_or_default()) {
+                    Ok(bytes) => {
+                        data.insert(k.clone(), bytes);
+                    }
+                    Err(_) => errors.push(InputError {
+                        file: shown.clone(),
+                        resource: Some(resource.clone()),
+                        message: format!("binaryData.{k}: not valid base64"),
+                    }),
+                }
+            }
+            inputs.config_maps.insert((namespace, name), data);
+        }
+        ("Secret", "v1") => {
+            let mut data = BTreeMap::new();
+            for (k, v) in doc.get("data").and_then(Value::as_object).into_iter().flatten() {
+                match BASE64.decode(v.as_str().unwrap_or_default()) {
+                    Ok(bytes) => {
+                        data.insert(k.clone(), bytes);
+                    }
+                    // Never echo a Secret's value, not even a broken one.
+                    Err(_) => errors.push(InputError {
+                        file: shown.clone(),
+                        resource: Some(resource.clone()),
+                        message: format!("data.{k}: not valid base64 (use stringData for plain text)"),
+                    }),
+                }
+            }
+            for (k, v) in doc.get("stringData").and_then(Value::as_object).into_iter().flatten() {
+                data.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+            }
+            inputs.secrets.insert((namespace, name), data);
+        }
+        _ => inputs.warnings.push(format!("{shown}: skipping {kind} {namespace}/{name} ({api_version}): not a DeploymentJob, ConfigMap or Secret")),
+    }
+}
+
+fn check_duplicates(jobs: &[JobManifest], errors: &mut Vec<InputError>) {
+    let mut seen: HashMap<String, &JobManifest> = HashMap::new();
+    let mut by_target: HashMap<String, &JobManifest> = HashMap::new();
+    for j in jobs {
+        let error = |message: String| InputError {
+            file: j.file.display().to_string(),
+            resource: Some(format!("DeploymentJob {}", j.key())),
+            message,
+        };
+        if let Some(first) = seen.insert(j.key(), j) {
+            errors.push(error(format!("defined twice (also in {})", first.file.display())));
+            continue;
+        }
+        let spec = &j.job.spec;
+        let target = match &spec.job_id {
+            Some(id) => format!("jobId {id}"),
+            None => format!("{} job named {:?}", spec.job.platform, spec.job.name),
+        };
+        if let Some(first) = by_target.insert(target.clone(), j) {
+            errors.push(error(format!("manages the same Qualys job ({target}) as DeploymentJob {}", first.key())));
+        }
+    }
+}
+
+/// Parents before children; a cycle, or a parent missing from the input, is an error.
+fn order_by_links(jobs: Vec<JobManifest>) -> Result<Vec<JobManifest>, InputError> {
+    let keys: HashSet<String> = jobs.iter().map(JobManifest::key).collect();
+    for j in &jobs {
+        if let Some(parent) = &j.job.spec.job.linked_job_ref {
+            let pk = format!("{}/{}", j.namespace, parent.name);
+            if !keys.contains(&pk) {
+                return Err(InputError {
+                    file: j.file.display().to_string(),
+                    resource: Some(format!("DeploymentJob {}", j.key())),
+                    message: format!(
+                        "spec.job.linkedJobRef: DeploymentJob {pk} is not in the input (give its manifest too, or use linkedJobId)"
+                    ),
+                });
+            }
+        }
+    }
+    let mut ordered = Vec::with_capacity(jobs.len());
+    let mut placed: HashSet<String> = HashSet::new();
+    let mut pending = jobs;
+    while !pending.is_empty() {
+        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|j| {
+            j.job.spec.job.linked_job_ref.as_ref().is_none_or(|p| placed.contains(&format!("{}/{}", j.namespace, p.name)))
+        });
+        if ready.is_empty() {
+            let cycle: Vec<String> = rest.iter().map(JobManifest::key).collect();
+            return Err(InputError {
+                file: rest[0].file.display().to_string(),
+                resource: Some(format!("DeploymentJob {}", rest[0].key())),
+                message: format!("spec.job.linkedJobRef: the links form a cycle ({})", cycle.join(" → ")),
+            });
+        }
+        placed.extend(ready.iter().map(JobManifest::key));
+        ordered.extend(ready);
+        pending = rest;
+    }
+    Ok(ordered)
+}
+
+/// Scripts from the input's ConfigMaps and Secrets, for one namespace.
+pub struct InputScripts<'a> {
+    pub inputs: &'a Inputs,
+    pub namespace: &'a str,
+}
+
+impl ScriptResolver for InputScripts<'_> {
+    fn resolve(&self, source: &ScriptSource) -> Result<Vec<u8>, String> {
+        let (kind, map, r): (&str, _, &KeyRef) = match (&source.config_map_key_ref, &source.secret_key_ref) {
+            (Some(r), _) => ("ConfigMap", &self.inputs.config_maps, r),
+            (None, Some(r)) => ("Secret", &self.inputs.secrets, r),
+            (None, None) => return Err("names neither a ConfigMap nor a Secret".into()),
+        };
+        let data = map
+            .get(&(self.namespace.to_string(), r.name.clone()))
+            .ok_or_else(|| format!("{kind} {}/{} is not in the input", self.namespace, r.name))?;
+        data.get(&r.key)
+            .cloned()
+            .ok_or_else(|| format!("{kind} {}/{} has no key {:?}", self.namespace, r.name, r.key))
+    }
+}
