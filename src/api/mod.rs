@@ -25,9 +25,10 @@ pub const ANNOTATION_FORCE_ORPHAN: &str = "pm.qualys.io/force-orphan";
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "qpm-operator";
 
-/// The CRD as JSON, polished (descriptions reflowed, no `nullable`, integer bounds): exactly what `qpm-operator crd` prints and what
-/// [`validate_manifest`] checks against. Integer bounds are JSON integers here; prefer this over
-/// [`crd`] wherever the document is written out.
+/// The CRD as JSON, after the polish pass (descriptions reflowed, no `nullable`, integer
+/// bounds; see `api/schema.rs`): exactly what `qpm-operator crd` prints and what
+/// [`validate_manifest`] checks against. Prefer this over [`crd`] wherever the document is
+/// written out.
 pub fn crd_value() -> serde_json::Value {
     use kube::CustomResourceExt;
     // A derived CRD always serialises; a failure here is a bug in the types, not bad input.

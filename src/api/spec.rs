@@ -35,6 +35,8 @@ pub const BASE64_PATTERN: &str = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-
 /// A DeploymentJob declares one Qualys Patch Management deployment job. The operator creates
 /// it in Qualys, keeps it matching `spec.job`, and deletes it (per `deletionPolicy`) when the
 /// resource is deleted.
+// clippy reads the repeated `type_ = "string"` of the printer columns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "pm.qualys.io",
