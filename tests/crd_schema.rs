@@ -1249,3 +1249,14 @@ fn the_credentials_example_is_apart_and_holds_placeholders() {
     assert!(text.contains("kubectl create secret generic qualys-credentials"));
     assert!(!Path::new(&repo().join("examples/qualys-credentials.yaml")).exists());
 }
+
+#[test]
+fn the_example_in_the_docs_is_valid() {
+    let doc = std::fs::read_to_string(repo().join("docs/crd.md")).unwrap();
+    let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let manifests = yaml_documents(&doc[start..end]).unwrap();
+    assert_eq!(manifests.len(), 1);
+    let job = validate_manifest(&manifests[0]).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(job.spec.job.patch_tuesday_plus_x_days, Some(2));
+}

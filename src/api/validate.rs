@@ -388,9 +388,7 @@ impl Checker {
                 Some(n) => self.range(schema, n, path),
                 None => self.wrong_type(path, "a number", value),
             },
-            Some("boolean") if !value.is_boolean() => {
-                self.wrong_type(path, "true or false", value)
-            }
+            Some("boolean") if !value.is_boolean() => self.wrong_type(path, "true or false", value),
             // No type: x-kubernetes-preserve-unknown-fields; anything goes.
             _ => {}
         }
