@@ -10,7 +10,7 @@ pub mod validate;
 pub use enums::*;
 pub use spec::*;
 pub use status::*;
-pub use validate::{SpecProblem, validate_manifest};
+pub use validate::{SpecProblem, UnknownFields, validate_manifest, validate_manifest_with};
 
 /// The API group.
 pub const GROUP: &str = "pm.qualys.io";

@@ -1152,6 +1152,21 @@ mod tests {
     }
 
     #[test]
+    fn every_schema_pattern_compiles() {
+        let mut found = Vec::new();
+        collect_patterns(openapi_schema(), &mut found);
+        assert!(found.len() >= 10, "{found:?}");
+        for p in &found {
+            assert!(patterns().contains_key(p), "{p} does not compile");
+            assert!(!pattern_meaning(p).contains("cannot be checked"));
+        }
+        assert_eq!(
+            pattern_meaning("^x$"),
+            "cannot be checked: the schema pattern ^x$ does not compile"
+        );
+    }
+
+    #[test]
     fn yaml_documents_keep_yaml_1_1_booleans_as_strings() {
         let docs = yaml_documents("a: y\nb: on\nc: true\n---\n---\nd: 1\n").unwrap();
         assert_eq!(
