@@ -23,6 +23,14 @@ pub const START_DATE_TIME_PATTERN: &str =
     "^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2} [0-9]{1,2}:[0-9]{2}:[0-9]{2} (AM|PM)$";
 /// `recurringWeekDays`: seven 0/1 flags, Sunday first.
 pub const WEEK_DAYS_PATTERN: &str = "^[01](,[01]){6}$";
+/// A Kubernetes object name (RFC 1123 subdomain), as Secrets, ConfigMaps and DeploymentJobs have.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key of a ConfigMap or Secret.
+pub const CONFIG_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+/// Standard padded base64 on one line, as the API takes scripts (`""` included: the blank
+/// script of a MakeCache action). Plain text here would be sent as garbage, so it is refused.
+pub const BASE64_PATTERN: &str = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 
 /// A DeploymentJob declares one Qualys Patch Management deployment job. The operator creates
 /// it in Qualys, keeps it matching `spec.job`, and deletes it (per `deletionPolicy`) when the
@@ -126,7 +134,7 @@ impl DeploymentJobSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 
@@ -134,7 +142,7 @@ pub struct SecretRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct DeploymentJobRef {
     /// Name of the DeploymentJob.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 
@@ -376,13 +384,13 @@ pub struct JobSpec {
     /// Actions run before patches are deployed, in order. Matched to the live job's actions by
     /// position; their ids are the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 20))]
+    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "atomic"))]
     pub pre_deploy_actions: Option<Vec<ActionSpec>>,
 
     /// Actions run after patches are deployed, in order. A chained child job names them by
     /// `params.actionItem` (`chainedJobRule[].actionRefs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 20))]
+    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "atomic"))]
     pub post_deploy_actions: Option<Vec<ActionSpec>>,
 
     /// E-mail notifications.
@@ -402,7 +410,7 @@ pub struct JobSpec {
 
     /// Run this job only when enough of the parent's post-deploy actions succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 10))]
+    #[schemars(length(max = 10), extend("x-kubernetes-list-type" = "atomic"))]
     pub chained_job_rule: Option<Vec<ChainedJobRuleSpec>>,
 
     /// The `id` from the Qualys "Fetch Custom Patch Download URLs" API (a number or a string of digits).
@@ -552,7 +560,7 @@ pub struct ActionSpec {
     /// Scripts cannot be read back from Qualys, so a change made in the Qualys console is not
     /// detected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1048576))]
+    #[schemars(length(max = 1048576), regex(pattern = BASE64_PATTERN))]
     pub script: Option<String>,
     /// The script as plain text in a ConfigMap or Secret key; the operator base64-encodes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -566,7 +574,7 @@ pub struct ActionSpec {
     pub default_script_type: Option<String>,
     /// Install Software: a script that tells whether the software is already there, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1048576))]
+    #[schemars(length(max = 1048576), regex(pattern = BASE64_PATTERN))]
     pub detection_script: Option<String>,
     /// The detection script as plain text in a ConfigMap or Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -628,10 +636,10 @@ pub struct ScriptSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct KeyRef {
     /// Name of the ConfigMap or Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// The key within it.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_KEY_PATTERN))]
     pub key: String,
 }
 
@@ -696,7 +704,7 @@ pub struct ChainedJobRuleSpec {
     /// The parent's post-deploy actions, by their `params.actionItem`; resolved against the
     /// parent's live job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 20))]
+    #[schemars(length(min = 1, max = 20), extend("x-kubernetes-list-type" = "atomic"))]
     pub action_refs: Option<Vec<ActionRef>>,
     /// Raw Qualys action ids of the parent's post-deploy actions (only with linkedJobId).
     #[serde(default, skip_serializing_if = "Option::is_none")]

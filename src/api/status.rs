@@ -46,6 +46,7 @@ pub struct DeploymentJobStatus {
 
     /// Report mode: how the live job differs from the spec. Scripts appear as digests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub pending_changes: Vec<FieldChange>,
 
     /// Drift corrected or detected: which fields, and how often.
@@ -112,6 +113,7 @@ pub struct FieldChange {
 pub struct DriftStatus {
     /// The fields that drifted the last time drift was seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub fields: Vec<String>,
     /// How many times drift has been corrected.
     #[serde(default)]
