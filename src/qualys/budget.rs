@@ -162,7 +162,9 @@ impl Budget {
             && !window.is_zero()
         {
             let server_rps = limit as f64 / window.as_secs_f64();
-            let rps = self.configured_rps.map_or(server_rps, |c| c.min(server_rps));
+            let rps = self
+                .configured_rps
+                .map_or(server_rps, |c| c.min(server_rps));
             state.rps = Some(rps);
             state.burst = self.configured_burst.min(limit as f64).max(1.0);
             state.tokens = state.tokens.min(state.burst);
@@ -236,7 +238,9 @@ impl State {
 
     fn refill(&mut self, now: Instant) {
         if let Some(rps) = self.rps {
-            let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+            let elapsed = now
+                .saturating_duration_since(self.refilled_at)
+                .as_secs_f64();
             self.tokens = (self.tokens + elapsed * rps).min(self.burst);
         }
         self.refilled_at = now;
@@ -406,7 +410,10 @@ mod tests {
         }
         let order = order.lock().unwrap();
         let position = order.iter().position(|s| s == "quiet").unwrap();
-        assert!(position <= 1, "quiet tenant served as grant #{position}: {order:?}");
+        assert!(
+            position <= 1,
+            "quiet tenant served as grant #{position}: {order:?}"
+        );
         assert_eq!(order.len(), 101);
     }
 

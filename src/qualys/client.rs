@@ -108,14 +108,29 @@ impl Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("gateway_url", &self.gateway_url)
+            .field("gateway_url", &without_userinfo(&self.gateway_url))
             .field("username", &self.username)
             .field("password", &self.password)
             .field(
                 "ca_bundle",
-                &self.ca_bundle.as_ref().map(|b| format!("<{} bytes>", b.len())),
+                &self
+                    .ca_bundle
+                    .as_ref()
+                    .map(|b| format!("<{} bytes>", b.len())),
             )
             .finish()
+    }
+}
+
+/// A URL as it may be printed: a `user:password@` part (refused by `Client::new`, but a
+/// `Connection` can be printed before that) is blanked out.
+fn without_userinfo(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((before, after)) if before.contains("://") => {
+            let scheme = before.split("://").next().unwrap_or_default();
+            format!("{scheme}://<redacted>@{after}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -144,7 +159,12 @@ impl ConnectionId {
 
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.username, self.gateway_url)
+        write!(
+            f,
+            "{}@{}",
+            self.username,
+            without_userinfo(&self.gateway_url)
+        )
     }
 }
 
@@ -522,11 +542,8 @@ impl Client {
     /// `GET /pm/v1/deploymentjob/{id}`.
     pub async fn get_job(&self, id: &str) -> Result<JobBody, Error> {
         check_id(id)?;
-        let call = Call::new(
-            Endpoint::Get,
-            self.url(&["pm", "v1", "deploymentjob", id])?,
-        )
-        .what(format!("deployment job {id}"));
+        let call = Call::new(Endpoint::Get, self.url(&["pm", "v1", "deploymentjob", id])?)
+            .what(format!("deployment job {id}"));
         let bytes = self.execute(&call).await?;
         decode(Endpoint::Get, &bytes)
     }
@@ -1178,7 +1195,8 @@ fn parse_gateway(raw: &str) -> Result<Url, Error> {
 fn is_loopback(url: &Url) -> bool {
     let host = url.host_str().unwrap_or_default();
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_options(opts: &ClientOptions) -> Result<(), Error> {
@@ -1213,16 +1231,20 @@ fn build_proxies(settings: &ProxySettings) -> Result<Vec<reqwest::Proxy>, Error>
         _ => LOOPBACK_NO_PROXY.to_owned(),
     };
     let mut proxies = Vec::new();
-    let pairs: [(&str, &Option<String>, fn(&str) -> reqwest::Result<reqwest::Proxy>); 2] = [
-        ("HTTPS_PROXY", &settings.https, |u| reqwest::Proxy::https(u)),
-        ("HTTP_PROXY", &settings.http, |u| reqwest::Proxy::http(u)),
-    ];
-    for (name, value, make) in pairs {
+    for (name, value, https) in [
+        ("HTTPS_PROXY", &settings.https, true),
+        ("HTTP_PROXY", &settings.http, false),
+    ] {
         let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
             continue;
         };
+        let proxy = if https {
+            reqwest::Proxy::https(value)
+        } else {
+            reqwest::Proxy::http(value)
+        };
         // The value is not quoted: proxy URLs often carry a password.
-        let proxy = make(value)
+        let proxy = proxy
             .map_err(|_| Error::config(format!("{name} is not a valid proxy URL")))?
             .no_proxy(reqwest::NoProxy::from_string(&no_proxy));
         proxies.push(proxy);
@@ -1244,7 +1266,12 @@ fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Error> {
 
 /// `Retry-After`, `X-RateLimit-*` and `X-ConcurrencyLimit-Limit` of an answer.
 fn rate_limit_info(headers: &HeaderMap) -> RateLimitInfo {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
     let seconds = |name: &str| text(name).and_then(parse_seconds);
     RateLimitInfo {
@@ -1270,7 +1297,11 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     }
     let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let wait = at.duration_since(jiff::Timestamp::now());
-    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO).min(Duration::from_secs(86_400)))
+    Some(
+        Duration::try_from(wait)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(86_400)),
+    )
 }
 
 /// How long a JWT lives, from its unverified payload: `exp - iat` when both are there (immune to
@@ -1335,6 +1366,12 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{proxy:?}").contains("proxypass"));
+        let in_url = Connection::new("https://bob:pa55word@g.example/x", "bob", "pa55word");
+        assert_eq!(
+            format!("{in_url:?}"),
+            "Connection { gateway_url: \"https://<redacted>@g.example/x\", username: \"bob\", \
+             password: <redacted>, ca_bundle: None }"
+        );
     }
 
     #[test]
@@ -1487,7 +1524,10 @@ mod tests {
             .timestamp_to_rfc9110_string(&future)
             .unwrap();
         let wait = parse_retry_after(&date).unwrap();
-        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(Duration::ZERO)

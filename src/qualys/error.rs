@@ -51,7 +51,10 @@ pub enum Error {
     LimitExceeded { message: String },
 
     /// HTTP 429 (or a classic-API rate-limit code) after the retries allowed.
-    #[error("rate limited by the gateway (HTTP 429){}", retry_after_suffix(retry_after))]
+    #[error(
+        "rate limited by the gateway (HTTP 429){}",
+        retry_after_suffix(retry_after)
+    )]
     RateLimited { retry_after: Option<Duration> },
 
     /// HTTP 5xx after the retries allowed.
@@ -315,7 +318,8 @@ fn find_field(message: &str) -> Option<String> {
     let mut weak = None;
     for raw in message.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')')) {
         let quoted = raw.starts_with(['\'', '"', '`']);
-        let word = raw.trim_matches(|c: char| matches!(c, '\'' | '"' | '`' | ':' | '.' | '!' | '?'));
+        let word =
+            raw.trim_matches(|c: char| matches!(c, '\'' | '"' | '`' | ':' | '.' | '!' | '?'));
         let head = word.split(['.', '[']).next().unwrap_or_default();
         if !JOB_FIELDS.contains(&head) || !word.chars().all(path_char) {
             continue;
@@ -382,7 +386,8 @@ mod tests {
         vec![
             (
                 Error::Unauthorized {
-                    message: "the gateway refused the username or password of user \"alice\"".into(),
+                    message: "the gateway refused the username or password of user \"alice\""
+                        .into(),
                 },
                 "authentication failed: the gateway refused the username or password of user \"alice\"",
             ),
@@ -520,7 +525,13 @@ mod tests {
             .collect();
         assert_eq!(
             retryable,
-            ["rate_limited", "rate_limited", "unavailable", "transport", "timeout"]
+            [
+                "rate_limited",
+                "rate_limited",
+                "unavailable",
+                "transport",
+                "timeout"
+            ]
         );
     }
 
@@ -540,12 +551,20 @@ mod tests {
         let m = ServerMessage::parse(
             br#"{"_error":{"errorCode":"400","message":"the name is too long; linkedJobId: unknown job"}}"#,
         );
-        assert_eq!(m.field.as_deref(), Some("linkedJobId"), "prose words lose to real fields");
+        assert_eq!(
+            m.field.as_deref(),
+            Some("linkedJobId"),
+            "prose words lose to real fields"
+        );
 
         let m = ServerMessage::parse(
             br#"{"_error":{"errorCode":"400","message":"name is mandatory"}}"#,
         );
-        assert_eq!(m.field.as_deref(), Some("name"), "a prose word is the fall-back");
+        assert_eq!(
+            m.field.as_deref(),
+            Some("name"),
+            "a prose word is the fall-back"
+        );
 
         let m = ServerMessage::parse(
             br#"{"_error":{"errorCode":"400","message":"value out of range","field":"timeout"}}"#,
@@ -564,6 +583,9 @@ mod tests {
         assert_eq!(m.code, None);
         assert!(!m.message.contains('\n'));
         assert_eq!(m.message.chars().count(), MAX_SERVER_MESSAGE + 1);
-        assert_eq!(ServerMessage::parse(b"").or_status(502), "no error message (HTTP 502)");
+        assert_eq!(
+            ServerMessage::parse(b"").or_status(502),
+            "no error message (HTTP 502)"
+        );
     }
 }
