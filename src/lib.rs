@@ -8,3 +8,4 @@ pub mod api;
 pub mod qualys;
 pub mod reconcile;
 pub mod sim;
+pub mod cli;
