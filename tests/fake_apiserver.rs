@@ -18,7 +18,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{
-    Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use kube::core::{GroupVersionKind, Status};
 use kube::runtime::controller::{Action, Controller};
@@ -92,17 +93,26 @@ fn rv(obj: &impl Resource) -> u64 {
 #[tokio::test]
 async fn crud_answers_like_the_api_server() {
     let (cluster, api) = cluster().await;
-    let created = api.create(&PostParams::default(), &widget("w1", 1)).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &widget("w1", 1))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.metadata.uid.is_some());
     assert!(created.metadata.creation_timestamp.is_some());
-    assert_eq!(created.metadata.namespace.as_deref(), Some(cluster.namespace()));
+    assert_eq!(
+        created.metadata.namespace.as_deref(),
+        Some(cluster.namespace())
+    );
     let got = api.get("w1").await.unwrap();
     assert_eq!(got, created);
     let meta = api.get_metadata("w1").await.unwrap();
     assert_eq!(meta.metadata, created.metadata);
     let metas = api.list_metadata(&ListParams::default()).await.unwrap();
-    assert_eq!(metas.items.iter().map(|m| m.name_any()).collect::<Vec<_>>(), ["w1"]);
+    assert_eq!(
+        metas.items.iter().map(|m| m.name_any()).collect::<Vec<_>>(),
+        ["w1"]
+    );
     // All namespaces: the same object, seen through the cluster-wide collection.
     let everywhere: Api<Widget> = Api::all(cluster.client());
     let mine: Vec<String> = everywhere
@@ -122,45 +132,76 @@ async fn crud_answers_like_the_api_server() {
 
     let missing = api_error(api.get("missing").await);
     assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
-    assert_eq!(missing.message, "widgets.fake.qpm.test \"missing\" not found");
+    assert_eq!(
+        missing.message,
+        "widgets.fake.qpm.test \"missing\" not found"
+    );
 
     let mut generated = widget("", 1);
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());
-    let generated = api.create(&PostParams::default(), &generated).await.unwrap();
+    let generated = api
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
     let name = generated.name_any();
-    assert!(name.starts_with("gen-") && name.len() == "gen-".len() + 5, "{name}");
+    assert!(
+        name.starts_with("gen-") && name.len() == "gen-".len() + 5,
+        "{name}"
+    );
 
     // PUT with the current resourceVersion succeeds; with a stale one it is a 409 Conflict.
     let mut update = got.clone();
     update.spec.size = 2;
-    let updated = api.replace("w1", &PostParams::default(), &update).await.unwrap();
+    let updated = api
+        .replace("w1", &PostParams::default(), &update)
+        .await
+        .unwrap();
     assert!(rv(&updated) > rv(&created));
     assert_eq!(updated.metadata.generation, Some(2));
     let stale = api_error(api.replace("w1", &PostParams::default(), &update).await);
     assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
-    assert!(stale.message.contains("the object has been modified"), "{}", stale.message);
+    assert!(
+        stale.message.contains("the object has been modified"),
+        "{}",
+        stale.message
+    );
 
-    let bad = api_error(api.create(&PostParams::default(), &widget("Not_A_Name", 1)).await);
+    let bad = api_error(
+        api.create(&PostParams::default(), &widget("Not_A_Name", 1))
+            .await,
+    );
     assert_eq!((bad.code, bad.reason.as_str()), (422, "Invalid"));
 
     let elsewhere: Api<Widget> = Api::namespaced(cluster.client(), "qpm-no-such-namespace");
-    let no_ns = api_error(elsewhere.create(&PostParams::default(), &widget("w2", 1)).await);
+    let no_ns = api_error(
+        elsewhere
+            .create(&PostParams::default(), &widget("w2", 1))
+            .await,
+    );
     assert_eq!((no_ns.code, no_ns.reason.as_str()), (404, "NotFound"));
-    assert_eq!(no_ns.message, "namespaces \"qpm-no-such-namespace\" not found");
+    assert_eq!(
+        no_ns.message,
+        "namespaces \"qpm-no-such-namespace\" not found"
+    );
 
     // No finalizers: gone at once.
     let deleted = api.delete("w1", &DeleteParams::default()).await.unwrap();
     assert!(deleted.is_left());
     assert_eq!(api_error(api.get("w1").await).code, 404);
-    assert_eq!(api_error(api.delete("w1", &DeleteParams::default()).await).code, 404);
+    assert_eq!(
+        api_error(api.delete("w1", &DeleteParams::default()).await).code,
+        404
+    );
 
     // Preconditions on delete.
-    let mut dp = DeleteParams::default();
-    dp.preconditions = Some(kube::api::Preconditions {
-        resource_version: Some("1".into()),
-        uid: None,
-    });
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: Some("1".into()),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
     let pre = api_error(api.delete(&name, &dp).await);
     assert_eq!((pre.code, pre.reason.as_str()), (409, "Conflict"));
 
@@ -174,7 +215,10 @@ async fn crud_answers_like_the_api_server() {
         string_data: Some([("password".to_string(), "hunter2".to_string())].into()),
         ..Default::default()
     };
-    let stored = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let stored = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     assert!(stored.string_data.is_none());
     let data = stored.data.unwrap();
     assert_eq!(data["password"].0, b"hunter2".to_vec());
@@ -187,7 +231,10 @@ async fn list_pages_are_a_consistent_snapshot() {
     let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), cluster.namespace());
     for i in 0..5 {
         let mut labels = std::collections::BTreeMap::new();
-        labels.insert("parity".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string());
+        labels.insert(
+            "parity".to_string(),
+            if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+        );
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(format!("cm-{i}")),
@@ -200,7 +247,9 @@ async fn list_pages_are_a_consistent_snapshot() {
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
     let page1 = cms.list(&ListParams::default().limit(2)).await.unwrap();
-    let names = |l: &kube::core::ObjectList<ConfigMap>| l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>();
+    let names = |l: &kube::core::ObjectList<ConfigMap>| {
+        l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
+    };
     assert_eq!(names(&page1), ["cm-0", "cm-1"]);
     let token = page1.metadata.continue_.clone().expect("a continue token");
     assert_eq!(page1.metadata.remaining_item_count, Some(3));
@@ -212,7 +261,10 @@ async fn list_pages_are_a_consistent_snapshot() {
         .await
         .unwrap();
     assert_eq!(names(&page2), ["cm-2", "cm-3"]);
-    assert_eq!(page2.metadata.resource_version, page1.metadata.resource_version);
+    assert_eq!(
+        page2.metadata.resource_version,
+        page1.metadata.resource_version
+    );
     let token = page2.metadata.continue_.clone().expect("a continue token");
     let page3 = cms
         .list(&ListParams::default().limit(2).continue_token(&token))
@@ -221,13 +273,25 @@ async fn list_pages_are_a_consistent_snapshot() {
     assert_eq!(names(&page3), ["cm-4"]);
     assert!(page3.metadata.continue_.as_deref().unwrap_or("").is_empty());
 
-    let odd = cms.list(&ListParams::default().labels("parity=odd")).await.unwrap();
+    let odd = cms
+        .list(&ListParams::default().labels("parity=odd"))
+        .await
+        .unwrap();
     assert_eq!(names(&odd), ["cm-1"]);
-    let not_odd = cms.list(&ListParams::default().labels("parity!=odd")).await.unwrap();
+    let not_odd = cms
+        .list(&ListParams::default().labels("parity!=odd"))
+        .await
+        .unwrap();
     assert_eq!(names(&not_odd), ["cm-0", "cm-2", "cm-4"]);
-    let set = cms.list(&ListParams::default().labels("parity in (odd,even),!missing")).await.unwrap();
+    let set = cms
+        .list(&ListParams::default().labels("parity in (odd,even),!missing"))
+        .await
+        .unwrap();
     assert_eq!(set.items.len(), 4);
-    let by_name = cms.list(&ListParams::default().fields("metadata.name=cm-2")).await.unwrap();
+    let by_name = cms
+        .list(&ListParams::default().fields("metadata.name=cm-2"))
+        .await
+        .unwrap();
     assert_eq!(names(&by_name), ["cm-2"]);
     let bad = api_error(cms.list(&ListParams::default().fields("data.i=2")).await);
     assert_eq!(bad.code, 400);
@@ -237,7 +301,10 @@ async fn list_pages_are_a_consistent_snapshot() {
         let page = cms.list(&ListParams::default().limit(1)).await.unwrap();
         fake.compact();
         let token = page.metadata.continue_.unwrap();
-        let expired = api_error(cms.list(&ListParams::default().limit(1).continue_token(&token)).await);
+        let expired = api_error(
+            cms.list(&ListParams::default().limit(1).continue_token(&token))
+                .await,
+        );
         assert_eq!((expired.code, expired.reason.as_str()), (410, "Expired"));
     }
 }
@@ -245,12 +312,19 @@ async fn list_pages_are_a_consistent_snapshot() {
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version_and_honours_selectors() {
     let (_cluster, api) = cluster().await;
-    let a = api.create(&PostParams::default(), &widget("a", 1)).await.unwrap();
+    let a = api
+        .create(&PostParams::default(), &widget("a", 1))
+        .await
+        .unwrap();
     let from = a.resource_version().unwrap();
     let mut a_labelled = widget("a", 2);
     a_labelled.metadata.labels = Some([("team".to_string(), "blue".to_string())].into());
-    api.patch("a", &PatchParams::default(), &Patch::Merge(&a_labelled)).await.unwrap();
-    api.create(&PostParams::default(), &widget("b", 1)).await.unwrap();
+    api.patch("a", &PatchParams::default(), &Patch::Merge(&a_labelled))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &widget("b", 1))
+        .await
+        .unwrap();
 
     let wp = WatchParams::default().timeout(30);
     let mut stream = api.watch(&wp, &from).await.unwrap().boxed();
@@ -278,11 +352,20 @@ async fn watch_resumes_from_a_resource_version_and_honours_selectors() {
     let now = api.get("a").await.unwrap().resource_version().unwrap();
     let wp = WatchParams::default().labels("team=blue").timeout(30);
     let mut labelled = api.watch(&wp, &now).await.unwrap().boxed();
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": null}}})))
-        .await
-        .unwrap();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": null}}})),
+    )
+    .await
+    .unwrap();
     loop {
-        match labelled.try_next().await.unwrap().expect("the watch is open") {
+        match labelled
+            .try_next()
+            .await
+            .unwrap()
+            .expect("the watch is open")
+        {
             WatchEvent::Bookmark(_) => continue,
             WatchEvent::Deleted(w) => {
                 assert_eq!(w.name_any(), "a");
@@ -294,9 +377,17 @@ async fn watch_resumes_from_a_resource_version_and_honours_selectors() {
 
     // A watch ends at its timeout, with a bookmark first when bookmarks are allowed.
     let wp = WatchParams::default().timeout(1);
-    let events: Vec<_> = api.watch(&wp, &now).await.unwrap().try_collect().await.unwrap();
+    let events: Vec<_> = api
+        .watch(&wp, &now)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     match events.last() {
-        Some(WatchEvent::Bookmark(b)) => assert!(b.metadata.resource_version.parse::<u64>().unwrap() > 0),
+        Some(WatchEvent::Bookmark(b)) => {
+            assert!(b.metadata.resource_version.parse::<u64>().unwrap() > 0)
+        }
         other => panic!("expected a closing bookmark, got {other:?}"),
     }
 }
@@ -306,14 +397,24 @@ async fn watch_from_a_compacted_resource_version_gets_410_gone() {
     let fake = FakeApiServer::start().await;
     fake.register_crd(&Widget::crd()).unwrap();
     let api: Api<Widget> = Api::namespaced(fake.client(), "default");
-    let old = api.create(&PostParams::default(), &widget("a", 1)).await.unwrap();
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}})))
+    let old = api
+        .create(&PostParams::default(), &widget("a", 1))
         .await
         .unwrap();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": 2}})),
+    )
+    .await
+    .unwrap();
     // Compaction keeps the latest resourceVersion resumable, not the ones before it.
     fake.compact();
     let mut stream = api
-        .watch(&WatchParams::default().timeout(5), &old.resource_version().unwrap())
+        .watch(
+            &WatchParams::default().timeout(5),
+            &old.resource_version().unwrap(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -321,7 +422,10 @@ async fn watch_from_a_compacted_resource_version_gets_410_gone() {
         Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
         other => panic!("expected an ERROR 410 event, got {other:?}"),
     }
-    assert!(stream.try_next().await.unwrap().is_none(), "the watch ends after the error");
+    assert!(
+        stream.try_next().await.unwrap().is_none(),
+        "the watch ends after the error"
+    );
 
     // A bounded history forgets old events by itself.
     let small = FakeApiServer::start_with(FakeOptions {
@@ -331,14 +435,24 @@ async fn watch_from_a_compacted_resource_version_gets_410_gone() {
     .await;
     small.register_crd(&Widget::crd()).unwrap();
     let api: Api<Widget> = Api::namespaced(small.client(), "default");
-    let first = api.create(&PostParams::default(), &widget("a", 1)).await.unwrap();
+    let first = api
+        .create(&PostParams::default(), &widget("a", 1))
+        .await
+        .unwrap();
     for size in 2..5 {
-        api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": size}})))
-            .await
-            .unwrap();
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": size}})),
+        )
+        .await
+        .unwrap();
     }
     let mut stream = api
-        .watch(&WatchParams::default().timeout(5), &first.resource_version().unwrap())
+        .watch(
+            &WatchParams::default().timeout(5),
+            &first.resource_version().unwrap(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -366,22 +480,26 @@ async fn watcher_sees_changes_and_relists_after_410() {
         eprintln!("skipped: forcing a 410 needs the fake's compact()");
         return;
     };
-    api.create(&PostParams::default(), &widget("before", 1)).await.unwrap();
+    api.create(&PostParams::default(), &widget("before", 1))
+        .await
+        .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let task = tokio::spawn(watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
-        let s = match ev {
-            Ok(watcher::Event::Init) => Seen::Init,
-            Ok(watcher::Event::InitApply(w)) => Seen::InitApply(w.name_any()),
-            Ok(watcher::Event::InitDone) => Seen::InitDone,
-            Ok(watcher::Event::Apply(w)) => Seen::Apply(w.name_any(), w.spec.size),
-            Ok(watcher::Event::Delete(w)) => Seen::Delete(w.name_any()),
-            Err(watcher::Error::WatchError(s)) if s.code == 410 => Seen::Gone,
-            Err(e) => panic!("unexpected watcher error: {e}"),
-        };
-        sink.lock().unwrap().push(s);
-        std::future::ready(())
-    }));
+    let task = tokio::spawn(
+        watcher(api.clone(), watcher::Config::default()).for_each(move |ev| {
+            let s = match ev {
+                Ok(watcher::Event::Init) => Seen::Init,
+                Ok(watcher::Event::InitApply(w)) => Seen::InitApply(w.name_any()),
+                Ok(watcher::Event::InitDone) => Seen::InitDone,
+                Ok(watcher::Event::Apply(w)) => Seen::Apply(w.name_any(), w.spec.size),
+                Ok(watcher::Event::Delete(w)) => Seen::Delete(w.name_any()),
+                Err(watcher::Error::WatchError(s)) if s.code == 410 => Seen::Gone,
+                Err(e) => panic!("unexpected watcher error: {e}"),
+            };
+            sink.lock().unwrap().push(s);
+            std::future::ready(())
+        }),
+    );
     let seen_len = |n: usize| {
         let seen = seen.clone();
         move || {
@@ -390,17 +508,25 @@ async fn watcher_sees_changes_and_relists_after_410() {
         }
     };
     wait_for(WAIT, "the initial list", seen_len(3)).await;
-    api.create(&PostParams::default(), &widget("w", 1)).await.unwrap();
-    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}})))
+    api.create(&PostParams::default(), &widget("w", 1))
         .await
         .unwrap();
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": 2}})),
+    )
+    .await
+    .unwrap();
     api.delete("w", &DeleteParams::default()).await.unwrap();
     wait_for(WAIT, "create, modify and delete", seen_len(6)).await;
     let lists_before = fake.count(|r| r.verb == Verb::List && r.resource == "widgets");
 
     fake.compact();
     wait_for(WAIT, "the relist after 410", seen_len(10)).await;
-    api.create(&PostParams::default(), &widget("after", 3)).await.unwrap();
+    api.create(&PostParams::default(), &widget("after", 3))
+        .await
+        .unwrap();
     wait_for(WAIT, "an event after the relist", seen_len(11)).await;
     task.abort();
 
@@ -430,8 +556,12 @@ async fn watcher_sees_changes_and_relists_after_410() {
 #[tokio::test]
 async fn streaming_list_watcher_gets_initial_events_then_changes() {
     let (_cluster, api) = cluster().await;
-    api.create(&PostParams::default(), &widget("one", 1)).await.unwrap();
-    api.create(&PostParams::default(), &widget("two", 2)).await.unwrap();
+    api.create(&PostParams::default(), &widget("one", 1))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &widget("two", 2))
+        .await
+        .unwrap();
     let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
     let mut seen = Vec::new();
     while seen.len() < 4 {
@@ -443,7 +573,9 @@ async fn streaming_list_watcher_gets_initial_events_then_changes() {
         }
     }
     assert_eq!(seen, ["init", "one", "two", "done"]);
-    api.create(&PostParams::default(), &widget("three", 3)).await.unwrap();
+    api.create(&PostParams::default(), &widget("three", 3))
+        .await
+        .unwrap();
     match stream.try_next().await.unwrap().unwrap() {
         watcher::Event::Apply(w) => assert_eq!(w.name_any(), "three"),
         other => panic!("unexpected {other:?}"),
@@ -455,11 +587,22 @@ struct Counters {
     reconciles: Mutex<HashMap<String, usize>>,
 }
 
-async fn reconcile_and_write_status(w: Arc<Widget>, ctx: Arc<Counters>) -> Result<Action, kube::Error> {
-    *ctx.reconciles.lock().unwrap().entry(w.name_any()).or_default() += 1;
+async fn reconcile_and_write_status(
+    w: Arc<Widget>,
+    ctx: Arc<Counters>,
+) -> Result<Action, kube::Error> {
+    *ctx.reconciles
+        .lock()
+        .unwrap()
+        .entry(w.name_any())
+        .or_default() += 1;
     let status = json!({"status": {"observedGeneration": w.metadata.generation, "phase": "Ready"}});
     ctx.api
-        .patch_status(&w.name_any(), &PatchParams::default(), &Patch::Merge(status))
+        .patch_status(
+            &w.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
         .await?;
     Ok(Action::await_change())
 }
@@ -504,10 +647,19 @@ async fn controller_with_generation_predicate_ignores_its_status_writes() {
         let api = api.clone();
         let passed = passed.clone();
         async move {
-            api.create(&PostParams::default(), &widget(name, 0)).await.unwrap();
+            api.create(&PostParams::default(), &widget(name, 0))
+                .await
+                .unwrap();
             wait_for(WAIT, name, || {
                 let passed = passed.clone();
-                async move { passed.lock().unwrap().iter().any(|n| n == name).then_some(()) }
+                async move {
+                    passed
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|n| n == name)
+                        .then_some(())
+                }
             })
             .await;
             wait_for(WAIT, "the fence's status", observed(name, 1)).await;
@@ -515,20 +667,44 @@ async fn controller_with_generation_predicate_ignores_its_status_writes() {
     };
     let passes = |name: &str| passed.lock().unwrap().iter().filter(|n| *n == name).count();
 
-    api.create(&PostParams::default(), &widget("alpha", 1)).await.unwrap();
-    wait_for(WAIT, "alpha reconciled at generation 1", observed("alpha", 1)).await;
-    // A label change is metadata: no new generation, no reconcile either.
-    api.patch("alpha", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+    api.create(&PostParams::default(), &widget("alpha", 1))
         .await
         .unwrap();
+    wait_for(
+        WAIT,
+        "alpha reconciled at generation 1",
+        observed("alpha", 1),
+    )
+    .await;
+    // A label change is metadata: no new generation, no reconcile either.
+    api.patch(
+        "alpha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
     fence("fence-1").await;
-    assert_eq!(passes("alpha"), 1, "the status write and the label change were filtered");
+    assert_eq!(
+        passes("alpha"),
+        1,
+        "the status write and the label change were filtered"
+    );
     assert_eq!(ctx.reconciles.lock().unwrap()["alpha"], 1);
 
-    api.patch("alpha", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}})))
-        .await
-        .unwrap();
-    wait_for(WAIT, "alpha reconciled at generation 2", observed("alpha", 2)).await;
+    api.patch(
+        "alpha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": 2}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        WAIT,
+        "alpha reconciled at generation 2",
+        observed("alpha", 2),
+    )
+    .await;
     fence("fence-2").await;
     assert_eq!(passes("alpha"), 2);
     assert_eq!(ctx.reconciles.lock().unwrap()["alpha"], 2);
@@ -590,10 +766,19 @@ async fn finalizer_helper_adds_and_removes_its_finalizer_around_a_delete() {
     })
     .await;
 
-    let deleted = api.delete("doomed", &DeleteParams::default()).await.unwrap();
-    let marked = deleted.left().expect("with finalizers the object is returned, not a Status");
+    let deleted = api
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let marked = deleted
+        .left()
+        .expect("with finalizers the object is returned, not a Status");
     assert!(marked.metadata.deletion_timestamp.is_some());
-    assert_eq!(marked.metadata.generation, Some(2), "marking for deletion bumps generation");
+    assert_eq!(
+        marked.metadata.generation,
+        Some(2),
+        "marking for deletion bumps generation"
+    );
     let after_cleanup = wait_for(WAIT, "the finalizer to be removed", || {
         let api = api.clone();
         async move {
@@ -608,14 +793,24 @@ async fn finalizer_helper_adds_and_removes_its_finalizer_around_a_delete() {
 
     // No new finalizers while deleting.
     let refused = api_error(
-        api.patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/keep", "example.com/late"]}})))
-            .await,
+        api.patch(
+            "doomed",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": ["example.com/keep", "example.com/late"]}}),
+            ),
+        )
+        .await,
     );
     assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
     // The last finalizer goes: so does the object.
-    api.patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    api.patch(
+        "doomed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     assert_eq!(api_error(api.get("doomed").await).code, 404);
     controller.abort();
 
@@ -626,21 +821,36 @@ async fn finalizer_helper_adds_and_removes_its_finalizer_around_a_delete() {
             .filter(|r| r.patch_type == Some(PatchType::Json))
             .map(|r| r.status)
             .collect();
-        assert_eq!(json_patches, [200, 200], "one JSON patch adds the finalizer, one removes it");
+        assert_eq!(
+            json_patches,
+            [200, 200],
+            "one JSON patch adds the finalizer, one removes it"
+        );
     }
 }
 
 #[tokio::test]
 async fn merge_and_json_patches_with_test_ops() {
     let (_cluster, api) = cluster().await;
-    let start = api.create(&PostParams::default(), &widget("p", 1)).await.unwrap();
+    let start = api
+        .create(&PostParams::default(), &widget("p", 1))
+        .await
+        .unwrap();
     let red = api
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"color": "red"}})))
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "red"}})),
+        )
         .await
         .unwrap();
     assert_eq!(red.spec.color.as_deref(), Some("red"));
     let cleared = api
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"color": null}})))
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": null}})),
+        )
         .await
         .unwrap();
     assert_eq!(cleared.spec.color, None);
@@ -671,7 +881,11 @@ async fn merge_and_json_patches_with_test_ops() {
         .await,
     );
     assert_eq!((failed.code, failed.reason.as_str()), (422, "Invalid"));
-    assert_eq!(api.get("p").await.unwrap().resource_version(), five.resource_version(), "nothing written");
+    assert_eq!(
+        api.get("p").await.unwrap().resource_version(),
+        five.resource_version(),
+        "nothing written"
+    );
 
     // A `test` of null on a missing path succeeds, as kube's finalizer helper expects.
     let with_finalizer = api
@@ -710,7 +924,11 @@ async fn merge_and_json_patches_with_test_ops() {
     // A patch that changes nothing writes nothing.
     let current = api.get("p").await.unwrap();
     let same = api
-        .patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 5}})))
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 5}})),
+        )
         .await
         .unwrap();
     assert_eq!(same.resource_version(), current.resource_version());
@@ -723,78 +941,133 @@ fn apply_body(spec: serde_json::Value) -> serde_json::Value {
 fn managers_of(w: &Widget) -> Vec<(String, String)> {
     w.managed_fields()
         .iter()
-        .map(|m| (m.manager.clone().unwrap_or_default(), m.operation.clone().unwrap_or_default()))
+        .map(|m| {
+            (
+                m.manager.clone().unwrap_or_default(),
+                m.operation.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn server_side_apply_tracks_field_ownership() {
-    let (_cluster, api) = cluster().await;
+    let (cluster, api) = cluster().await;
     let a = PatchParams::apply("manager-a");
     let created = api
-        .patch("s", &a, &Patch::Apply(apply_body(json!({"size": 1, "color": "red"}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(apply_body(json!({"size": 1, "color": "red"}))),
+        )
         .await
         .unwrap();
-    assert_eq!((created.spec.size, created.spec.color.as_deref()), (1, Some("red")));
-    assert_eq!(managers_of(&created), [("manager-a".to_string(), "Apply".to_string())]);
+    assert_eq!(
+        (created.spec.size, created.spec.color.as_deref()),
+        (1, Some("red"))
+    );
+    assert_eq!(
+        managers_of(&created),
+        [("manager-a".to_string(), "Apply".to_string())]
+    );
     let fields = created.managed_fields()[0].fields_v1.clone().unwrap().0;
     assert_eq!(fields, json!({"f:spec": {"f:size": {}, "f:color": {}}}));
 
     // Applying the same again is a no-op: no new resourceVersion.
     let again = api
-        .patch("s", &a, &Patch::Apply(apply_body(json!({"size": 1, "color": "red"}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(apply_body(json!({"size": 1, "color": "red"}))),
+        )
         .await
         .unwrap();
     assert_eq!(again.resource_version(), created.resource_version());
 
     // Re-applying without a field removes it.
-    let without_color = api.patch("s", &a, &Patch::Apply(apply_body(json!({"size": 1})))).await.unwrap();
+    let without_color = api
+        .patch("s", &a, &Patch::Apply(apply_body(json!({"size": 1}))))
+        .await
+        .unwrap();
     assert_eq!(without_color.spec.color, None);
 
     // Another manager changing a field manager-a owns: 409 naming manager-a and the field.
     let b = PatchParams::apply("manager-b");
-    let conflict = api_error(api.patch("s", &b, &Patch::Apply(apply_body(json!({"size": 2})))).await);
+    let conflict = api_error(
+        api.patch("s", &b, &Patch::Apply(apply_body(json!({"size": 2}))))
+            .await,
+    );
     assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
     assert!(
-        conflict.message.contains("conflict with \"manager-a\"") && conflict.message.contains(".spec.size"),
+        conflict.message.contains("conflict with \"manager-a\"")
+            && conflict.message.contains(".spec.size"),
         "{}",
         conflict.message
     );
     // The same value is shared ownership, not a conflict.
-    let shared = api.patch("s", &b, &Patch::Apply(apply_body(json!({"size": 1})))).await.unwrap();
+    let shared = api
+        .patch("s", &b, &Patch::Apply(apply_body(json!({"size": 1}))))
+        .await
+        .unwrap();
     assert_eq!(managers_of(&shared).len(), 2);
 
     // Forced, ownership moves to manager-b: manager-a dropping size no longer removes it.
     let forced = api
-        .patch("s", &b.clone().force(), &Patch::Apply(apply_body(json!({"size": 3}))))
+        .patch(
+            "s",
+            &b.clone().force(),
+            &Patch::Apply(apply_body(json!({"size": 3}))),
+        )
         .await
         .unwrap();
     assert_eq!(forced.spec.size, 3);
-    assert_eq!(managers_of(&forced), [("manager-b".to_string(), "Apply".to_string())]);
-    let a_gave_up = api.patch("s", &a, &Patch::Apply(apply_body(json!({"color": "blue"})))).await.unwrap();
-    assert_eq!((a_gave_up.spec.size, a_gave_up.spec.color.as_deref()), (3, Some("blue")));
+    assert_eq!(
+        managers_of(&forced),
+        [("manager-b".to_string(), "Apply".to_string())]
+    );
+    let a_gave_up = api
+        .patch("s", &a, &Patch::Apply(apply_body(json!({"color": "blue"}))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a_gave_up.spec.size, a_gave_up.spec.color.as_deref()),
+        (3, Some("blue"))
+    );
 
     // An update (merge patch) takes ownership of what it changes.
     let merged = api
-        .patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"color": "green"}})))
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"color": "green"}})),
+        )
         .await
         .unwrap();
     assert!(managers_of(&merged).iter().any(|(_, op)| op == "Update"));
-    let conflict = api_error(api.patch("s", &a, &Patch::Apply(apply_body(json!({"color": "blue"})))).await);
+    let conflict = api_error(
+        api.patch("s", &a, &Patch::Apply(apply_body(json!({"color": "blue"}))))
+            .await,
+    );
     assert_eq!(conflict.code, 409);
 
     // Status by apply: the whole status each time; what is left out is removed.
-    let status = |s: serde_json::Value| {
-        json!({"apiVersion": "fake.qpm.test/v1", "kind": "Widget", "metadata": {"name": "s"}, "status": s})
-    };
+    let status = |s: serde_json::Value| json!({"apiVersion": "fake.qpm.test/v1", "kind": "Widget", "metadata": {"name": "s"}, "status": s});
     let op = PatchParams::apply("operator").force();
     let st = api
-        .patch_status("s", &op, &Patch::Apply(status(json!({"observedGeneration": 1, "phase": "Ready"}))))
+        .patch_status(
+            "s",
+            &op,
+            &Patch::Apply(status(json!({"observedGeneration": 1, "phase": "Ready"}))),
+        )
         .await
         .unwrap();
     assert_eq!(st.status.as_ref().unwrap().observed_generation, Some(1));
     let st = api
-        .patch_status("s", &op, &Patch::Apply(status(json!({"phase": "Degraded"}))))
+        .patch_status(
+            "s",
+            &op,
+            &Patch::Apply(status(json!({"phase": "Degraded"}))),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -813,24 +1086,61 @@ async fn server_side_apply_tracks_field_ownership() {
     assert_eq!(entry.subresource.as_deref(), Some("status"));
     assert_eq!(entry.fields_type.as_deref(), Some("FieldsV1"));
 
+    // kubectl sends apply patches as YAML.
+    let yaml =
+        "apiVersion: fake.qpm.test/v1\nkind: Widget\nmetadata:\n  name: s\nspec:\n  color: blue\n";
+    let request = http::Request::patch(format!(
+        "/apis/fake.qpm.test/v1/namespaces/{}/widgets/s?fieldManager=kubectl&force=true",
+        st.namespace().unwrap()
+    ))
+    .header("content-type", "application/apply-patch+yaml")
+    .body(yaml.as_bytes().to_vec())
+    .unwrap();
+    let from_yaml: Widget = cluster.client().request(request).await.unwrap();
+    assert_eq!(from_yaml.spec.color.as_deref(), Some("blue"));
+
     // Apply needs a field manager.
-    let mut nameless = PatchParams::default();
-    nameless.field_manager = None;
-    assert_eq!(api_error(api.patch("s", &nameless, &Patch::Apply(apply_body(json!({"size": 1})))).await).code, 400);
+    let nameless = PatchParams::default();
+    assert_eq!(
+        api_error(
+            api.patch(
+                "s",
+                &nameless,
+                &Patch::Apply(apply_body(json!({"size": 1})))
+            )
+            .await
+        )
+        .code,
+        400
+    );
 }
 
 #[tokio::test]
 async fn status_subresource_isolation_and_generation() {
     let (_cluster, api) = cluster().await;
-    let created = api.create(&PostParams::default(), &widget("g", 1)).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &widget("g", 1))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
 
     // The main resource ignores status.
     let main = api
-        .patch("g", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}, "status": {"phase": "Hacked"}})))
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}, "status": {"phase": "Hacked"}})),
+        )
         .await
         .unwrap();
-    assert_eq!((main.spec.size, main.status.clone(), main.metadata.generation), (2, None, Some(2)));
+    assert_eq!(
+        (
+            main.spec.size,
+            main.status.clone(),
+            main.metadata.generation
+        ),
+        (2, None, Some(2))
+    );
 
     // /status ignores everything else, and does not bump generation.
     let status = api
@@ -843,22 +1153,36 @@ async fn status_subresource_isolation_and_generation() {
         .unwrap();
     assert_eq!(status.spec.size, 2);
     assert_eq!(status.labels().get("sneaky"), None);
-    assert_eq!(status.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Ready"));
+    assert_eq!(
+        status.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Ready")
+    );
     assert_eq!(status.metadata.generation, Some(2));
     assert!(rv(&status) > rv(&main));
 
     // Metadata changes do not bump generation; spec changes do.
     let labelled = api
-        .patch("g", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}, "annotations": {"c": "d"}}})))
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}, "annotations": {"c": "d"}}})),
+        )
         .await
         .unwrap();
     assert_eq!(labelled.metadata.generation, Some(2));
     let mut replaced = labelled.clone();
     replaced.status = None;
     replaced.spec.size = 3;
-    let replaced = api.replace("g", &PostParams::default(), &replaced).await.unwrap();
+    let replaced = api
+        .replace("g", &PostParams::default(), &replaced)
+        .await
+        .unwrap();
     assert_eq!(replaced.metadata.generation, Some(3));
-    assert_eq!(replaced.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Ready"), "PUT kept status");
+    assert_eq!(
+        replaced.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Ready"),
+        "PUT kept status"
+    );
 
     // PUT /status.
     let mut st = replaced.clone();
@@ -902,7 +1226,10 @@ async fn two_lease_managers_elect_exactly_one_leader_and_hand_over() {
     .await;
     let leases: Api<Lease> = Api::namespaced(cluster.client(), cluster.namespace());
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
-    assert_eq!(holder(leases.get("qpm-operator-leader").await.unwrap()).as_deref(), Some(leader));
+    assert_eq!(
+        holder(leases.get("qpm-operator-leader").await.unwrap()).as_deref(),
+        Some(leader)
+    );
 
     // What the other replica would send to grab the lease conflicts with the holder's fields.
     let (follower, rx_leader, task_leader, rx_follower, task_follower) = if leader == "replica-a" {
@@ -922,7 +1249,10 @@ async fn two_lease_managers_elect_exactly_one_leader_and_hand_over() {
     );
     assert_eq!(conflict.code, 409);
     assert!(
-        conflict.message.contains(&format!("kube-lease-manager-{leader}")) && conflict.message.contains(".spec.holderIdentity"),
+        conflict
+            .message
+            .contains(&format!("kube-lease-manager-{leader}"))
+            && conflict.message.contains(".spec.holderIdentity"),
         "{}",
         conflict.message
     );
@@ -936,10 +1266,16 @@ async fn two_lease_managers_elect_exactly_one_leader_and_hand_over() {
         async move { is_leader.then_some(()) }
     })
     .await;
-    assert_eq!(holder(leases.get("qpm-operator-leader").await.unwrap()).as_deref(), Some(follower));
+    assert_eq!(
+        holder(leases.get("qpm-operator-leader").await.unwrap()).as_deref(),
+        Some(follower)
+    );
     drop(rx_follower);
     task_follower.await.unwrap().unwrap();
-    assert_eq!(holder(leases.get("qpm-operator-leader").await.unwrap()), None);
+    assert_eq!(
+        holder(leases.get("qpm-operator-leader").await.unwrap()),
+        None
+    );
 
     if let Some(fake) = cluster.fake() {
         // Acquiring is the only apply the lease manager makes: exactly two were granted, in
@@ -950,12 +1286,22 @@ async fn two_lease_managers_elect_exactly_one_leader_and_hand_over() {
             .filter(|r| r.resource == "leases" && r.is_apply())
             .map(|r| (r.field_manager.clone().unwrap_or_default(), r.status))
             .collect();
-        let granted: Vec<&str> = applies.iter().filter(|(_, s)| *s == 200).map(|(m, _)| m.as_str()).collect();
+        let granted: Vec<&str> = applies
+            .iter()
+            .filter(|(_, s)| *s == 200)
+            .map(|(m, _)| m.as_str())
+            .collect();
         assert_eq!(
             granted,
-            [format!("kube-lease-manager-{leader}"), format!("kube-lease-manager-{follower}")]
+            [
+                format!("kube-lease-manager-{leader}"),
+                format!("kube-lease-manager-{follower}")
+            ]
         );
-        assert!(applies.iter().all(|(_, s)| *s == 200 || *s == 409), "{applies:?}");
+        assert!(
+            applies.iter().all(|(_, s)| *s == 200 || *s == 409),
+            "{applies:?}"
+        );
     }
 }
 
@@ -973,14 +1319,21 @@ async fn an_expired_lease_is_taken_over_when_its_holder_stops_renewing() {
     // `first` now stops renewing, as a crashed replica would; it never releases.
     let second = manager("second").await.unwrap();
     let (rx, task) = second.watch().await;
-    wait_for(Duration::from_secs(15), "the second replica to take the expired lease", || {
-        let is_leader = *rx.borrow();
-        async move { is_leader.then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "the second replica to take the expired lease",
+        || {
+            let is_leader = *rx.borrow();
+            async move { is_leader.then_some(()) }
+        },
+    )
     .await;
     let leases: Api<Lease> = Api::namespaced(cluster.client(), cluster.namespace());
     let lease = leases.get("crashy").await.unwrap();
-    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("second"));
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("second")
+    );
     drop(rx);
     task.await.unwrap().unwrap();
     drop(first);
@@ -989,7 +1342,10 @@ async fn an_expired_lease_is_taken_over_when_its_holder_stops_renewing() {
 #[tokio::test]
 async fn recorder_publishes_events_that_can_be_listed() {
     let (cluster, api) = cluster().await;
-    let w = api.create(&PostParams::default(), &widget("noisy", 1)).await.unwrap();
+    let w = api
+        .create(&PostParams::default(), &widget("noisy", 1))
+        .await
+        .unwrap();
     let recorder = Recorder::new(
         cluster.client(),
         Reporter {
@@ -1005,7 +1361,8 @@ async fn recorder_publishes_events_that_can_be_listed() {
         secondary: None,
     };
     recorder.publish(&event, &w.object_ref(&())).await.unwrap();
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cluster.client(), cluster.namespace());
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client(), cluster.namespace());
     let listed = events.list(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
     let e = &listed.items[0];
@@ -1014,7 +1371,10 @@ async fn recorder_publishes_events_that_can_be_listed() {
     assert_eq!(e.type_.as_deref(), Some("Normal"));
     assert_eq!(e.reporting_controller.as_deref(), Some("qpm-operator-test"));
     let regarding = e.regarding.as_ref().unwrap();
-    assert_eq!((regarding.kind.as_deref(), regarding.name.as_deref()), (Some("Widget"), Some("noisy")));
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Widget"), Some("noisy"))
+    );
     assert!(e.series.is_none());
 
     // The same event again becomes a series on the same Event object (a merge patch).
@@ -1032,7 +1392,13 @@ async fn recorder_publishes_events_that_can_be_listed() {
             .iter()
             .map(|r| (r.verb, r.patch_type, r.status))
             .collect();
-        assert_eq!(writes, [(Verb::Create, None, 201), (Verb::Patch, Some(PatchType::Merge), 200)]);
+        assert_eq!(
+            writes,
+            [
+                (Verb::Create, None, 201),
+                (Verb::Patch, Some(PatchType::Merge), 200)
+            ]
+        );
     }
 }
 
@@ -1050,17 +1416,30 @@ async fn faults_fail_exactly_the_matching_requests_and_change_nothing() {
     let created = cms.create(&PostParams::default(), &cm).await.unwrap();
     fake.clear_requests();
 
-    fake.fail_next(1, 500, |r| r.verb == Verb::Get && r.resource == "configmaps");
+    fake.fail_next(1, 500, |r| {
+        r.verb == Verb::Get && r.resource == "configmaps"
+    });
     let e = api_error(cms.get("c").await);
     assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
     cms.get("c").await.unwrap();
 
     fake.fail_next(2, 409, |r| r.verb == Verb::Patch);
     let patch = Patch::Merge(json!({"data": {"k": "v"}}));
-    assert_eq!(api_error(cms.patch("c", &PatchParams::default(), &patch).await).code, 409);
-    assert_eq!(api_error(cms.patch("c", &PatchParams::default(), &patch).await).code, 409);
-    assert_eq!(cms.get("c").await.unwrap().resource_version(), created.resource_version());
-    cms.patch("c", &PatchParams::default(), &patch).await.unwrap();
+    assert_eq!(
+        api_error(cms.patch("c", &PatchParams::default(), &patch).await).code,
+        409
+    );
+    assert_eq!(
+        api_error(cms.patch("c", &PatchParams::default(), &patch).await).code,
+        409
+    );
+    assert_eq!(
+        cms.get("c").await.unwrap().resource_version(),
+        created.resource_version()
+    );
+    cms.patch("c", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
 
     // kube's client retries a 503 by itself: two requests, one answer.
     fake.fail_next(1, 503, |r| r.verb == Verb::Get);
@@ -1083,7 +1462,11 @@ async fn faults_fail_exactly_the_matching_requests_and_change_nothing() {
     assert_eq!(fake.count(|r| r.verb == Verb::Patch && r.status == 200), 1);
     let writes = fake.writes_to("configmaps", None);
     assert_eq!(writes.len(), 3);
-    assert!(writes.iter().all(|w| w.namespace.as_deref() == Some("default") && w.name.as_deref() == Some("c")));
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.namespace.as_deref() == Some("default") && w.name.as_deref() == Some("c"))
+    );
 }
 
 #[tokio::test]

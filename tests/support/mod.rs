@@ -28,7 +28,7 @@ const HARNESS_MANAGER: &str = "qpm-operator-tests";
 
 enum Backend {
     Fake(FakeApiServer),
-    Real(kube::Config),
+    Real(Box<kube::Config>),
 }
 
 /// A Kubernetes API server for one test, with a namespace of its own.
@@ -56,11 +56,15 @@ impl TestCluster {
     pub async fn start() -> TestCluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let namespace = unique_namespace();
-        match std::env::var(KUBECONFIG_ENV).ok().filter(|v| !v.trim().is_empty()) {
+        match std::env::var(KUBECONFIG_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
             None => {
                 let fake = FakeApiServer::start().await;
-                fake.create_namespace(&namespace)
-                    .unwrap_or_else(|e| panic!("cannot create namespace {namespace} in the fake: {e}"));
+                fake.create_namespace(&namespace).unwrap_or_else(|e| {
+                    panic!("cannot create namespace {namespace} in the fake: {e}")
+                });
                 let mut config = fake.config();
                 config.default_namespace = namespace.clone();
                 let client = Client::try_from(config).expect("a kube client for the fake builds");
@@ -72,18 +76,28 @@ impl TestCluster {
             }
             Some(path) => {
                 let path = expand_home(path.trim());
-                let kubeconfig = Kubeconfig::read_from(&path)
-                    .unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}={}: cannot read it: {e}", path.display()));
-                let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}={}: not a usable kubeconfig: {e}", path.display()));
+                let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+                    panic!("{KUBECONFIG_ENV}={}: cannot read it: {e}", path.display())
+                });
+                let mut config =
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{KUBECONFIG_ENV}={}: not a usable kubeconfig: {e}",
+                                path.display()
+                            )
+                        });
                 config.default_namespace = namespace.clone();
-                let client = Client::try_from(config.clone())
-                    .unwrap_or_else(|e| panic!("cannot build a client for {}: {e}", path.display()));
+                let client = Client::try_from(config.clone()).unwrap_or_else(|e| {
+                    panic!("cannot build a client for {}: {e}", path.display())
+                });
                 let ns = Namespace {
                     metadata: kube::api::ObjectMeta {
                         name: Some(namespace.clone()),
-                        labels: Some([("qpm-operator-test".to_string(), "true".to_string())].into()),
+                        labels: Some(
+                            [("qpm-operator-test".to_string(), "true".to_string())].into(),
+                        ),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -93,7 +107,7 @@ impl TestCluster {
                     .await
                     .unwrap_or_else(|e| panic!("cannot create test namespace {namespace}: {e}"));
                 TestCluster {
-                    backend: Backend::Real(config),
+                    backend: Backend::Real(Box::new(config)),
                     client,
                     namespace,
                 }
@@ -110,7 +124,7 @@ impl TestCluster {
     pub fn new_client(&self) -> Client {
         let mut config = match &self.backend {
             Backend::Fake(fake) => fake.config(),
-            Backend::Real(config) => config.clone(),
+            Backend::Real(config) => (**config).clone(),
         };
         config.default_namespace = self.namespace.clone();
         Client::try_from(config).expect("a second kube client builds from a config that built one")
@@ -149,21 +163,29 @@ impl TestCluster {
                 crd.metadata.managed_fields = None;
                 crd.metadata.resource_version = None;
                 crd.status = None;
-                api.patch(&name, &PatchParams::apply(HARNESS_MANAGER).force(), &Patch::Apply(&crd))
-                    .await
-                    .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
-                wait_for(Duration::from_secs(60), &format!("CRD {name} to be Established"), || {
-                    let api = api.clone();
-                    let name = name.clone();
-                    async move {
-                        let crd = api.get(&name).await.ok()?;
-                        crd.status?
-                            .conditions?
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                            .then_some(())
-                    }
-                })
+                api.patch(
+                    &name,
+                    &PatchParams::apply(HARNESS_MANAGER).force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
+                wait_for(
+                    Duration::from_secs(60),
+                    &format!("CRD {name} to be Established"),
+                    || {
+                        let api = api.clone();
+                        let name = name.clone();
+                        async move {
+                            let crd = api.get(&name).await.ok()?;
+                            crd.status?
+                                .conditions?
+                                .iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                                .then_some(())
+                        }
+                    },
+                )
                 .await;
             }
         }
@@ -177,10 +199,13 @@ impl Drop for TestCluster {
         };
         // Best effort, on a runtime of its own: the test's runtime may be single-threaded and
         // is blocked in this drop, so the test's client cannot make progress here.
-        let config = config.clone();
+        let config = (**config).clone();
         let namespace = self.namespace.clone();
         let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -188,8 +213,11 @@ impl Drop for TestCluster {
                     return;
                 };
                 let api: Api<Namespace> = Api::all(client);
-                let _ = tokio::time::timeout(Duration::from_secs(10), api.delete(&namespace, &DeleteParams::background()))
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    api.delete(&namespace, &DeleteParams::background()),
+                )
+                .await;
             });
         });
         let _ = cleanup.join();
@@ -212,7 +240,10 @@ where
         if tokio::time::Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        tokio::time::sleep(
+            interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
         interval = (interval * 2).min(Duration::from_millis(100));
     }
 }

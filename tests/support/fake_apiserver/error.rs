@@ -12,7 +12,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: String,
     pub message: String,
-    pub details: Option<Value>,
+    /// Boxed: the error travels in every `Result` of the store, and stays small that way.
+    pub details: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -26,28 +27,46 @@ impl ApiError {
     }
 
     fn with_object(mut self, rt: &ResourceType, name: &str) -> Self {
-        self.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural}));
+        self.details = Some(Box::new(
+            json!({"name": name, "group": rt.group, "kind": rt.plural}),
+        ));
         self
     }
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.group_resource()))
-            .with_object(rt, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.group_resource()),
+        )
+        .with_object(rt, name)
     }
 
     pub fn namespace_not_found(namespace: &str) -> Self {
-        let mut e = Self::new(404, "NotFound", format!("namespaces \"{namespace}\" not found"));
-        e.details = Some(json!({"name": namespace, "kind": "namespaces"}));
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        );
+        e.details = Some(Box::new(json!({"name": namespace, "kind": "namespaces"})));
         e
     }
 
     pub fn unknown_resource() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.group_resource()))
-            .with_object(rt, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.group_resource()),
+        )
+        .with_object(rt, name)
     }
 
     /// The optimistic-concurrency failure: a stale `resourceVersion` or a failed precondition.
@@ -55,7 +74,10 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.group_resource()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                rt.group_resource()
+            ),
         )
         .with_object(rt, name)
     }
@@ -71,17 +93,24 @@ impl ApiError {
     /// 422 with one cause per `(field, message)`, as field validation reports it.
     pub fn invalid(rt: &ResourceType, name: &str, causes: &[(String, String)]) -> Self {
         let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let message = if text.len() == 1 {
-            format!("{} \"{name}\" is invalid: {}", rt.kind, text[0])
+        let kind = if rt.group.is_empty() {
+            rt.kind.clone()
         } else {
-            format!("{} \"{name}\" is invalid: [{}]", rt.kind, text.join(", "))
+            format!("{}.{}", rt.kind, rt.group)
+        };
+        let message = if text.len() == 1 {
+            format!("{kind} \"{name}\" is invalid: {}", text[0])
+        } else {
+            format!("{kind} \"{name}\" is invalid: [{}]", text.join(", "))
         };
         let mut e = Self::new(422, "Invalid", message);
         let causes: Vec<Value> = causes
             .iter()
             .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
             .collect();
-        e.details = Some(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}));
+        e.details = Some(Box::new(
+            json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}),
+        ));
         e
     }
 
@@ -94,7 +123,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(what: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("{what} is not supported by the fake API server"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("{what} is not supported by the fake API server"),
+        )
     }
 
     /// What the server answers for a JSON patch that cannot be applied (a failed `test` op, a
@@ -105,7 +138,9 @@ impl ApiError {
             "Invalid",
             "the server rejected our request due to an error in our request",
         );
-        e.details = Some(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": cause}]}));
+        e.details = Some(Box::new(
+            json!({"causes": [{"reason": "UnexpectedServerResponse", "message": cause}]}),
+        ));
         e
     }
 
@@ -141,7 +176,7 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(details) = &self.details {
-            body["details"] = details.clone();
+            body["details"] = (**details).clone();
         }
         body
     }

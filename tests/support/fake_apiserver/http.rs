@@ -32,7 +32,10 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -43,7 +46,9 @@ impl Params {
 fn resource_route(registry: &Registry, group: &str, version: &str, rest: &[&str]) -> Route {
     let namespaced_path = rest.len() >= 3
         && rest[0] == "namespaces"
-        && registry.lookup(group, version, rest[2]).is_some_and(|rt| rt.namespaced);
+        && registry
+            .lookup(group, version, rest[2])
+            .is_some_and(|rt| rt.namespaced);
     let (namespace, rest) = if namespaced_path {
         (Some(rest[1].to_string()), &rest[2..])
     } else {
@@ -199,8 +204,16 @@ pub async fn handle(
     let fault = shared.lock().take_fault(&record);
     let response = match fault {
         Some(err) => err.into_response(),
-        None => dispatch(&shared, route, &record, &params, &headers, content_type, &body)
-            .unwrap_or_else(IntoResponse::into_response),
+        None => dispatch(
+            &shared,
+            route,
+            &record,
+            &params,
+            &headers,
+            content_type,
+            &body,
+        )
+        .unwrap_or_else(IntoResponse::into_response),
     };
     record.status = response.status().as_u16();
     shared.lock().log.push(record);
@@ -230,15 +243,21 @@ fn dispatch(
         force: record.force,
     };
     if ctx.field_manager.as_ref().is_some_and(|m| m.len() > 128) {
-        return Err(ApiError::bad_request("fieldManager: Too long: may not be more than 128 bytes"));
+        return Err(ApiError::bad_request(
+            "fieldManager: Too long: may not be more than 128 bytes",
+        ));
     }
     match (route, record.verb) {
         (Route::Version, _) => Ok(json_response(200, version_info())),
-        (Route::CoreVersions, _) => Ok(json_response(200, shared.lock().registry.core_versions(&shared.address))),
+        (Route::CoreVersions, _) => Ok(json_response(
+            200,
+            shared.lock().registry.core_versions(&shared.address),
+        )),
         (Route::GroupList, _) => Ok(json_response(200, shared.lock().registry.group_list())),
-        (Route::ResourceList { group, version }, _) => {
-            Ok(json_response(200, shared.lock().registry.resource_list(&group, &version)))
-        }
+        (Route::ResourceList { group, version }, _) => Ok(json_response(
+            200,
+            shared.lock().registry.resource_list(&group, &version),
+        )),
         (Route::Unknown, _) => Err(ApiError::unknown_resource()),
         (Route::Collection(t), Verb::Watch) => {
             let q = WatchQuery {
@@ -258,7 +277,10 @@ fn dispatch(
             let q = ListQuery {
                 selectors: selectors(params, &t)?,
                 limit: params.get("limit").and_then(|s| s.parse().ok()),
-                continue_token: params.get("continue").filter(|s| !s.is_empty()).map(str::to_string),
+                continue_token: params
+                    .get("continue")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
                 resource_version: params.get("resourceVersion").map(str::to_string),
                 resource_version_match: params.get("resourceVersionMatch").map(str::to_string),
             };
@@ -276,7 +298,9 @@ fn dispatch(
         }
         (Route::Collection(t), Verb::Create) => {
             if t.namespace.is_none() && t.rt.namespaced {
-                return Err(ApiError::method_not_allowed("creating a namespaced object without a namespace in the path"));
+                return Err(ApiError::method_not_allowed(
+                    "creating a namespaced object without a namespace in the path",
+                ));
             }
             let obj = shared.lock().create(&t, body, &ctx)?;
             Ok(json_response(201, present(&obj, &t, meta_only)))

@@ -184,7 +184,8 @@ impl FakeApiServer {
     /// status subresource, selectable fields) and stores the CRD itself as Established, as
     /// if it had been applied. Idempotent.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<(), String> {
-        let value = serde_json::to_value(crd).map_err(|e| format!("the CRD does not serialize: {e}"))?;
+        let value =
+            serde_json::to_value(crd).map_err(|e| format!("the CRD does not serialize: {e}"))?;
         ResourceType::from_crd(&value)?;
         self.shared.lock().put_crd(value).map_err(|e| e.message)
     }
@@ -196,7 +197,10 @@ impl FakeApiServer {
 
     /// Creates a namespace directly (not logged, not subject to faults).
     pub fn create_namespace(&self, name: &str) -> Result<(), String> {
-        self.shared.lock().ensure_namespace(name).map_err(|e| e.message)
+        self.shared
+            .lock()
+            .ensure_namespace(name)
+            .map_err(|e| e.message)
     }
 
     /// Every request so far, in arrival order of their answers.
@@ -216,7 +220,9 @@ impl FakeApiServer {
             .lock()
             .log
             .iter()
-            .filter(|r| r.is_write() && r.resource == resource && r.subresource.as_deref() == subresource)
+            .filter(|r| {
+                r.is_write() && r.resource == resource && r.subresource.as_deref() == subresource
+            })
             .cloned()
             .collect()
     }
@@ -230,7 +236,12 @@ impl FakeApiServer {
     /// with the reason the real server uses for that code) and change nothing. The predicate
     /// sees the request with `status == 0`; it runs under the server's lock, so it must not
     /// call back into this server. Note that kube's client retries 429, 503 and 504 by itself.
-    pub fn fail_next(&self, n: usize, status: u16, matches: impl Fn(&RequestRecord) -> bool + Send + Sync + 'static) {
+    pub fn fail_next(
+        &self,
+        n: usize,
+        status: u16,
+        matches: impl Fn(&RequestRecord) -> bool + Send + Sync + 'static,
+    ) {
         self.fail_next_with(n, status, None, matches);
     }
 
@@ -271,7 +282,13 @@ impl FakeApiServer {
     }
 
     /// A stored object as JSON, read directly (not logged): `group` is `""` for core.
-    pub fn object(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn object(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         self.shared.lock().peek(group, plural, namespace, name)
     }
 }

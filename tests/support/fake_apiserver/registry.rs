@@ -89,17 +89,26 @@ impl ResourceType {
         let kind = text(names.get("kind"), "spec.names.kind")?;
         let singular = text(names.get("singular"), "spec.names.singular")
             .unwrap_or_else(|_| kind.to_lowercase());
-        let list_kind =
-            text(names.get("listKind"), "spec.names.listKind").unwrap_or_else(|_| format!("{kind}List"));
+        let list_kind = text(names.get("listKind"), "spec.names.listKind")
+            .unwrap_or_else(|_| format!("{kind}List"));
         let short_names = names
             .get("shortNames")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         let namespaced = match spec.get("scope").and_then(Value::as_str) {
             Some("Namespaced") => true,
             Some("Cluster") => false,
-            other => return Err(format!("the CRD's spec.scope must be Namespaced or Cluster, not {other:?}")),
+            other => {
+                return Err(format!(
+                    "the CRD's spec.scope must be Namespaced or Cluster, not {other:?}"
+                ));
+            }
         };
         let versions = spec
             .get("versions")
@@ -119,7 +128,12 @@ impl ResourceType {
             if v.pointer("/subresources/status").is_some() {
                 status_subresource = true;
             }
-            for f in v.get("selectableFields").and_then(Value::as_array).into_iter().flatten() {
+            for f in v
+                .get("selectableFields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(path) = f.get("jsonPath").and_then(Value::as_str) {
                     field_selectors.push(path.trim_start_matches('.').to_string());
                 }
@@ -145,7 +159,9 @@ impl ResourceType {
     }
 
     fn discovery_entries(&self) -> Vec<Value> {
-        let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
+        let verbs = json!([
+            "create", "delete", "get", "list", "patch", "update", "watch"
+        ]);
         let mut out = vec![json!({
             "name": self.plural,
             "singularName": self.singular,
@@ -219,7 +235,13 @@ impl Registry {
         .map(String::from)
         .to_vec();
         r.insert(events);
-        r.insert(ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true));
+        r.insert(ResourceType::builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+        ));
         let mut crds = ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -236,7 +258,8 @@ impl Registry {
 
     pub fn insert(&mut self, rt: ResourceType) -> Arc<ResourceType> {
         let rt = Arc::new(rt);
-        self.types.insert((rt.group.clone(), rt.plural.clone()), rt.clone());
+        self.types
+            .insert((rt.group.clone(), rt.plural.clone()), rt.clone());
         rt
     }
 
@@ -250,7 +273,9 @@ impl Registry {
 
     /// The type with this group and plural, whatever versions it serves.
     pub fn find(&self, group: &str, plural: &str) -> Option<Arc<ResourceType>> {
-        self.types.get(&(group.to_string(), plural.to_string())).cloned()
+        self.types
+            .get(&(group.to_string(), plural.to_string()))
+            .cloned()
     }
 
     pub fn group_version_served(&self, group: &str, version: &str) -> bool {

@@ -49,7 +49,9 @@ pub struct ManagerEntry {
 
 impl ManagerEntry {
     fn is(&self, manager: &str, operation: Operation, subresource: Option<&str>) -> bool {
-        self.manager == manager && self.operation == operation && self.subresource.as_deref() == subresource
+        self.manager == manager
+            && self.operation == operation
+            && self.subresource.as_deref() == subresource
     }
 }
 
@@ -166,7 +168,9 @@ pub fn deep_merge(target: &mut Value, patch: &Value) {
         (Some(t), Some(p)) => {
             for (k, v) in p {
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => deep_merge(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        deep_merge(existing, v)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -224,10 +228,15 @@ pub fn record_update(
     let mut out: Vec<ManagerEntry> = managers.to_vec();
     for e in &mut out {
         let mine = e.is(manager, Operation::Update, subresource);
-        e.fields.retain(|p| !removed.contains(p) && (mine || !changed.iter().any(|c| path_related(c, p))));
+        e.fields.retain(|p| {
+            !removed.contains(p) && (mine || !changed.iter().any(|c| path_related(c, p)))
+        });
     }
     if !changed.is_empty() {
-        match out.iter_mut().find(|e| e.is(manager, Operation::Update, subresource)) {
+        match out
+            .iter_mut()
+            .find(|e| e.is(manager, Operation::Update, subresource))
+        {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = now.to_string();
@@ -272,7 +281,10 @@ pub fn apply(
     let mut out: Vec<ManagerEntry> = managers.to_vec();
 
     let mut conflicts = Vec::new();
-    for e in out.iter().filter(|e| !e.is(manager, Operation::Apply, subresource)) {
+    for e in out
+        .iter()
+        .filter(|e| !e.is(manager, Operation::Apply, subresource))
+    {
         for p in &e.fields {
             if get_path(live, p) != get_path(&merged, p) {
                 conflicts.push(Conflict {
@@ -287,8 +299,12 @@ pub fn apply(
         if !force {
             return Err(conflicts);
         }
-        for e in out.iter_mut().filter(|e| !e.is(manager, Operation::Apply, subresource)) {
-            e.fields.retain(|p| get_path(live, p) == get_path(&merged, p));
+        for e in out
+            .iter_mut()
+            .filter(|e| !e.is(manager, Operation::Apply, subresource))
+        {
+            e.fields
+                .retain(|p| get_path(live, p) == get_path(&merged, p));
         }
     }
 
@@ -301,10 +317,15 @@ pub fn apply(
         .iter()
         .filter(|e| !e.is(manager, Operation::Apply, subresource))
         .collect();
-    let owned_by_others =
-        |p: &[String]| others.iter().any(|e| e.fields.iter().any(|q| path_related(q, p)));
+    let owned_by_others = |p: &[String]| {
+        others
+            .iter()
+            .any(|e| e.fields.iter().any(|q| path_related(q, p)))
+    };
     let owned_leaf = |p: &[String]| {
-        others.iter().any(|e| e.fields.iter().any(|q| q.as_slice() == p))
+        others
+            .iter()
+            .any(|e| e.fields.iter().any(|q| q.as_slice() == p))
             || applied_leaves.contains_key(p)
     };
     for p in previous.iter().filter(|p| !applied_leaves.contains_key(*p)) {
@@ -314,7 +335,10 @@ pub fn apply(
     }
 
     let fields: BTreeSet<FieldPath> = applied_leaves.into_keys().collect();
-    match out.iter_mut().find(|e| e.is(manager, Operation::Apply, subresource)) {
+    match out
+        .iter_mut()
+        .find(|e| e.is(manager, Operation::Apply, subresource))
+    {
         Some(e) => {
             if e.fields != fields {
                 e.time = now.to_string();

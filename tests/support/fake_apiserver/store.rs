@@ -76,7 +76,10 @@ impl Target {
     }
 
     fn key(&self) -> (String, String) {
-        (self.namespace.clone().unwrap_or_default(), self.name().to_string())
+        (
+            self.namespace.clone().unwrap_or_default(),
+            self.name().to_string(),
+        )
     }
 
     fn type_key(&self) -> (String, String) {
@@ -102,7 +105,9 @@ pub struct WriteCtx {
 
 impl WriteCtx {
     fn manager(&self) -> &str {
-        self.field_manager.as_deref().unwrap_or(&self.default_manager)
+        self.field_manager
+            .as_deref()
+            .unwrap_or(&self.default_manager)
     }
 }
 
@@ -124,7 +129,9 @@ enum Ownership {
 }
 
 pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
@@ -159,12 +166,18 @@ fn set_or_remove(obj: &mut Value, key: &str, value: Option<Value>) {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
 }
 
 /// The object without what the server rewrites on every write, to tell real changes from no-ops.
@@ -194,7 +207,9 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok(v)
 }
@@ -240,7 +255,9 @@ fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[ssa::Conflict]) ->
         })
         .collect();
     let mut e = ApiError::new(409, "Conflict", message);
-    e.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}));
+    e.details = Some(Box::new(
+        json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}),
+    ));
     e
 }
 
@@ -310,7 +327,13 @@ impl State {
         state
     }
 
-    fn target_for(&self, group: &str, plural: &str, namespace: Option<&str>, name: Option<&str>) -> Option<Target> {
+    fn target_for(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Option<Target> {
         let rt = self.registry.find(group, plural)?;
         Some(Target {
             version: rt.storage_version().to_string(),
@@ -333,7 +356,12 @@ impl State {
             default_manager: SERVER_MANAGER.to_string(),
             ..WriteCtx::default()
         };
-        self.create_object(&t, json!({"metadata": {"name": name}}), Ownership::Update, &ctx)?;
+        self.create_object(
+            &t,
+            json!({"metadata": {"name": name}}),
+            Ownership::Update,
+            &ctx,
+        )?;
         Ok(())
     }
 
@@ -343,7 +371,12 @@ impl State {
             .ok_or_else(|| ApiError::bad_request("the CRD has no metadata.name"))?
             .to_string();
         let mut t = self
-            .target_for("apiextensions.k8s.io", "customresourcedefinitions", None, Some(&name))
+            .target_for(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                None,
+                Some(&name),
+            )
             .ok_or_else(ApiError::unknown_resource)?;
         let ctx = WriteCtx {
             default_manager: SERVER_MANAGER.to_string(),
@@ -374,7 +407,10 @@ impl State {
         let fault = &mut self.faults[idx];
         fault.remaining -= 1;
         let message = fault.message.clone().unwrap_or_else(|| {
-            format!("injected fault: {} {} answered {}", record.verb, record.path, fault.status)
+            format!(
+                "injected fault: {} {} answered {}",
+                record.verb, record.path, fault.status
+            )
         });
         let err = ApiError::new(fault.status, ApiError::reason_for(fault.status), message);
         if fault.remaining == 0 {
@@ -390,7 +426,13 @@ impl State {
     }
 
     /// A stored object, read without logging (for tests that peek).
-    pub fn peek(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn peek(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         self.objects
             .get(&(group.to_string(), plural.to_string()))?
             .get(&(namespace.unwrap_or("").to_string(), name.to_string()))
@@ -459,9 +501,16 @@ impl State {
     }
 
     /// Server-side rewrites of particular kinds.
-    fn server_transforms(&self, rt: &ResourceType, obj: &mut Value, creating: bool) -> Result<(), ApiError> {
+    fn server_transforms(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        creating: bool,
+    ) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.plural == "secrets" {
-            let map = obj.as_object_mut().ok_or_else(|| ApiError::bad_request("not an object"))?;
+            let map = obj
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("not an object"))?;
             if let Some(string_data) = map.remove("stringData") {
                 let entries = string_data
                     .as_object()
@@ -475,9 +524,9 @@ impl State {
                     .as_object_mut()
                     .ok_or_else(|| ApiError::bad_request("data must be a map of strings"))?;
                 for (k, v) in entries {
-                    let s = v
-                        .as_str()
-                        .ok_or_else(|| ApiError::bad_request(format!("stringData.{k} must be a string")))?;
+                    let s = v.as_str().ok_or_else(|| {
+                        ApiError::bad_request(format!("stringData.{k} must be a string"))
+                    })?;
                     data.insert(k, json!(STANDARD.encode(s)));
                 }
             }
@@ -501,14 +550,23 @@ impl State {
         }
         if is_crd_type(rt) {
             let parsed = ResourceType::from_crd(obj).map_err(|e| {
-                ApiError::invalid(rt, meta_str(obj, "name").unwrap_or(""), &[("spec".into(), e)])
+                ApiError::invalid(
+                    rt,
+                    meta_str(obj, "name").unwrap_or(""),
+                    &[("spec".into(), e)],
+                )
             })?;
             let expected = format!("{}.{}", parsed.plural, parsed.group);
             if meta_str(obj, "name") != Some(expected.as_str()) {
                 return Err(ApiError::invalid(
                     rt,
                     meta_str(obj, "name").unwrap_or(""),
-                    &[("metadata.name".into(), format!("Invalid value: must be spec.names.plural+\".\"+spec.group ({expected})"))],
+                    &[(
+                        "metadata.name".into(),
+                        format!(
+                            "Invalid value: must be spec.names.plural+\".\"+spec.group ({expected})"
+                        ),
+                    )],
                 ));
             }
             let time = now();
@@ -568,7 +626,12 @@ impl State {
                         while self.snapshots.len() > MAX_SNAPSHOTS {
                             self.snapshots.pop_first();
                         }
-                        (self.rv, items, Some(Self::token(id, self.rv)), Some(remaining))
+                        (
+                            self.rv,
+                            items,
+                            Some(Self::token(id, self.rv)),
+                            Some(remaining),
+                        )
                     }
                     _ => (self.rv, items, None, None),
                 }
@@ -622,7 +685,9 @@ impl State {
             return Err(expired());
         }
         if snap.group != t.rt.group || snap.plural != t.rt.plural {
-            return Err(ApiError::bad_request("continue key is for another resource"));
+            return Err(ApiError::bad_request(
+                "continue key is for another resource",
+            ));
         }
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let page: VecDeque<Value> = if snap.items.len() > limit {
@@ -694,28 +759,48 @@ impl State {
         self.create_object(t, obj, Ownership::Update, ctx)
     }
 
-    fn create_object(&mut self, t: &Target, mut obj: Value, own: Ownership, ctx: &WriteCtx) -> Result<Value, ApiError> {
+    fn create_object(
+        &mut self,
+        t: &Target,
+        mut obj: Value,
+        own: Ownership,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
         let rt = t.rt.clone();
         Self::check_type(t, &mut obj, false)?;
         let namespace = if rt.namespaced {
             let ns = t.namespace.clone().ok_or_else(|| {
-                ApiError::bad_request("a namespaced object must be created through its namespace's path")
+                ApiError::bad_request(
+                    "a namespaced object must be created through its namespace's path",
+                )
             })?;
             Some(ns)
         } else {
             None
         };
         let meta = meta_mut(&mut obj)?;
-        if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             return Err(ApiError::new(
                 500,
                 "InternalError",
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        let name = match meta.get("name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        let name = match meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             Some(n) => n.to_string(),
-            None => match meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            None => match meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 Some(prefix) => {
                     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
                     let suffix: String = (0..5)
@@ -727,7 +812,10 @@ impl State {
                     return Err(ApiError::invalid(
                         &rt,
                         "",
-                        &[("metadata.name".into(), "Required value: name or generateName is required".into())],
+                        &[(
+                            "metadata.name".into(),
+                            "Required value: name or generateName is required".into(),
+                        )],
                     ));
                 }
             },
@@ -782,11 +870,23 @@ impl State {
             return Err(ApiError::invalid(&rt, &name, &causes));
         }
         let key = (namespace.clone().unwrap_or_default(), name.clone());
-        if self.objects.get(&t.type_key()).is_some_and(|m| m.contains_key(&key)) {
+        if self
+            .objects
+            .get(&t.type_key())
+            .is_some_and(|m| m.contains_key(&key))
+        {
             return Err(ApiError::already_exists(&rt, &name));
         }
         let managers = match own {
-            Ownership::Update => ssa::record_update(None, &obj, &[], ctx.manager(), None, &t.api_version(), &now()),
+            Ownership::Update => ssa::record_update(
+                None,
+                &obj,
+                &[],
+                ctx.manager(),
+                None,
+                &t.api_version(),
+                &now(),
+            ),
             Ownership::Precomputed(mut m) => {
                 ssa::prune(&mut m, &obj);
                 m
@@ -824,7 +924,9 @@ impl State {
         Self::check_type(t, &mut obj, false)?;
         Self::check_body_name(t, &mut obj)?;
         let old = self.stored(t)?;
-        let current_rv = meta_str(&old.obj, "resourceVersion").unwrap_or("").to_string();
+        let current_rv = meta_str(&old.obj, "resourceVersion")
+            .unwrap_or("")
+            .to_string();
         match meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) if rv != current_rv => return Err(ApiError::stale(&t.rt, t.name())),
             Some(_) => {}
@@ -832,7 +934,10 @@ impl State {
                 return Err(ApiError::invalid(
                     &t.rt,
                     t.name(),
-                    &[("metadata.resourceVersion".into(), "Invalid value: 0x0: must be specified for an update".into())],
+                    &[(
+                        "metadata.resourceVersion".into(),
+                        "Invalid value: 0x0: must be specified for an update".into(),
+                    )],
                 ));
             }
             None => {}
@@ -853,7 +958,13 @@ impl State {
     }
 
     /// PATCH of any type; the status code is 201 when an apply created the object.
-    pub fn patch(&mut self, t: &Target, ptype: PatchType, body: &[u8], ctx: &WriteCtx) -> Result<(u16, Value), ApiError> {
+    pub fn patch(
+        &mut self,
+        t: &Target,
+        ptype: PatchType,
+        body: &[u8],
+        ctx: &WriteCtx,
+    ) -> Result<(u16, Value), ApiError> {
         if ptype == PatchType::Apply {
             return self.apply(t, body, ctx);
         }
@@ -861,7 +972,10 @@ impl State {
             return Err(ApiError::invalid(
                 &t.rt,
                 t.name(),
-                &[("force".into(), "Forbidden: may not be specified for non-apply patch".into())],
+                &[(
+                    "force".into(),
+                    "Forbidden: may not be specified for non-apply patch".into(),
+                )],
             ));
         }
         let old = self.stored(t)?;
@@ -883,7 +997,9 @@ impl State {
             PatchType::Apply => unreachable!("handled above"),
         }
         if !candidate.is_object() {
-            return Err(ApiError::patch_unprocessable("the patched document is not an object".into()));
+            return Err(ApiError::patch_unprocessable(
+                "the patched document is not an object".into(),
+            ));
         }
         // A resourceVersion in the patched object is an optimistic-concurrency precondition.
         if let Some(rv) = meta_str(&candidate, "resourceVersion")
@@ -891,7 +1007,10 @@ impl State {
         {
             return Err(ApiError::stale(&t.rt, t.name()));
         }
-        Ok((200, self.commit_modify(t, old, candidate, Ownership::Update, ctx)?))
+        Ok((
+            200,
+            self.commit_modify(t, old, candidate, Ownership::Update, ctx)?,
+        ))
     }
 
     fn apply(&mut self, t: &Target, body: &[u8], ctx: &WriteCtx) -> Result<(u16, Value), ApiError> {
@@ -900,7 +1019,8 @@ impl State {
                 "PATCH, application/apply-patch+yaml requires fieldManager parameter",
             ));
         };
-        let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the apply patch is not UTF-8"))?;
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the apply patch is not UTF-8"))?;
         let mut obj: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => serde_saphyr::from_str(text)
@@ -924,7 +1044,9 @@ impl State {
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
         {
-            return Err(ApiError::bad_request("metadata.managedFields must be nil in an apply patch"));
+            return Err(ApiError::bad_request(
+                "metadata.managedFields must be nil in an apply patch",
+            ));
         }
         let sub = t.subresource.as_deref();
         let mut applied = if sub == Some("status") {
@@ -946,9 +1068,27 @@ impl State {
                 {
                     return Err(ApiError::stale(&t.rt, t.name()));
                 }
-                let outcome = ssa::apply(&old.obj, &old.managers, &applied, &manager, sub, &av, ctx.force, &now)
-                    .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
-                Ok((200, self.commit_modify(t, old, outcome.object, Ownership::Precomputed(outcome.managers), ctx)?))
+                let outcome = ssa::apply(
+                    &old.obj,
+                    &old.managers,
+                    &applied,
+                    &manager,
+                    sub,
+                    &av,
+                    ctx.force,
+                    &now,
+                )
+                .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
+                Ok((
+                    200,
+                    self.commit_modify(
+                        t,
+                        old,
+                        outcome.object,
+                        Ownership::Precomputed(outcome.managers),
+                        ctx,
+                    )?,
+                ))
             }
             Err(not_found) => {
                 if sub.is_some() {
@@ -958,15 +1098,31 @@ impl State {
                 if let Some(ns) = &t.namespace {
                     base["metadata"]["namespace"] = json!(ns);
                 }
-                let outcome = ssa::apply(&base, &[], &applied, &manager, None, &av, ctx.force, &now)
-                    .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
-                Ok((201, self.create_object(t, outcome.object, Ownership::Precomputed(outcome.managers), ctx)?))
+                let outcome =
+                    ssa::apply(&base, &[], &applied, &manager, None, &av, ctx.force, &now)
+                        .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
+                Ok((
+                    201,
+                    self.create_object(
+                        t,
+                        outcome.object,
+                        Ownership::Precomputed(outcome.managers),
+                        ctx,
+                    )?,
+                ))
             }
         }
     }
 
     /// Every modification of an existing object ends here.
-    fn commit_modify(&mut self, t: &Target, old: Stored, candidate: Value, own: Ownership, ctx: &WriteCtx) -> Result<Value, ApiError> {
+    fn commit_modify(
+        &mut self,
+        t: &Target,
+        old: Stored,
+        candidate: Value,
+        own: Ownership,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
         let rt = t.rt.clone();
         let name = t.name().to_string();
         let mut new = candidate;
@@ -978,7 +1134,12 @@ impl State {
             set_or_remove(&mut new, "status", old.obj.get("status").cloned());
         }
         {
-            let old_meta = old.obj.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+            let old_meta = old
+                .obj
+                .get("metadata")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             let meta = meta_mut(&mut new)?;
             for k in [
                 "uid",
@@ -1014,7 +1175,8 @@ impl State {
                     &name,
                     &[(
                         "metadata.finalizers".into(),
-                        "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                        "Forbidden: no new finalizers can be added if the object is being deleted"
+                            .into(),
                     )],
                 ));
             }
@@ -1024,7 +1186,11 @@ impl State {
             return Err(ApiError::invalid(&rt, &name, &causes));
         }
         if rt.tracks_generation && generation_view(&rt, &new) != generation_view(&rt, &old.obj) {
-            let generation = old.obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let generation = old
+                .obj
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             new["metadata"]["generation"] = json!(generation + 1);
         }
         let managers = match own {
@@ -1043,7 +1209,9 @@ impl State {
             }
         };
         // The real server does not write (nor bump resourceVersion) when nothing changed.
-        if without_volatile(&new) == without_volatile(&old.obj) && ssa::same_ownership(&managers, &old.managers) {
+        if without_volatile(&new) == without_volatile(&old.obj)
+            && ssa::same_ownership(&managers, &old.managers)
+        {
             return Ok(old.obj);
         }
         if ctx.dry_run {
@@ -1124,7 +1292,11 @@ impl State {
             if rt.tracks_generation {
                 // The real server bumps generation when it marks an object for deletion, which is
                 // how generation-filtered controllers still see the deletion.
-                let generation = old.obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let generation = old
+                    .obj
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 new["metadata"]["generation"] = json!(generation + 1);
             }
             if dry_run {

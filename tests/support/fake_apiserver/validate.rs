@@ -10,7 +10,8 @@ type Causes = Vec<(String, String)>;
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -24,7 +25,8 @@ fn is_qualified_part(s: &str) -> bool {
     let edge = |b: u8| b.is_ascii_alphanumeric();
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && s.bytes().next().is_some_and(edge)
         && s.bytes().last().is_some_and(edge)
 }
@@ -58,7 +60,10 @@ fn check_labels(meta: &Value, causes: &mut Causes) {
         return;
     };
     let Some(labels) = labels.as_object() else {
-        causes.push(("metadata.labels".into(), "Invalid value: must be a map of strings".into()));
+        causes.push((
+            "metadata.labels".into(),
+            "Invalid value: must be a map of strings".into(),
+        ));
         return;
     };
     for (k, v) in labels {
@@ -81,7 +86,10 @@ fn check_annotations(meta: &Value, causes: &mut Causes) {
         return;
     };
     let Some(annotations) = annotations.as_object() else {
-        causes.push(("metadata.annotations".into(), "Invalid value: must be a map of strings".into()));
+        causes.push((
+            "metadata.annotations".into(),
+            "Invalid value: must be a map of strings".into(),
+        ));
         return;
     };
     let mut total = 0usize;
@@ -91,11 +99,17 @@ fn check_annotations(meta: &Value, causes: &mut Causes) {
         }
         match v.as_str() {
             Some(s) => total += k.len() + s.len(),
-            None => causes.push((format!("metadata.annotations.{k}"), "Invalid value: must be a string".into())),
+            None => causes.push((
+                format!("metadata.annotations.{k}"),
+                "Invalid value: must be a string".into(),
+            )),
         }
     }
     if total > 256 * 1024 {
-        causes.push(("metadata.annotations".into(), format!("Too long: must have at most 262144 bytes, has {total}")));
+        causes.push((
+            "metadata.annotations".into(),
+            format!("Too long: must have at most 262144 bytes, has {total}"),
+        ));
     }
 }
 
@@ -107,11 +121,17 @@ fn check_finalizers(meta: &Value, causes: &mut Causes) {
         Some(list) => {
             for f in list {
                 if !f.as_str().is_some_and(is_qualified_name) {
-                    causes.push(("metadata.finalizers".into(), format!("Invalid value: {f}: must be a qualified name")));
+                    causes.push((
+                        "metadata.finalizers".into(),
+                        format!("Invalid value: {f}: must be a qualified name"),
+                    ));
                 }
             }
         }
-        None => causes.push(("metadata.finalizers".into(), "Invalid value: must be a list of strings".into())),
+        None => causes.push((
+            "metadata.finalizers".into(),
+            "Invalid value: must be a list of strings".into(),
+        )),
     }
 }
 
@@ -121,20 +141,34 @@ fn check_event_v1(obj: &Value, causes: &mut Causes) {
     if obj.get("eventTime").is_none_or(Value::is_null) {
         causes.push(("eventTime".into(), "Required value".into()));
     }
-    for (field, limit) in [("reportingController", 253), ("reportingInstance", 128), ("action", 128), ("reason", 128)] {
+    for (field, limit) in [
+        ("reportingController", 253),
+        ("reportingInstance", 128),
+        ("action", 128),
+        ("reason", 128),
+    ] {
         let value = text(field);
         if value.is_empty() {
             causes.push((field.into(), "Required value".into()));
         } else if value.len() > limit {
-            causes.push((field.into(), format!("Too long: may not be more than {limit} bytes")));
+            causes.push((
+                field.into(),
+                format!("Too long: may not be more than {limit} bytes"),
+            ));
         }
     }
     match text("type") {
         "Normal" | "Warning" => {}
-        other => causes.push(("type".into(), format!("Unsupported value: {other:?}: supported values: \"Normal\", \"Warning\""))),
+        other => causes.push((
+            "type".into(),
+            format!("Unsupported value: {other:?}: supported values: \"Normal\", \"Warning\""),
+        )),
     }
     if text("note").len() > 1024 {
-        causes.push(("note".into(), "Too long: may not be more than 1024 bytes".into()));
+        causes.push((
+            "note".into(),
+            "Too long: may not be more than 1024 bytes".into(),
+        ));
     }
 }
 

@@ -111,7 +111,10 @@ pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response,
                 return Err(ApiError::invalid(
                     &t.rt,
                     "",
-                    &[("allowWatchBookmarks".into(), "Required value: sendInitialEvents requires allowWatchBookmarks".into())],
+                    &[(
+                        "allowWatchBookmarks".into(),
+                        "Required value: sendInitialEvents requires allowWatchBookmarks".into(),
+                    )],
                 ));
             }
             for obj in state.matching(&t, &q.selectors) {
@@ -126,9 +129,9 @@ pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response,
                     }
                 }
                 Some(s) => {
-                    let from: u64 = s
-                        .parse()
-                        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?;
+                    let from: u64 = s.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resource version: {s:?}"))
+                    })?;
                     if from < state.floor {
                         gone = Some(format!("too old resource version: {from} ({current})"));
                     } else {
@@ -204,10 +207,14 @@ pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response,
     });
 
     let stream = futures::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
