@@ -216,7 +216,9 @@ pub async fn handle(
         .unwrap_or_else(IntoResponse::into_response),
     };
     record.status = response.status().as_u16();
-    shared.lock().log.push(record);
+    if shared.opts.record_requests {
+        shared.lock().log.push(record);
+    }
     response
 }
 
@@ -243,8 +245,10 @@ fn dispatch(
         force: record.force,
     };
     if ctx.field_manager.as_ref().is_some_and(|m| m.len() > 128) {
-        return Err(ApiError::bad_request(
-            "fieldManager: Too long: may not be more than 128 bytes",
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes",
         ));
     }
     match (route, record.verb) {

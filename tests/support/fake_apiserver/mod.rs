@@ -89,6 +89,8 @@ pub struct FakeOptions {
     pub bookmark_interval: Duration,
     /// How far a watcher may fall behind before it is cut off with 410 Gone.
     pub watch_buffer: usize,
+    /// Keep the request log (turn off for long benchmark runs, where it only grows).
+    pub record_requests: bool,
 }
 
 impl Default for FakeOptions {
@@ -97,6 +99,7 @@ impl Default for FakeOptions {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(1),
             watch_buffer: 4096,
+            record_requests: true,
         }
     }
 }
@@ -152,6 +155,11 @@ impl FakeApiServer {
             let graceful = async move {
                 let _ = on_stop.wait_for(|stopped| *stopped).await;
             };
+            // Watch events are small writes: without TCP_NODELAY, Nagle's algorithm would hold
+            // them back behind delayed ACKs.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(graceful)
                 .await;

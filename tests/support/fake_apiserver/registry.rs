@@ -228,6 +228,8 @@ impl Registry {
             "regarding.name",
             "regarding.uid",
             "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
             "reason",
             "reportingController",
             "type",

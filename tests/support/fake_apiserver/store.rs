@@ -1015,8 +1015,10 @@ impl State {
 
     fn apply(&mut self, t: &Target, body: &[u8], ctx: &WriteCtx) -> Result<(u16, Value), ApiError> {
         let Some(manager) = ctx.field_manager.clone() else {
-            return Err(ApiError::bad_request(
-                "PATCH, application/apply-patch+yaml requires fieldManager parameter",
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
             ));
         };
         let text = std::str::from_utf8(body)
