@@ -34,7 +34,9 @@ pub struct EngineState {
 impl EngineState {
     /// The engine's memory as the controller keeps it, in status.
     pub fn from_status(status: Option<&DeploymentJobStatus>) -> Self {
-        let Some(s) = status else { return Self::default() };
+        let Some(s) = status else {
+            return Self::default();
+        };
         EngineState {
             job_id: s.job_id.clone(),
             pending_create: s.pending_create.clone(),
@@ -49,7 +51,11 @@ impl EngineState {
     pub fn write_to(&self, status: &mut DeploymentJobStatus) {
         status.job_id = self.job_id.clone();
         status.pending_create = self.pending_create.clone();
-        status.digests = if self.digests == Digests::default() { None } else { Some(self.digests.clone()) };
+        status.digests = if self.digests == Digests::default() {
+            None
+        } else {
+            Some(self.digests.clone())
+        };
         status.last_write_time = self.last_write_time.map(Time);
         status.adopted_generation = self.adopted_generation;
         status.last_enabled_time = self.last_enabled_time.map(Time);
