@@ -3,9 +3,9 @@
 //! the CLI has no status, and without digests every `apply` would resend every script.
 
 use crate::reconcile::{EngineState, StateStore, StoreError};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -122,7 +122,11 @@ pub struct FileStore {
 }
 
 impl StateStore for FileStore {
-    fn save(&mut self, state: &EngineState) -> impl Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.file.put(&self.target, &self.key, state))
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(self.file.put(
+            &self.target,
+            &self.key,
+            state,
+        )))
     }
 }
