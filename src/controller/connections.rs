@@ -110,7 +110,7 @@ impl Connections {
     pub async fn resolve(&self, dj: &DeploymentJob) -> Result<Resolved, ConnectionError> {
         let namespace = dj.namespace().unwrap_or_default();
         let connection = match &dj.spec.connection_ref {
-            Some(r) => self.from_secret(&namespace, &r.name).await?,
+            Some(r) => self.read_secret(&namespace, &r.name).await?,
             None => {
                 let Some(c) = &self.operator_wide else {
                     return Err(ConnectionError::NotConfigured);
@@ -206,7 +206,7 @@ impl Connections {
         Ok(resolved)
     }
 
-    async fn from_secret(
+    async fn read_secret(
         &self,
         namespace: &str,
         name: &str,

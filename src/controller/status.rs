@@ -114,13 +114,13 @@ pub fn compose(
     let mut s = previous.clone();
     state.write_to(&mut s);
     s.observed_generation = generation;
-    s.conditions = conditions_for(
-        &previous.conditions,
-        outcome.reason,
-        &outcome.message,
-        generation,
-        &now(),
-    );
+    // "Nothing to do" after a success keeps that success's reason and message: a resync that
+    // finds nothing changed must not rewrite status.
+    let (reason, message) = match (outcome.reason, kept_success(previous)) {
+        (Reason::UpToDate, Some((r, m))) => (r, m),
+        _ => (outcome.reason, outcome.message.clone()),
+    };
+    s.conditions = conditions_for(&previous.conditions, reason, &message, generation, &now());
     s.pending_changes = if report_mode && outcome.reason == Reason::DriftDetected {
         outcome
             .pending_changes
@@ -147,6 +147,17 @@ pub fn compose(
         s.job = Some(live.clone());
     }
     s
+}
+
+/// The reason and message of a Ready=True condition, if the resource has one.
+fn kept_success(previous: &DeploymentJobStatus) -> Option<(Reason, String)> {
+    let ready = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition_type::READY)?;
+    let reason = Reason::from_name(&ready.reason)?;
+    (ready.status == "True" && reason.effect().ready == crate::api::Effect::True)
+        .then(|| (reason, ready.message.clone()))
 }
 
 /// The status of a paused resource: only the conditions change, and observedGeneration stays

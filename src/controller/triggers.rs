@@ -90,9 +90,10 @@ pub async fn poll_secrets(ctx: Arc<Ctx>) {
                     continue;
                 }
             };
-            match seen.insert((namespace, name), version.clone()) {
-                Some(before) if before != version => refs.into_iter().for_each(|r| ctx.trigger(r)),
-                _ => {}
+            // First sight counts as a change too: a resource stalled on a missing Secret is
+            // re-queued as soon as the Secret is there, even if that was before the first read.
+            if seen.insert((namespace, name), version.clone()) != Some(version) {
+                refs.into_iter().for_each(|r| ctx.trigger(r));
             }
         }
     }
