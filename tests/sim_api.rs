@@ -1642,6 +1642,11 @@ async fn unknown_routes_are_qualys_404s() {
     assert_eq!(a.status, 404);
     assert_eq!(a.error().0, "404");
     assert!(a.error().1.contains("/pm/v2/whatever"));
+    let a = api
+        .send(Method::PUT, "/pm/v1/deploymentjob", Some(&job("x")))
+        .await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.error().0, "405");
 }
 
 fn temp_state_file(tag: &str) -> std::path::PathBuf {

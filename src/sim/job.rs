@@ -143,14 +143,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
             "the body must be a JSON object (a deployment job document)",
         ));
     };
-    typed(&map)?;
+    let doc = Value::Object(map);
+    typed(&doc)?;
+    let map = match doc {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
     Ok(RequestDoc { map })
 }
 
 /// The typed reading of a document, with the path of the first field of the wrong type.
-fn typed(map: &Map<String, Value>) -> Result<JobBody, ApiError> {
-    let doc = Value::Object(map.clone());
-    serde_path_to_error::deserialize(&doc).map_err(|e| {
+fn typed(doc: &Value) -> Result<JobBody, ApiError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_request(format!("{path}: {}", e.into_inner()))
     })
@@ -159,7 +163,7 @@ fn typed(map: &Map<String, Value>) -> Result<JobBody, ApiError> {
 /// A document stored as it is (admin PUT, console edits, the state file).
 pub fn parse_verbatim(doc: Value) -> Result<JobBody, ApiError> {
     match doc {
-        Value::Object(map) => typed(&map),
+        doc @ Value::Object(_) => typed(&doc),
         _ => Err(ApiError::bad_request(
             "the document must be a JSON object (a deployment job)",
         )),
@@ -223,7 +227,7 @@ pub fn prepare_create(
         .map(|k| (k.to_string(), Value::Null))
         .collect();
     map.extend(req.map);
-    let mut job = typed(&map)?;
+    let mut job = typed(&Value::Object(map))?;
 
     // Server-managed: the server's values, whatever was sent.
     job.id = Field::Value((ctx.new_id)());
@@ -280,7 +284,8 @@ pub fn prepare_update(
     let approved_sent = req.map.contains_key("approvedPatches");
     let mut map = to_map(stored)?;
     map.extend(req.map);
-    let mut job = typed(&map)?;
+    let new_format = NEW_FORMAT_KEYS.iter().any(|k| map.contains_key(*k));
+    let mut job = typed(&Value::Object(map))?;
 
     // The path id wins; status changes only through the status endpoint.
     job.id = Field::Value(id.to_string());
@@ -326,7 +331,6 @@ pub fn prepare_update(
         .actions()
         .filter_map(|(_, _, a)| a.action_id.get().cloned())
         .collect();
-    let new_format = NEW_FORMAT_KEYS.iter().any(|k| map.contains_key(*k));
     let mut out = Prepared {
         job,
         put_scripts: Vec::new(),
