@@ -1724,3 +1724,32 @@ async fn the_seed_user_can_be_configured_and_auth_respects_it() {
     assert!(!token.is_empty());
     assert!(sim.token_for("sim").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_see_consistent_state() {
+    let (sim, api) = default_sim().await;
+    let api = std::sync::Arc::new(api);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let made = create(&api, &job(&format!("concurrent {i}"))).await;
+            let id = id_of(&made);
+            let a = api
+                .update(&id, &json!({"description": format!("d{i}")}))
+                .await;
+            assert_eq!(a.status, 200);
+            assert_eq!(api.job(&id).await.body["description"], format!("d{i}"));
+            id
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap()), "ids are unique");
+    }
+    assert_eq!(sim.job_count(), 24);
+    assert_eq!(sim.count_status(CREATE, 201), 24);
+    assert_eq!(sim.count_status(UPDATE, 200), 24);
+    let all = api.get(&format!("{SUMMARY_PATH}?pageSize=100")).await.body;
+    assert_eq!(all.as_array().unwrap().len(), 24);
+}
