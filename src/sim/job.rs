@@ -113,8 +113,7 @@ pub struct Caller {
     pub name: String,
 }
 
-/// A parsed request body: the object as sent (which keys are present matters to an update),
-/// already checked to read as a job document.
+/// A parsed request body: the object as sent (which keys are present matters to an update).
 pub struct RequestDoc {
     pub map: Map<String, Value>,
 }
@@ -134,7 +133,9 @@ pub struct Prepared {
     pub drop_scripts: Vec<String>,
 }
 
-/// Read a request body as a job document: 400 naming the offending field, never a panic.
+/// Read a request body as a JSON object: 400 when it is not one, never a panic. Field types are
+/// checked when the body is read as a job (`typed`), after it is merged with what the server
+/// holds — one typed reading per request.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
@@ -142,12 +143,6 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
         return Err(ApiError::bad_request(
             "the body must be a JSON object (a deployment job document)",
         ));
-    };
-    let doc = Value::Object(map);
-    typed(&doc)?;
-    let map = match doc {
-        Value::Object(map) => map,
-        _ => Map::new(),
     };
     Ok(RequestDoc { map })
 }
@@ -654,9 +649,8 @@ mod tests {
 
     #[test]
     fn bad_types_name_the_field() {
-        let err = parse_request(br#"{"postDeployActions":[{"params":{"timeout":true}}]}"#)
-            .err()
-            .unwrap();
+        let doc = json!({"postDeployActions": [{"params": {"timeout": true}}]});
+        let err = typed(&doc).err().unwrap();
         assert!(
             err.message
                 .starts_with("postDeployActions[0].params.timeout:"),
