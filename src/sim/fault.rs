@@ -45,7 +45,14 @@ pub enum FaultKind {
         #[serde(default)]
         drop_connection: bool,
     },
+    /// Accept an update but leave these top-level fields as they were: a gateway that says
+    /// yes and does not do it (how a client's "did it converge?" check is tested).
+    IgnoreFields { fields: Vec<String> },
 }
+
+/// Set on a request by the gateway layer when an [`FaultKind::IgnoreFields`] fault applies.
+#[derive(Clone, Debug)]
+pub(crate) struct IgnoredFields(pub Vec<String>);
 
 impl Fault {
     /// A fault on every API route until cleared.

@@ -187,12 +187,18 @@ async fn update_job(
     State(st): State<Arc<SimState>>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
+    ignored: Option<axum::Extension<super::fault::IgnoredFields>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     require_json(&headers)?;
-    let req = parse_request(&body)?;
+    let mut req = parse_request(&body)?;
+    if let Some(axum::Extension(super::fault::IgnoredFields(fields))) = ignored {
+        for f in fields {
+            req.map.remove(&f);
+        }
+    }
     let job = st.update_job(&id, req, &caller)?;
     Ok(job_response(StatusCode::OK, &job))
 }
