@@ -788,9 +788,58 @@ async fn a_wrong_password_is_unauthorized_and_never_printed() {
     for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
         assert!(!text.contains(wrong), "{text}");
     }
-    // Refused credentials are not retried.
+    // Refused credentials are not retried …
     assert_counts(&sim, AUTH, &[(401, 1)]);
     assert_eq!(sim.count(GET), 0);
+
+    // … nor offered again by callers queued behind the refusal, or soon after it: a wrong
+    // password in a busy controller must not get the account locked.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let c = client.for_tenant("other");
+        calls.spawn(async move { c.get_job("any").await.map(|_| ()) });
+    }
+    while let Some(result) = calls.join_next().await {
+        assert_eq!(result.unwrap().unwrap_err(), err);
+    }
+    assert_counts(&sim, AUTH, &[(401, 1)]);
+    // Only an explicit `authenticate` (what `check` does) tries again at once.
+    assert_eq!(client.authenticate().await.unwrap_err(), err);
+    assert_counts(&sim, AUTH, &[(401, 2)]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn callers_queued_behind_a_failed_authentication_share_its_failure() {
+    let sim = start(sim_config()).await;
+    let client = client_for(
+        &sim.base_url(),
+        PASSWORD,
+        ClientOptions {
+            max_attempts: 2,
+            ..fast()
+        },
+    );
+    sim.set_fault(Fault {
+        route: Some(AUTH.to_owned()),
+        times: None,
+        kind: FaultKind::Status { status: 503 },
+    });
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let c = client.clone();
+        calls.spawn(async move { c.get_job("any").await.map(|_| ()) });
+    }
+    while let Some(result) = calls.join_next().await {
+        assert_eq!(result.unwrap().unwrap_err().kind(), "unavailable");
+    }
+    // One refresh of two attempts answered all ten callers.
+    assert_counts(&sim, AUTH, &[(503, 2)]);
+    // An outage is not a verdict on the credentials: the next call tries again, and succeeds.
+    sim.clear_faults();
+    let id = seed_job(&sim, "after-outage");
+    client.get_job(&id).await.unwrap();
+    assert_counts(&sim, AUTH, &[(201, 1), (503, 2)]);
     sim.shutdown().await;
 }
 
@@ -1168,6 +1217,32 @@ mod stub {
             }
             other => panic!("expected OutcomeUnknown, got {other:?}"),
         }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_list_that_ignores_page_numbers_ends() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let (url, task) = serve(Router::new().route("/auth", post(token)).route(
+            "/pm/v1/deploymentjobs/summary",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { axum::Json(json!([{"id": "a"}, {"id": "b"}])) }
+            }),
+        ))
+        .await;
+        let client = client_for(
+            &url,
+            PASSWORD,
+            ClientOptions {
+                page_size: 2,
+                ..fast()
+            },
+        );
+        let listed = client.list_summaries("Linux").await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
         task.abort();
     }
 
