@@ -537,6 +537,24 @@ async fn a_create_refused_with_429_is_retried() {
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_create_refused_with_401_is_sent_again_after_reauthentication() {
+    let sim = start(sim_config()).await;
+    let client = client(&sim);
+    client.authenticate().await.unwrap();
+    sim.set_fault(Fault {
+        route: Some(CREATE.to_owned()),
+        times: Some(1),
+        kind: FaultKind::ExpireToken,
+    });
+    client.create_job(&job("after-401")).await.unwrap();
+    // A 401 means the gateway did nothing: sending again cannot duplicate the job.
+    assert_counts(&sim, CREATE, &[(201, 1), (401, 1)]);
+    assert_counts(&sim, AUTH, &[(201, 2)]);
+    assert_eq!(jobs_named(&sim, "after-401").len(), 1);
+    sim.shutdown().await;
+}
+
 /// Counts exchanges that ended without an answer, per endpoint, and signals the first one.
 #[derive(Default)]
 struct TransportFailures {
