@@ -72,6 +72,24 @@ impl Fault {
         self
     }
 
+    /// Why this fault cannot be applied as given, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(route) = &self.route
+            && !super::ROUTES.contains(&route.as_str())
+        {
+            return Some(format!(
+                "route: {route:?} is not one of: {}",
+                super::ROUTES.join(", ")
+            ));
+        }
+        match self.kind {
+            FaultKind::Status { status } if !(400..=599).contains(&status) => {
+                Some(format!("status: {status} is not an error status (400-599)"))
+            }
+            _ => None,
+        }
+    }
+
     fn matches(&self, route: &str) -> bool {
         self.route.as_deref().is_none_or(|r| r == route)
     }
@@ -114,7 +132,7 @@ impl Faults {
         for fault in self.active.iter_mut().filter(|f| f.matches(route)) {
             match &fault.kind {
                 FaultKind::Latency { ms } => {
-                    verdict.delay += Duration::from_millis(*ms);
+                    verdict.delay = verdict.delay.saturating_add(Duration::from_millis(*ms));
                 }
                 other if verdict.action.is_none() => verdict.action = Some(other.clone()),
                 _ => continue,

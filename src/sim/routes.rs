@@ -57,8 +57,16 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .merge(api)
         .nest("/_sim", admin::router())
+        .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
