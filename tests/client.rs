@@ -124,6 +124,13 @@ fn assert_counts(sim: &SimHandle, route: &str, expected: &[(u16, u64)]) {
     assert_eq!(got, expected, "{route}: {:?}", counters.0);
 }
 
+#[test]
+fn endpoints_are_named_by_the_simulators_route_templates() {
+    let names: Vec<&str> = Endpoint::ALL.iter().map(|e| e.as_str()).collect();
+    assert_eq!(names, sim::ROUTES);
+    assert_eq!(names, [AUTH, CREATE, GET, UPDATE, LIST, DELETE, STATUS]);
+}
+
 #[tokio::test]
 async fn every_operation_works_against_the_simulator() {
     let sim = start(sim_config()).await;

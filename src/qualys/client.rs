@@ -729,25 +729,13 @@ impl Client {
 
     /// Run one call with retries and the 401 re-authentication, and return the 2xx body.
     async fn execute(&self, call: &Call) -> Result<Vec<u8>, Error> {
-        let opts = &self.inner.opts;
-        let started = Instant::now();
         let progress = Progress::default();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(opts.min_backoff)
-            .with_max_delay(opts.max_backoff)
-            .with_jitter()
-            .with_max_times(opts.max_attempts.saturating_sub(1) as usize);
-        let max_retry_time = opts.max_retry_time;
+        let opts = &self.inner.opts;
         (|| self.attempt(call, &progress))
-            .retry(backoff)
+            .retry(backoff(opts))
             .sleep(tokio::time::sleep)
             .when(|f: &Failure| f.retry)
-            .adjust(move |f: &Failure, delay| {
-                // Out of attempts stays out of attempts, whatever the server asks for.
-                let delay = delay?;
-                let delay = f.wait.map_or(delay, |w| w.max(delay));
-                (started.elapsed() + delay <= max_retry_time).then_some(delay)
-            })
+            .adjust(within(opts.max_retry_time))
             .notify(|f: &Failure, delay| {
                 debug!(
                     endpoint = call.endpoint.as_str(),
@@ -862,13 +850,6 @@ impl Inner {
     async fn fetch_token(&self) -> Result<CachedToken, Error> {
         let call = Call::new(Endpoint::Auth, self.auth_url()?)
             .what("the /auth endpoint (is gatewayUrl the API gateway, e.g. https://gateway.qg1.apps.qualys.com?)");
-        let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.opts.min_backoff)
-            .with_max_delay(self.opts.max_backoff)
-            .with_jitter()
-            .with_max_times(self.opts.max_attempts.saturating_sub(1) as usize);
-        let max_retry_time = self.opts.max_retry_time;
         let body = (|| async {
             let request = self
                 .http
@@ -896,14 +877,10 @@ impl Inner {
                 Err(classify_status(&call, &exchange, &self.username))
             }
         })
-        .retry(backoff)
+        .retry(backoff(&self.opts))
         .sleep(tokio::time::sleep)
         .when(|f: &Failure| f.retry)
-        .adjust(move |f: &Failure, delay| {
-            let delay = delay?;
-            let delay = f.wait.map_or(delay, |w| w.max(delay));
-            (started.elapsed() + delay <= max_retry_time).then_some(delay)
-        })
+        .adjust(within(self.opts.max_retry_time))
         .await
         .map_err(|f| f.error)?;
 
@@ -1078,6 +1055,27 @@ impl Failure {
             retry: true,
             wait,
         }
+    }
+}
+
+/// Exponential backoff with jitter, `max_attempts` in all.
+fn backoff(opts: &ClientOptions) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(opts.min_backoff)
+        .with_max_delay(opts.max_backoff)
+        .with_jitter()
+        .with_max_times(opts.max_attempts.saturating_sub(1) as usize)
+}
+
+/// The delay before the next attempt: the backoff's, or the server's wait when that is longer;
+/// none once out of attempts (whatever the server asks for) or when the wait would end past
+/// `max_retry_time` from now on.
+fn within(max_retry_time: Duration) -> impl FnMut(&Failure, Option<Duration>) -> Option<Duration> {
+    let started = Instant::now();
+    move |failure, delay| {
+        let delay = delay?;
+        let delay = failure.wait.map_or(delay, |w| w.max(delay));
+        (started.elapsed() + delay <= max_retry_time).then_some(delay)
     }
 }
 
