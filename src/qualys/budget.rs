@@ -226,13 +226,14 @@ impl Budget {
         if let Some(wait) = wait {
             let until = now + wait;
             state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
-            // A 429 means the gateway's window is spent. It said when the next call is welcome:
-            // let exactly one through then (rather than also waiting for its bucket to refill
-            // from empty), and the gateway's pace after that.
+            // The gateway said when the next call is welcome: let at least one through then,
+            // rather than also waiting for its bucket to refill. Its `Remaining: 0` on a 429 is
+            // not taken as "empty" either: the wait already says when, and should the gateway
+            // still refuse, its next 429 says how long again.
             if let Some(server) = &mut state.server
                 && rate_limited
             {
-                server.tokens = 1.0;
+                server.tokens = server.tokens.max(1.0);
             }
         }
     }
@@ -564,10 +565,21 @@ mod tests {
         drop(budget.acquire("a").await);
         // Not 12 s (one token of 300 an hour): the gateway's wait is what counts …
         assert_eq!(start.elapsed(), Duration::from_secs(1));
-        // … then the gateway's pace, one call per 12 s (the bucket kept filling during the
-        // pause): the window was spent.
+        // … and its bucket, new and full, does not hold back the calls after it.
         drop(budget.acquire("a").await);
-        assert_eq!(start.elapsed(), Duration::from_secs(12));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // A `Remaining: 0` on a successful answer does: then it is the gateway's pace.
+        budget.observe(
+            &RateLimitInfo {
+                limit: Some(300),
+                window: Some(Duration::from_secs(3600)),
+                remaining: Some(0),
+                ..Default::default()
+            },
+            false,
+        );
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
     }
 
     #[tokio::test(start_paused = true)]
