@@ -73,7 +73,8 @@ pub(crate) async fn gateway(
             }
         }
         if let Some(FaultKind::IgnoreFields { fields }) = &verdict.action {
-            req.extensions_mut().insert(super::fault::IgnoredFields(fields.clone()));
+            req.extensions_mut()
+                .insert(super::fault::IgnoredFields(fields.clone()));
         }
         let mut response = next.run(req).await;
         if let (Some(remaining), Some(limit)) = (remaining, st.config.rate_limit) {
