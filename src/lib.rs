@@ -5,6 +5,7 @@
 //! Kubernetes; `cli` to files on disk; `sim` stands in for the Qualys gateway.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod qualys;
 pub mod reconcile;

@@ -1,7 +1,7 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
-use qpm_operator::sim;
+use qpm_operator::{controller, sim};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controller (in a cluster, or against the current kubeconfig context).
+    Run(Box<controller::RunArgs>),
     /// Serve the Qualys PM API simulator.
     Sim(sim::SimArgs),
     /// Print the DeploymentJob CustomResourceDefinition (YAML).
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => controller::run(*args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Crd => print_crd(),
         }

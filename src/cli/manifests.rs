@@ -64,7 +64,11 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
     }
     if files.is_empty() && errors.is_empty() {
         errors.push(InputError {
-            file: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            file: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             resource: None,
             message: "no .yaml, .yml or .json files found".into(),
         });
@@ -76,14 +80,22 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(InputError { file: shown, resource: None, message: format!("cannot read: {e}") });
+                errors.push(InputError {
+                    file: shown,
+                    resource: None,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
         let docs = match parse_documents(&text) {
             Ok(d) => d,
             Err(message) => {
-                errors.push(InputError { file: shown, resource: None, message });
+                errors.push(InputError {
+                    file: shown,
+                    resource: None,
+                    message,
+                });
                 continue;
             }
         };
@@ -105,7 +117,13 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
     Ok(inputs)
 }
 
-fn collect_files(path: &Path, recursive: bool, top: bool, out: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
+fn collect_files(
+    path: &Path,
+    recursive: bool,
+    top: bool,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<InputError>,
+) {
     let shown = path.display().to_string();
     if path.is_dir() {
         if !top && !recursive {
@@ -114,7 +132,11 @@ fn collect_files(path: &Path, recursive: bool, top: bool, out: &mut Vec<PathBuf>
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
             Err(e) => {
-                errors.push(InputError { file: shown, resource: None, message: format!("cannot read folder: {e}") });
+                errors.push(InputError {
+                    file: shown,
+                    resource: None,
+                    message: format!("cannot read folder: {e}"),
+                });
                 return;
             }
         };
@@ -129,20 +151,29 @@ fn collect_files(path: &Path, recursive: bool, top: bool, out: &mut Vec<PathBuf>
     } else if path.exists() {
         out.push(path.to_path_buf());
     } else {
-        errors.push(InputError { file: shown, resource: None, message: "no such file or folder".into() });
+        errors.push(InputError {
+            file: shown,
+            resource: None,
+            message: "no such file or folder".into(),
+        });
     }
 }
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Parse a file of one or more YAML (or JSON) documents into JSON values.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
-    let options = serde_saphyr::options! { strict_booleans: true };
-    serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
+    crate::api::validate::yaml_documents(text).map_err(|e| {
         let first = e.to_string();
-        format!("not valid YAML: {}", first.lines().next().unwrap_or("parse error"))
+        format!(
+            "not valid YAML: {}",
+            first.lines().next().unwrap_or("parse error")
+        )
     })
 }
 
@@ -155,9 +186,21 @@ fn read_document(
     errors: &mut Vec<InputError>,
 ) {
     let shown = file.display().to_string();
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let namespace = doc
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -166,7 +209,11 @@ fn read_document(
         .to_string();
     let resource = format!("{kind} {namespace}/{name}");
     if !doc.is_object() {
-        errors.push(InputError { file: shown, resource: None, message: format!("document {} is not a mapping", index + 1) });
+        errors.push(InputError {
+            file: shown,
+            resource: None,
+            message: format!("document {} is not a mapping", index + 1),
+        });
         return;
     }
     match (kind.as_str(), api_version.as_str()) {
@@ -236,7 +283,10 @@ fn check_duplicates(jobs: &[JobManifest], errors: &mut Vec<InputError>) {
             message,
         };
         if let Some(first) = seen.insert(j.key(), j) {
-            errors.push(error(format!("defined twice (also in {})", first.file.display())));
+            errors.push(error(format!(
+                "defined twice (also in {})",
+                first.file.display()
+            )));
             continue;
         }
         let spec = &j.job.spec;
@@ -245,7 +295,10 @@ fn check_duplicates(jobs: &[JobManifest], errors: &mut Vec<InputError>) {
             None => format!("{} job named {:?}", spec.job.platform, spec.job.name),
         };
         if let Some(first) = by_target.insert(target.clone(), j) {
-            errors.push(error(format!("manages the same Qualys job ({target}) as DeploymentJob {}", first.key())));
+            errors.push(error(format!(
+                "manages the same Qualys job ({target}) as DeploymentJob {}",
+                first.key()
+            )));
         }
     }
 }
@@ -272,14 +325,22 @@ fn order_by_links(jobs: Vec<JobManifest>) -> Result<Vec<JobManifest>, InputError
     let mut pending = jobs;
     while !pending.is_empty() {
         let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|j| {
-            j.job.spec.job.linked_job_ref.as_ref().is_none_or(|p| placed.contains(&format!("{}/{}", j.namespace, p.name)))
+            j.job
+                .spec
+                .job
+                .linked_job_ref
+                .as_ref()
+                .is_none_or(|p| placed.contains(&format!("{}/{}", j.namespace, p.name)))
         });
         if ready.is_empty() {
             let cycle: Vec<String> = rest.iter().map(JobManifest::key).collect();
             return Err(InputError {
                 file: rest[0].file.display().to_string(),
                 resource: Some(format!("DeploymentJob {}", rest[0].key())),
-                message: format!("spec.job.linkedJobRef: the links form a cycle ({})", cycle.join(" → ")),
+                message: format!(
+                    "spec.job.linkedJobRef: the links form a cycle ({})",
+                    cycle.join(" → ")
+                ),
             });
         }
         placed.extend(ready.iter().map(JobManifest::key));
@@ -297,16 +358,20 @@ pub struct InputScripts<'a> {
 
 impl ScriptResolver for InputScripts<'_> {
     fn resolve(&self, source: &ScriptSource) -> Result<Vec<u8>, String> {
-        let (kind, map, r): (&str, _, &KeyRef) = match (&source.config_map_key_ref, &source.secret_key_ref) {
-            (Some(r), _) => ("ConfigMap", &self.inputs.config_maps, r),
-            (None, Some(r)) => ("Secret", &self.inputs.secrets, r),
-            (None, None) => return Err("names neither a ConfigMap nor a Secret".into()),
-        };
+        let (kind, map, r): (&str, _, &KeyRef) =
+            match (&source.config_map_key_ref, &source.secret_key_ref) {
+                (Some(r), _) => ("ConfigMap", &self.inputs.config_maps, r),
+                (None, Some(r)) => ("Secret", &self.inputs.secrets, r),
+                (None, None) => return Err("names neither a ConfigMap nor a Secret".into()),
+            };
         let data = map
             .get(&(self.namespace.to_string(), r.name.clone()))
             .ok_or_else(|| format!("{kind} {}/{} is not in the input", self.namespace, r.name))?;
-        data.get(&r.key)
-            .cloned()
-            .ok_or_else(|| format!("{kind} {}/{} has no key {:?}", self.namespace, r.name, r.key))
+        data.get(&r.key).cloned().ok_or_else(|| {
+            format!(
+                "{kind} {}/{} has no key {:?}",
+                self.namespace, r.name, r.key
+            )
+        })
     }
 }

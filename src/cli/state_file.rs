@@ -3,9 +3,9 @@
 //! the CLI has no status, and without digests every `apply` would resend every script.
 
 use crate::reconcile::{EngineState, StateStore, StoreError};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -30,17 +30,28 @@ impl StateFile {
     pub fn open(path: Option<&Path>) -> Result<Self, String> {
         let body = match path {
             Some(p) if p.exists() => {
-                let bytes = std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+                let bytes =
+                    std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
                 let body: FileBody = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{}: not a qpm-operator state file: {e}", p.display()))?;
                 if body.version != VERSION {
-                    return Err(format!("{}: state file version {} is not supported (expected {VERSION})", p.display(), body.version));
+                    return Err(format!(
+                        "{}: state file version {} is not supported (expected {VERSION})",
+                        p.display(),
+                        body.version
+                    ));
                 }
                 body
             }
-            _ => FileBody { version: VERSION, targets: BTreeMap::new() },
+            _ => FileBody {
+                version: VERSION,
+                targets: BTreeMap::new(),
+            },
         };
-        Ok(StateFile { path: path.map(Path::to_path_buf), body: Arc::new(Mutex::new(body)) })
+        Ok(StateFile {
+            path: path.map(Path::to_path_buf),
+            body: Arc::new(Mutex::new(body)),
+        })
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -58,12 +69,19 @@ impl StateFile {
 
     /// The store of one resource.
     pub fn store(&self, target: &str, key: &str) -> FileStore {
-        FileStore { file: self.clone(), target: target.to_string(), key: key.to_string() }
+        FileStore {
+            file: self.clone(),
+            target: target.to_string(),
+            key: key.to_string(),
+        }
     }
 
     fn put(&self, target: &str, key: &str, state: &EngineState) -> Result<(), StoreError> {
         let snapshot = {
-            let mut body = self.body.lock().map_err(|_| StoreError("state lock poisoned".into()))?;
+            let mut body = self
+                .body
+                .lock()
+                .map_err(|_| StoreError("state lock poisoned".into()))?;
             let entry = body.targets.entry(target.to_string()).or_default();
             if *state == EngineState::default() {
                 entry.remove(key);
@@ -71,12 +89,15 @@ impl StateFile {
                 entry.insert(key.to_string(), state.clone());
             }
             match &self.path {
-                Some(_) => serde_json::to_vec_pretty(&*body).map_err(|e| StoreError(e.to_string()))?,
+                Some(_) => {
+                    serde_json::to_vec_pretty(&*body).map_err(|e| StoreError(e.to_string()))?
+                }
                 None => return Ok(()),
             }
         };
         if let Some(path) = &self.path {
-            write_atomically(path, &snapshot).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            write_atomically(path, &snapshot)
+                .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -101,7 +122,11 @@ pub struct FileStore {
 }
 
 impl StateStore for FileStore {
-    fn save(&mut self, state: &EngineState) -> impl Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.file.put(&self.target, &self.key, state))
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(self.file.put(
+            &self.target,
+            &self.key,
+            state,
+        )))
     }
 }

@@ -1,9 +1,18 @@
 //! The Qualys PM API: the wire model of a deployment job and (in `client`) the HTTP client.
 
+pub mod budget;
+pub mod client;
+pub mod error;
 pub mod field;
 pub mod model;
 pub mod schedule;
 
+pub use budget::{Budget, RateLimitInfo};
+pub use client::{
+    Client, ClientOptions, Connection, ConnectionId, Endpoint, ItemOutcome, JobState, Observer,
+    ProxySettings, Secret,
+};
+pub use error::Error;
 pub use field::{Field, LooseInt};
 pub use model::*;
 

@@ -46,10 +46,18 @@ impl Directory {
         }
         let jobs = client.list_summaries(platform).await?;
         self.replace_at(platform, jobs, Instant::now());
-        Ok(self.lookup(platform, name, requested, Duration::MAX).unwrap_or_default())
+        Ok(self
+            .lookup(platform, name, requested, Duration::MAX)
+            .unwrap_or_default())
     }
 
-    fn lookup(&self, platform: &str, name: &str, requested: Instant, max_age: Duration) -> Option<Vec<JobSummary>> {
+    fn lookup(
+        &self,
+        platform: &str,
+        name: &str,
+        requested: Instant,
+        max_age: Duration,
+    ) -> Option<Vec<JobSummary>> {
         let platforms = self.platforms.lock().ok()?;
         let listing = platforms.get(platform)?;
         let fetched = listing.fetched?;
@@ -70,14 +78,24 @@ impl Directory {
             by_name.entry(name).or_default().push(job);
         }
         if let Ok(mut platforms) = self.platforms.lock() {
-            platforms.insert(platform.to_string(), Listing { fetched: Some(at), by_name });
+            platforms.insert(
+                platform.to_string(),
+                Listing {
+                    fetched: Some(at),
+                    by_name,
+                },
+            );
         }
     }
 
     /// Add a job this process just created, so a stale listing still knows it.
     pub fn remember(&self, platform: &str, summary: JobSummary) {
-        let Ok(mut platforms) = self.platforms.lock() else { return };
-        let Some(listing) = platforms.get_mut(platform) else { return };
+        let Ok(mut platforms) = self.platforms.lock() else {
+            return;
+        };
+        let Some(listing) = platforms.get_mut(platform) else {
+            return;
+        };
         let name = summary.name.get().cloned().unwrap_or_default();
         let entry = listing.by_name.entry(name).or_default();
         entry.retain(|s| s.id != summary.id);
@@ -86,7 +104,9 @@ impl Directory {
 
     /// Drop a job that was deleted.
     pub fn forget(&self, id: &str) {
-        let Ok(mut platforms) = self.platforms.lock() else { return };
+        let Ok(mut platforms) = self.platforms.lock() else {
+            return;
+        };
         for listing in platforms.values_mut() {
             for jobs in listing.by_name.values_mut() {
                 jobs.retain(|s| s.id.get().map(String::as_str) != Some(id));

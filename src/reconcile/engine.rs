@@ -81,10 +81,18 @@ pub struct Event {
 
 impl Event {
     fn normal(reason: &'static str, note: impl Into<String>) -> Self {
-        Event { type_: EventType::Normal, reason, note: note.into() }
+        Event {
+            type_: EventType::Normal,
+            reason,
+            note: note.into(),
+        }
     }
     fn warning(reason: &'static str, note: impl Into<String>) -> Self {
-        Event { type_: EventType::Warning, reason, note: note.into() }
+        Event {
+            type_: EventType::Warning,
+            reason,
+            note: note.into(),
+        }
     }
 }
 
@@ -106,10 +114,13 @@ pub struct Outcome {
     pub wrote: bool,
     /// Deletion only: the Qualys side is done and the finalizer may go.
     pub finished: bool,
+    /// The live job's last-change date (epoch ms, as the summary list's `updated` reports it),
+    /// so a poller does not mistake the operator's own write for a change.
+    pub live_updated_ms: Option<i64>,
 }
 
 impl Outcome {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Outcome {
             reason,
             message: message.into(),
@@ -121,7 +132,24 @@ impl Outcome {
             retry_after: None,
             wrote: false,
             finished: false,
+            live_updated_ms: None,
         }
+    }
+
+    /// Deletion done without touching Qualys (deletionPolicy Orphan, force-orphan, or no job).
+    pub fn finished_orphan(job_id: Option<String>, force_orphan: bool) -> Self {
+        let what = job_id
+            .map(|id| format!("job {id}"))
+            .unwrap_or_else(|| "no job".into());
+        let why = if force_orphan {
+            "pm.qualys.io/force-orphan"
+        } else {
+            "deletionPolicy Orphan"
+        };
+        let mut o = Outcome::new(Reason::Deleting, format!("left {what} in Qualys ({why})"));
+        o.finished = true;
+        o.events.push(Event::normal("Orphaned", o.message.clone()));
+        o
     }
 
     fn event(mut self, event: Event) -> Self {
@@ -223,7 +251,10 @@ pub async fn observe(
     if let (Some(parent), None) = (&job.linked_job_ref, ctx.linked_job_id) {
         return Err(Outcome::new(
             Reason::WaitingForLinkedJob,
-            format!("waiting for DeploymentJob {:?} to have a Qualys job id", parent.name),
+            format!(
+                "waiting for DeploymentJob {:?} to have a Qualys job id",
+                parent.name
+            ),
         ));
     }
 
@@ -235,11 +266,16 @@ pub async fn observe(
         .any(|r| r.action_refs.is_some());
     let mut parent_actions = Vec::new();
     if uses_refs {
-        let parent_id = ctx.linked_job_id.or(job.linked_job_id.as_deref()).unwrap_or_default();
+        let parent_id = ctx
+            .linked_job_id
+            .or(job.linked_job_id.as_deref())
+            .unwrap_or_default();
         let parent = ctx.client.get_job(parent_id).await.map_err(|e| match e {
             QError::NotFound { .. } => Outcome::new(
                 Reason::InvalidSpec,
-                format!("spec.job.linkedJobRef: the parent job {parent_id} does not exist in Qualys"),
+                format!(
+                    "spec.job.linkedJobRef: the parent job {parent_id} does not exist in Qualys"
+                ),
             ),
             other => api_failure(&other, "reading the linked parent job"),
         })?;
@@ -259,7 +295,9 @@ pub async fn observe(
         scripts: ctx.scripts,
     };
     let rendered = render(job, &inputs).map_err(|e| match e {
-        RenderError::WaitingForLinkedJob { .. } => Outcome::new(Reason::WaitingForLinkedJob, e.to_string()),
+        RenderError::WaitingForLinkedJob { .. } => {
+            Outcome::new(Reason::WaitingForLinkedJob, e.to_string())
+        }
         other => Outcome::new(Reason::InvalidSpec, other.to_string()),
     })?;
     let desired = normalise_desired(&rendered);
@@ -291,7 +329,11 @@ pub async fn observe(
 
 type Found = (Option<JobBody>, IdentifiedBy, bool, bool);
 
-async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<'_>) -> Result<Found, Outcome> {
+async fn find_live(
+    spec: &DeploymentJobSpec,
+    state: &EngineState,
+    ctx: &Context<'_>,
+) -> Result<Found, Outcome> {
     let name = &spec.job.name;
     let platform = spec.job.platform.as_str();
 
@@ -299,7 +341,9 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
         if let Some(other) = ctx.claims.claimed_by(id) {
             return Err(Outcome::new(
                 Reason::JobClaimed,
-                format!("job {id} is already managed by DeploymentJob {other}; two resources must not manage one job"),
+                format!(
+                    "job {id} is already managed by DeploymentJob {other}; two resources must not manage one job"
+                ),
             ));
         }
         let adopting = state.job_id.as_deref() != Some(id.as_str());
@@ -307,7 +351,9 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
             Ok(live) => Ok((Some(live), IdentifiedBy::JobId, adopting, false)),
             Err(QError::NotFound { .. }) => Err(Outcome::new(
                 Reason::JobMissing,
-                format!("spec.jobId: job {id} does not exist in Qualys; correct spec.jobId, or remove it to create a new job"),
+                format!(
+                    "spec.jobId: job {id} does not exist in Qualys; correct spec.jobId, or remove it to create a new job"
+                ),
             )),
             Err(e) => Err(api_failure(&e, "reading the job")),
         };
@@ -343,7 +389,12 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
             .directory
             .named(ctx.client, platform, name, Duration::ZERO)
             .await
-            .map_err(|e| api_failure(&e, "looking for the job an interrupted create may have made"))?;
+            .map_err(|e| {
+                api_failure(
+                    &e,
+                    "looking for the job an interrupted create may have made",
+                )
+            })?;
         let since = pending_start(pending).map(|t| t - CLOCK_SKEW);
         let username = ctx.client.identity().username().to_string();
         let mine: Vec<&JobSummary> = candidates
@@ -353,7 +404,10 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
                 (Some(since), Some(at)) => at >= since,
                 _ => true,
             })
-            .filter(|s| s.id.get().is_some_and(|id| ctx.claims.claimed_by(id).is_none()))
+            .filter(|s| {
+                s.id.get()
+                    .is_some_and(|id| ctx.claims.claimed_by(id).is_none())
+            })
             .collect();
         return match mine.as_slice() {
             [] => Ok((None, IdentifiedBy::Nothing, false, false)),
@@ -365,7 +419,12 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
                     Err(e) => Err(api_failure(&e, "reading the recovered job")),
                 }
             }
-            many => Err(name_conflict(name, platform, many, "were created since the interrupted create")),
+            many => Err(name_conflict(
+                name,
+                platform,
+                many,
+                "were created since the interrupted create",
+            )),
         };
     }
 
@@ -386,19 +445,31 @@ async fn find_live(spec: &DeploymentJobSpec, state: &EngineState, ctx: &Context<
             }
         }
         (Mode::Cli, many) => Err(name_conflict(name, platform, many, "exist")),
-        (Mode::Controller, found) => Err(name_conflict(name, platform, found, "exist and are not managed by this resource")),
+        (Mode::Controller, found) => Err(name_conflict(
+            name,
+            platform,
+            found,
+            "exist and are not managed by this resource",
+        )),
     }
 }
 
 fn name_conflict(name: &str, platform: &str, found: &[&JobSummary], how: &str) -> Outcome {
-    let ids: Vec<&str> = found.iter().filter_map(|s| s.id.get().map(String::as_str)).collect();
+    let ids: Vec<&str> = found
+        .iter()
+        .filter_map(|s| s.id.get().map(String::as_str))
+        .collect();
     let hint = match ids.as_slice() {
         [one] => format!("set spec.jobId: {one} to adopt it, or choose another name"),
         _ => "set spec.jobId to the one to adopt, or choose another name".to_string(),
     };
     Outcome::new(
         Reason::NameConflict,
-        format!("{} {platform} job(s) named {name:?} {how} ({}); {hint}", ids.len(), ids.join(", ")),
+        format!(
+            "{} {platform} job(s) named {name:?} {how} ({}); {hint}",
+            ids.len(),
+            ids.join(", ")
+        ),
     )
 }
 
@@ -472,7 +543,11 @@ pub async fn apply<S: StateStore>(
                 Reason::DriftDetected,
                 "the job does not exist in Qualys; driftPolicy Report creates nothing",
             );
-            o.pending_changes = vec![FieldChange { path: String::new(), from: Value::Null, to: Value::String("(create job)".into()) }];
+            o.pending_changes = vec![FieldChange {
+                path: String::new(),
+                from: Value::Null,
+                to: Value::String("(create job)".into()),
+            }];
             o
         }
         None => create(spec, state, store, ctx, obs).await,
@@ -497,7 +572,10 @@ async fn create<S: StateStore>(
     });
     // Recorded and confirmed before the POST: a crash after it is recovered, not repeated.
     if let Err(e) = store.save(state).await {
-        return Outcome::new(Reason::GatewayUnavailable, format!("not creating the job: {e}"));
+        return Outcome::new(
+            Reason::GatewayUnavailable,
+            format!("not creating the job: {e}"),
+        );
     }
     let body = create_body(&obs.rendered);
     let created = match ctx.client.create_job(&body).await {
@@ -507,7 +585,8 @@ async fn create<S: StateStore>(
                 Reason::GatewayUnavailable,
                 format!("{e}; the next attempt looks the job up before creating anything"),
             );
-            o.events.push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
+            o.events
+                .push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
             return o;
         }
         Err(e) => {
@@ -518,7 +597,10 @@ async fn create<S: StateStore>(
         }
     };
     let Some(id) = created.job_id().map(str::to_string) else {
-        return Outcome::new(Reason::GatewayUnavailable, "the gateway created a job but did not say its id");
+        return Outcome::new(
+            Reason::GatewayUnavailable,
+            "the gateway created a job but did not say its id",
+        );
     };
     state.job_id = Some(id.clone());
     state.pending_create = None;
@@ -527,14 +609,23 @@ async fn create<S: StateStore>(
     state.last_write_time = Some(Timestamp::now());
     state.adopted_generation = None;
     let saved = store.save(state).await;
-    ctx.directory.remember(spec.job.platform.as_str(), summary_of(&created));
+    ctx.directory
+        .remember(spec.job.platform.as_str(), summary_of(&created));
 
-    let verb = if obs.recreating { "re-created" } else { "created" };
+    let verb = if obs.recreating {
+        "re-created"
+    } else {
+        "created"
+    };
     let mut outcome = Outcome::new(Reason::Created, format!("{verb} job {id}"));
     outcome.wrote = true;
-    outcome.events.push(Event::normal("Created", format!("{verb} Qualys job {id}")));
+    outcome
+        .events
+        .push(Event::normal("Created", format!("{verb} Qualys job {id}")));
     if let Err(e) = saved {
-        outcome.events.push(Event::warning("StateNotSaved", e.to_string()));
+        outcome
+            .events
+            .push(Event::warning("StateNotSaved", e.to_string()));
     }
     let mut live = created;
     if spec.job.status == Some(JobState::Enabled) {
@@ -542,7 +633,9 @@ async fn create<S: StateStore>(
             Ok(()) => {
                 state.last_enabled_time = Some(Timestamp::now());
                 live.status = qualys::Field::Value(qualys::values::ENABLED.to_string());
-                outcome.events.push(Event::normal("Enabled", format!("enabled job {id}")));
+                outcome
+                    .events
+                    .push(Event::normal("Enabled", format!("enabled job {id}")));
             }
             Err(e) => return with_live(api_failure(&e, "enabling the new job"), &live),
         }
@@ -569,23 +662,30 @@ async fn converge<S: StateStore>(
             state.digests = Default::default();
         }
         if let Err(e) = store.save(state).await {
-            return Outcome::new(Reason::GatewayUnavailable, format!("cannot record job {id}: {e}"));
+            return Outcome::new(
+                Reason::GatewayUnavailable,
+                format!("cannot record job {id}: {e}"),
+            );
         }
     }
     // Drift: the live job changed while the spec stayed what was last written.
     let spec_unchanged = state.digests.body.as_deref() == Some(obs.desired_digest.as_str());
     let mut events = Vec::new();
     match obs.identified_by {
-        IdentifiedBy::JobId if newly_bound => {
-            events.push(Event::normal("Adopted", format!("adopted existing Qualys job {id} (spec.jobId)")))
-        }
+        IdentifiedBy::JobId if newly_bound => events.push(Event::normal(
+            "Adopted",
+            format!("adopted existing Qualys job {id} (spec.jobId)"),
+        )),
         IdentifiedBy::PendingCreate => events.push(Event::normal(
             "Adopted",
-            format!("recovered job {id}, created before the operator lost the answer to its create"),
+            format!(
+                "recovered job {id}, created before the operator lost the answer to its create"
+            ),
         )),
-        IdentifiedBy::Name if newly_bound => {
-            events.push(Event::normal("Adopted", format!("found job {id} by its name")))
-        }
+        IdentifiedBy::Name if newly_bound => events.push(Event::normal(
+            "Adopted",
+            format!("found job {id} by its name"),
+        )),
         _ => {}
     }
 
@@ -598,10 +698,17 @@ async fn converge<S: StateStore>(
             Outcome::new(Reason::UpToDate, format!("job {id} matches the spec"))
         } else {
             let fields: Vec<String> = all.iter().map(|c| c.path.clone()).collect();
-            events.push(Event::warning("DriftDetected", format!("job {id} differs from the spec in: {}", fields.join(", "))));
+            events.push(Event::warning(
+                "DriftDetected",
+                format!("job {id} differs from the spec in: {}", fields.join(", ")),
+            ));
             let mut o = Outcome::new(
                 Reason::DriftDetected,
-                format!("job {id} differs from the spec in {} field(s): {}; driftPolicy Report changes nothing", fields.len(), fields.join(", ")),
+                format!(
+                    "job {id} differs from the spec in {} field(s): {}; driftPolicy Report changes nothing",
+                    fields.len(),
+                    fields.join(", ")
+                ),
             );
             o.drift_fields = fields;
             o.pending_changes = all;
@@ -627,12 +734,24 @@ async fn converge<S: StateStore>(
         wrote = true;
         // Scripts sent as content are now the stored ones.
         let mut recorded = state.digests.scripts.clone();
-        recorded.extend(obs.rendered.scripts.iter().map(|(k, v)| (k.clone(), v.clone())));
+        recorded.extend(
+            obs.rendered
+                .scripts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         state.digests.scripts = recorded;
         state.digests.body = Some(obs.desired_digest.clone());
         state.last_write_time = Some(Timestamp::now());
-        let after = diff(&obs.desired, &normalise_live(&answer, &state.digests.scripts));
-        let stuck: Vec<String> = after.iter().filter(|c| c.path != "status").map(|c| c.path.clone()).collect();
+        let after = diff(
+            &obs.desired,
+            &normalise_live(&answer, &state.digests.scripts),
+        );
+        let stuck: Vec<String> = after
+            .iter()
+            .filter(|c| c.path != "status")
+            .map(|c| c.path.clone())
+            .collect();
         current = answer;
         if !stuck.is_empty() {
             let msg = format!(
@@ -640,7 +759,8 @@ async fn converge<S: StateStore>(
                  (no retry loop). Check the values against what Qualys allows, then change the spec or request a reconcile",
                 stuck.join(", ")
             );
-            let mut o = Outcome::new(Reason::NotConverging, msg.clone()).event(Event::warning("NotConverging", msg));
+            let mut o = Outcome::new(Reason::NotConverging, msg.clone())
+                .event(Event::warning("NotConverging", msg));
             o.events.splice(0..0, events);
             o.wrote = true;
             return with_live(o, &current);
@@ -654,9 +774,18 @@ async fn converge<S: StateStore>(
         if spec_unchanged && !newly_bound {
             drift_corrected = true;
             drift_fields = updated_fields.clone();
-            events.push(Event::normal("DriftCorrected", format!("corrected drift of job {id} in: {}", updated_fields.join(", "))));
+            events.push(Event::normal(
+                "DriftCorrected",
+                format!(
+                    "corrected drift of job {id} in: {}",
+                    updated_fields.join(", ")
+                ),
+            ));
         } else {
-            events.push(Event::normal("Updated", format!("updated job {id}: {}", updated_fields.join(", "))));
+            events.push(Event::normal(
+                "Updated",
+                format!("updated job {id}: {}", updated_fields.join(", ")),
+            ));
         }
     } else if !spec_unchanged && state.digests.body.is_some() {
         // The spec changed but the live job already matched: remember the new spec.
@@ -677,17 +806,24 @@ async fn converge<S: StateStore>(
                 }
                 current.status = qualys::Field::Value(target.as_str().to_string());
                 events.push(Event::normal(
-                    if *target == qualys::JobState::Enabled { "Enabled" } else { "Disabled" },
+                    if *target == qualys::JobState::Enabled {
+                        "Enabled"
+                    } else {
+                        "Disabled"
+                    },
                     format!("set job {id} {}", target.as_str()),
                 ));
             }
             Err(e) => {
-                let mut o = if *target == qualys::JobState::Disabled && !is_recurring(spec, &current) {
+                let mut o = if *target == qualys::JobState::Disabled
+                    && !is_recurring(spec, &current)
+                {
                     let msg = format!(
                         "job {id} is a non-recurring job that has been enabled; Qualys does not allow disabling it ({e}). \
                          Set spec.job.status: Enabled or remove the field"
                     );
-                    Outcome::new(Reason::CannotDisable, msg.clone()).event(Event::warning("CannotDisable", msg))
+                    Outcome::new(Reason::CannotDisable, msg.clone())
+                        .event(Event::warning("CannotDisable", msg))
                 } else {
                     api_failure(&e, "changing the job's state")
                 };
@@ -701,7 +837,9 @@ async fn converge<S: StateStore>(
     }
 
     let reason = match obs.identified_by {
-        IdentifiedBy::JobId | IdentifiedBy::PendingCreate | IdentifiedBy::Name if newly_bound => Reason::Adopted,
+        IdentifiedBy::JobId | IdentifiedBy::PendingCreate | IdentifiedBy::Name if newly_bound => {
+            Reason::Adopted
+        }
         _ if wrote => Reason::Updated,
         _ => Reason::UpToDate,
     };
@@ -726,7 +864,10 @@ async fn set_state(ctx: &Context<'_>, id: &str, target: qualys::JobState) -> Res
     let items = ctx.client.set_status(&[id.to_string()], target).await?;
     match items.into_iter().find(|i| i.id == id) {
         Some(item) => item.result,
-        None => Err(QError::ItemFailed { id: id.to_string(), message: "not in the gateway's answer".into() }),
+        None => Err(QError::ItemFailed {
+            id: id.to_string(),
+            message: "not in the gateway's answer".into(),
+        }),
     }
 }
 
@@ -749,11 +890,21 @@ pub async fn cleanup<S: StateStore>(
     ctx: &Context<'_>,
     options: &CleanupOptions,
 ) -> Outcome {
-    let policy = if options.force_orphan { DeletionPolicy::Orphan } else { spec.effective_deletion_policy() };
+    let policy = if options.force_orphan {
+        DeletionPolicy::Orphan
+    } else {
+        spec.effective_deletion_policy()
+    };
     let known = state.job_id.clone().or_else(|| spec.job_id.clone());
     if policy == DeletionPolicy::Orphan {
-        let what = known.map(|id| format!("job {id}")).unwrap_or_else(|| "no job".into());
-        let why = if options.force_orphan { "pm.qualys.io/force-orphan" } else { "deletionPolicy Orphan" };
+        let what = known
+            .map(|id| format!("job {id}"))
+            .unwrap_or_else(|| "no job".into());
+        let why = if options.force_orphan {
+            "pm.qualys.io/force-orphan"
+        } else {
+            "deletionPolicy Orphan"
+        };
         let mut o = Outcome::new(Reason::Deleting, format!("left {what} in Qualys ({why})"));
         o.finished = true;
         o.events.push(Event::normal("Orphaned", o.message.clone()));
@@ -776,12 +927,17 @@ pub async fn cleanup<S: StateStore>(
         );
         return Outcome::new(Reason::DeletionBlocked, msg);
     }
-    let result = match ctx.client.delete_jobs(&[id.clone()]).await {
+    let result = match ctx.client.delete_jobs(std::slice::from_ref(&id)).await {
         Ok(items) => items
             .into_iter()
             .find(|i| i.id == id)
             .map(|i| i.result)
-            .unwrap_or_else(|| Err(QError::ItemFailed { id: id.clone(), message: "not in the gateway's answer".into() })),
+            .unwrap_or_else(|| {
+                Err(QError::ItemFailed {
+                    id: id.clone(),
+                    message: "not in the gateway's answer".into(),
+                })
+            }),
         Err(e) => Err(e),
     };
     match result {
@@ -803,7 +959,9 @@ pub async fn cleanup<S: StateStore>(
         Err(e @ (QError::Unauthorized { .. } | QError::Forbidden { .. })) => {
             return Outcome::new(
                 Reason::DeletionBlocked,
-                format!("cannot delete job {id}: {e}; restore the credentials, or set pm.qualys.io/force-orphan: \"true\" (or deletionPolicy: Orphan) to leave the job"),
+                format!(
+                    "cannot delete job {id}: {e}; restore the credentials, or set pm.qualys.io/force-orphan: \"true\" (or deletionPolicy: Orphan) to leave the job"
+                ),
             );
         }
         Err(e) => return api_failure(&e, "deleting the job"),
@@ -815,7 +973,8 @@ pub async fn cleanup<S: StateStore>(
     let mut o = Outcome::new(Reason::Deleting, format!("deleted job {id}"));
     o.finished = true;
     o.wrote = true;
-    o.events.push(Event::normal("Deleted", format!("deleted Qualys job {id}")));
+    o.events
+        .push(Event::normal("Deleted", format!("deleted Qualys job {id}")));
     o
 }
 
@@ -834,7 +993,8 @@ pub fn api_failure(e: &QError, doing: &str) -> Outcome {
         o.retry_after = *retry_after;
     }
     if reason.is_stalled() {
-        o.events.push(Event::warning(reason.as_str(), o.message.clone()));
+        o.events
+            .push(Event::warning(reason.as_str(), o.message.clone()));
     }
     o
 }
@@ -853,7 +1013,16 @@ pub fn reason_for(e: &QError) -> Reason {
 
 fn with_live(mut o: Outcome, live: &JobBody) -> Outcome {
     o.live = Some(live_summary(live));
+    o.live_updated_ms = last_change_ms(live);
     o
+}
+
+/// The later of a job's creation and last update (what the summary list calls `updated`).
+pub fn last_change_ms(job: &JobBody) -> Option<i64> {
+    let date = |a: &qualys::Field<qualys::Audit>| {
+        a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
+    };
+    date(&job.updated_by).max(date(&job.created_by))
 }
 
 /// The brief of a live job kept in status.
@@ -868,7 +1037,10 @@ pub fn live_summary(live: &JobBody) -> LiveJobSummary {
         state: live.status.get().cloned(),
         job_trigger_status: text(&live.job_trigger_status),
         completion_percent: text(&live.completion_percent),
-        updated_by: updated.and_then(|u| u.user.get()).and_then(|u| u.name.get()).cloned(),
+        updated_by: updated
+            .and_then(|u| u.user.get())
+            .and_then(|u| u.name.get())
+            .cloned(),
         updated_at: updated
             .and_then(|u| u.date.get())
             .and_then(|d| d.as_i64())

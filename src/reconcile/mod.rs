@@ -5,14 +5,22 @@
 
 pub mod diff;
 pub mod digest;
+pub mod directory;
+pub mod engine;
 pub mod import;
 pub mod normalise;
 pub mod render;
+pub mod state;
 pub mod update;
 
 pub use diff::{FieldChange, diff};
+pub use directory::Directory;
+pub use engine::{
+    Claims, Context, Event, EventType, IdentifiedBy, Mode, NoClaims, Observation, Outcome,
+};
 pub use normalise::{normalise, normalise_desired, normalise_live};
 pub use render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
+pub use state::{EngineState, MemoryStore, StateStore, StoreError};
 pub use update::{create_body, update_body};
 
 #[cfg(test)]

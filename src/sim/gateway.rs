@@ -1,0 +1,138 @@
+//! The gateway layer in front of every API route, in this order:
+//! latency → injected faults and `--error-rate` → token (401/403, not on `/auth`) → rate limit
+//! (429, not on `/auth`) → the handler (wrapped by a commit-then-fail fault) → counters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::TokenError;
+use super::error::ApiError;
+use super::fault::FaultKind;
+use super::state::SimState;
+
+const AUTH_ROUTE: &str = "POST /auth";
+
+/// The middleware (see the module doc for the order of checks).
+pub(crate) async fn gateway(
+    State(st): State<Arc<SimState>>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = matched.as_ref().map_or(req.uri().path(), |m| m.as_str());
+    let route = format!("{} {}", req.method(), path);
+    let verdict = st.take_faults(&route);
+    let delay = st.config.latency + verdict.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let response = 'answer: {
+        match &verdict.action {
+            Some(FaultKind::Status { status }) => break 'answer injected(*status),
+            Some(FaultKind::RateLimited { retry_after_secs }) => {
+                let limit = st.config.rate_limit;
+                break 'answer too_many_requests(
+                    limit.map_or(300, |l| l.limit),
+                    limit.map_or(Duration::from_secs(3600), |l| l.window),
+                    *retry_after_secs,
+                );
+            }
+            Some(FaultKind::ExpireToken) => {
+                break 'answer ApiError::unauthorized(TokenError::Expired.message())
+                    .into_response();
+            }
+            _ => {}
+        }
+        if let Some(status) = st.roll_error() {
+            break 'answer injected(status);
+        }
+        let mut remaining = None;
+        if route != AUTH_ROUTE {
+            match st.caller(req.headers()) {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                }
+                Err(e) => break 'answer e.into_response(),
+            }
+            match st.admit() {
+                Ok(r) => remaining = r,
+                Err(wait) => {
+                    let limit = st.config.rate_limit.map_or(0, |l| l.limit);
+                    let window = st.config.rate_limit.map_or(Duration::ZERO, |l| l.window);
+                    break 'answer too_many_requests(limit, window, wait);
+                }
+            }
+        }
+        let mut response = next.run(req).await;
+        if let (Some(remaining), Some(limit)) = (remaining, st.config.rate_limit) {
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("x-ratelimit-limit", u64::from(limit.limit)),
+                ("x-ratelimit-window-sec", limit.window.as_secs()),
+                ("x-ratelimit-remaining", u64::from(remaining)),
+            ] {
+                headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+            }
+        }
+        if let Some(FaultKind::CommitThenFail { drop_connection }) = verdict.action {
+            response = commit_then_fail(response, drop_connection).await;
+        }
+        response
+    };
+    st.count(&route, response.status().as_u16());
+    response
+}
+
+/// An injected error status with a Qualys body (nothing took effect).
+fn injected(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("Error");
+    ApiError::new(status, format!("{reason} (simulated fault)")).into_response()
+}
+
+/// 429 with the gateway's rate-limit headers.
+fn too_many_requests(limit: u32, window: Duration, wait_secs: u64) -> Response {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "API rate limit exceeded ({limit} calls per {} s); retry in {wait_secs} s",
+            window.as_secs()
+        ),
+    )
+    .with_header("retry-after", wait_secs)
+    .with_header("x-ratelimit-limit", limit)
+    .with_header("x-ratelimit-window-sec", window.as_secs())
+    .with_header("x-ratelimit-remaining", 0)
+    .with_header("x-ratelimit-towait-sec", wait_secs)
+    .into_response()
+}
+
+/// The request took effect; now fail. A body stream that errors makes hyper abort the
+/// connection, so the client sees the head and half a body, then a broken connection.
+async fn commit_then_fail(response: Response, drop_connection: bool) -> Response {
+    if !drop_connection {
+        return ApiError::internal("Internal Server Error (simulated fault)").into_response();
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    parts.headers.remove(CONTENT_LENGTH);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated dropped connection",
+        )),
+    ];
+    Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
+}

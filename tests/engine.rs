@@ -1,0 +1,614 @@
+//! The reconcile engine against the simulator over real HTTP, without a cluster: every
+//! assertion is on the simulator's counters (what reached the "gateway") and on outcomes.
+
+use qpm_operator::api::{DeploymentJobSpec, DriftPolicy, JobState, Reason, RecreatePolicy};
+use qpm_operator::cli::manifests::{InputScripts, Inputs, JobManifest, load};
+use qpm_operator::qualys::{Client, ClientOptions, Connection, ProxySettings};
+use qpm_operator::reconcile::engine::{self, CleanupOptions};
+use qpm_operator::reconcile::render::NoScripts;
+use qpm_operator::reconcile::{
+    Claims, Context, Directory, EngineState, IdentifiedBy, MemoryStore, Mode, NoClaims,
+};
+use qpm_operator::sim::{self, Fault, FaultKind, SimConfig, SimHandle};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CREATE: &str = "POST /pm/v1/deploymentjob";
+const GET: &str = "GET /pm/v1/deploymentjob/{id}";
+const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
+const LIST: &str = "GET /pm/v1/deploymentjobs/summary";
+const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
+const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+
+async fn start() -> (SimHandle, Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = sim::start(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let opts = ClientOptions {
+        rps: None,
+        concurrency: None,
+        proxy: ProxySettings::none(),
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
+    (sim, client)
+}
+
+fn examples() -> Inputs {
+    load(
+        &[PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples"
+        ))],
+        false,
+    )
+    .expect("examples load")
+}
+
+fn ctx<'a>(
+    client: &'a Client,
+    directory: &'a Directory,
+    scripts: &'a (dyn qpm_operator::reconcile::ScriptResolver + Sync),
+    linked: Option<&'a str>,
+    mode: Mode,
+) -> Context<'a> {
+    Context {
+        client,
+        directory,
+        claims: &NoClaims,
+        scripts,
+        linked_job_id: linked,
+        mode,
+        generation: Some(1),
+        listing_max_age: Duration::from_secs(60),
+    }
+}
+
+/// A minimal recurring Windows job.
+fn spec(name: &str) -> DeploymentJobSpec {
+    serde_json::from_value(json!({
+        "job": {
+            "name": name,
+            "platform": "Windows",
+            "scheduleType": "Daily",
+            "startDateTime": "2025-07-01 09:57:18 AM",
+            "timeout": 6, "timeoutUnit": "HOURS",
+            "approvedPatches": ["9285e676-6340-3ba7-b124-31d84542c7bf"],
+            "preDeployActions": [{"action": "Run Script", "scriptType": "ps", "script": "bHM=",
+                                  "params": {"actionItem": "S1", "timeout": 180}}]
+        }
+    }))
+    .expect("spec")
+}
+
+/// Apply every example (parents first), then resync three times: the second and later passes
+/// write nothing.
+#[tokio::test]
+async fn examples_are_created_once_and_stay_converged() {
+    let (sim, client) = start().await;
+    let inputs = examples();
+    assert!(inputs.jobs.len() >= 4, "three seed jobs and a parent");
+    let directory = Directory::new();
+    let mut states: HashMap<String, EngineState> = HashMap::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    for pass in 0..4 {
+        for m in &inputs.jobs {
+            let scripts = InputScripts {
+                inputs: &inputs,
+                namespace: &m.namespace,
+            };
+            let linked = linked_id(m, &ids);
+            let c = ctx(
+                &client,
+                &directory,
+                &scripts,
+                linked.as_deref(),
+                Mode::Controller,
+            );
+            let state = states.entry(m.key()).or_default();
+            let out = engine::apply(&m.job.spec, state, &mut MemoryStore::default(), &c).await;
+            let expected = if pass == 0 {
+                Reason::Created
+            } else {
+                Reason::UpToDate
+            };
+            assert_eq!(
+                out.reason,
+                expected,
+                "pass {pass} {}: {}",
+                m.key(),
+                out.message
+            );
+            ids.insert(m.key(), state.job_id.clone().expect("job id"));
+        }
+        if pass == 0 {
+            sim.reset_counters();
+        }
+    }
+    let n = inputs.jobs.len() as u64;
+    assert_eq!(sim.job_count() as u64, n);
+    let counters = sim.counters();
+    assert_eq!(counters.count(CREATE), 0);
+    assert_eq!(
+        counters.count(UPDATE),
+        0,
+        "no PATCH over three resyncs: {counters:?}"
+    );
+    assert_eq!(counters.count(STATUS), 0);
+    // Each resync reads each job once; a child with actionRefs also reads its parent.
+    let with_refs = inputs
+        .jobs
+        .iter()
+        .filter(|m| m.job.spec.job.linked_job_ref.is_some())
+        .count() as u64;
+    assert_eq!(counters.count(GET), 3 * (n + with_refs));
+}
+
+fn linked_id(m: &JobManifest, ids: &HashMap<String, String>) -> Option<String> {
+    let parent = m.job.spec.job.linked_job_ref.as_ref()?;
+    ids.get(&format!("{}/{}", m.namespace, parent.name))
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_one_field_spec_change_is_one_patch_of_that_field() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("one-field");
+    let mut state = EngineState::default();
+    assert_eq!(
+        engine::apply(&s, &mut state, &mut MemoryStore::default(), &c)
+            .await
+            .reason,
+        Reason::Created
+    );
+    let id = state.job_id.clone().unwrap();
+    let before = sim.job(&id).unwrap();
+
+    s.job.timeout = Some(8);
+    let obs = engine::observe(&s, &state, &c).await.unwrap();
+    let paths: Vec<_> = obs.all_changes().iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, vec!["timeout"]);
+
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
+    assert_eq!(
+        out.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        vec!["Updated"]
+    );
+    let after = sim.job(&id).unwrap();
+    assert_eq!(after["timeout"], 8);
+    // Live action ids and the unchanged script path were sent back: same action, same script.
+    assert_eq!(
+        after["preDeployActions"][0]["actionId"],
+        before["preDeployActions"][0]["actionId"]
+    );
+    assert_eq!(
+        after["preDeployActions"][0]["script"],
+        before["preDeployActions"][0]["script"]
+    );
+    let path = after["preDeployActions"][0]["script"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sim.script(&path).as_deref(), Some(&b"ls"[..]));
+}
+
+#[tokio::test]
+async fn a_changed_script_is_sent_as_content_and_recorded() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("script-change");
+    let mut state = EngineState::default();
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    s.job.pre_deploy_actions.as_mut().unwrap()[0].script = Some("bHMgLWw=".into());
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
+    let job = sim.job(state.job_id.as_deref().unwrap()).unwrap();
+    let path = job["preDeployActions"][0]["script"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sim.script(&path).as_deref(), Some(&b"ls -l"[..]));
+    // Converged: the next pass writes nothing.
+    sim.reset_counters();
+    assert_eq!(
+        engine::apply(&s, &mut state, &mut MemoryStore::default(), &c)
+            .await
+            .reason,
+        Reason::UpToDate
+    );
+    assert_eq!(sim.count(UPDATE), 0);
+}
+
+#[tokio::test]
+async fn an_out_of_band_change_is_exactly_that_field_and_is_corrected() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let s = spec("drift");
+    let mut state = EngineState::default();
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    let id = state.job_id.clone().unwrap();
+    sim.console_edit(&id, json!({"approvedPatches": ["ca0d50b1-df21-31ef-aa9b-eec805b3a517"], "description": "edited in the console"}))
+        .unwrap();
+    let obs = engine::observe(&s, &state, &c).await.unwrap();
+    let paths: Vec<_> = obs.all_changes().iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, vec!["approvedPatches"], "description is not managed");
+
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Updated);
+    assert!(out.drift_corrected);
+    assert_eq!(out.drift_fields, vec!["approvedPatches"]);
+    assert_eq!(out.events[0].reason, "DriftCorrected");
+    assert_eq!(sim.count(UPDATE), 1);
+    let job = sim.job(&id).unwrap();
+    assert_eq!(
+        job["approvedPatches"],
+        json!(["9285e676-6340-3ba7-b124-31d84542c7bf"])
+    );
+    assert_eq!(
+        job["description"], "edited in the console",
+        "unmanaged fields are left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_recovered_not_repeated() {
+    for drop_connection in [false, true] {
+        let (sim, client) = start().await;
+        let s = spec(&format!("lost-answer-{drop_connection}"));
+        sim.set_fault(Fault::on(CREATE, FaultKind::CommitThenFail { drop_connection }).times(1));
+        let mut state = EngineState::default();
+        let mut store = MemoryStore::default();
+        {
+            let directory = Directory::new();
+            let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+            let out = engine::apply(&s, &mut state, &mut store, &c).await;
+            assert_eq!(out.reason, Reason::GatewayUnavailable, "{}", out.message);
+            assert!(out.message.contains("unknown"), "{}", out.message);
+        }
+        assert_eq!(sim.count(CREATE), 1, "never retried blindly");
+        assert_eq!(sim.job_count(), 1, "the create took effect");
+        // The pending create was recorded before the POST.
+        let saved = store.last.clone().expect("saved");
+        assert!(saved.pending_create.is_some() && saved.job_id.is_none());
+
+        // "Restart": a fresh process with only the saved state.
+        let mut state = saved;
+        let directory = Directory::new();
+        let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+        let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+        assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
+        assert_eq!(sim.count(CREATE), 1);
+        assert_eq!(sim.job_count(), 1, "still exactly one job");
+        assert!(state.pending_create.is_none());
+        assert_eq!(state.job_id.as_deref(), sim.jobs()[0]["id"].as_str());
+    }
+}
+
+#[tokio::test]
+async fn adoption_by_job_id_never_enables() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut original = spec("adopt-me");
+    let mut st = EngineState::default();
+    engine::apply(&original, &mut st, &mut MemoryStore::default(), &c).await;
+    let id = st.job_id.unwrap();
+
+    original.job_id = Some(id.clone());
+    original.job.status = Some(JobState::Enabled);
+    sim.reset_counters();
+    let mut state = EngineState::default();
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
+    assert!(out.message.contains("never enables"), "{}", out.message);
+    assert_eq!(sim.count(STATUS), 0);
+    assert_eq!(sim.count(CREATE), 0);
+    assert_eq!(sim.job(&id).unwrap()["status"], "Disabled");
+    assert_eq!(state.adopted_generation, Some(1));
+    assert_eq!(
+        original.effective_deletion_policy(),
+        qpm_operator::api::DeletionPolicy::Orphan
+    );
+
+    // A later spec change (generation 2) may enable it.
+    let directory2 = Directory::new();
+    let mut c2 = ctx(&client, &directory2, &NoScripts, None, Mode::Controller);
+    c2.generation = Some(2);
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c2).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(sim.count(STATUS), 1);
+    assert_eq!(sim.job(&id).unwrap()["status"], "Enabled");
+}
+
+#[tokio::test]
+async fn a_foreign_job_with_the_same_name_is_a_conflict_for_the_controller_and_the_target_for_the_cli()
+ {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let s = spec("same-name");
+    let mut first = EngineState::default();
+    engine::apply(&s, &mut first, &mut MemoryStore::default(), &c).await;
+
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
+    assert_eq!(out.reason, Reason::NameConflict);
+    assert!(
+        out.message.contains(first.job_id.as_deref().unwrap()),
+        "{}",
+        out.message
+    );
+    assert_eq!(sim.job_count(), 1);
+
+    let cli = ctx(&client, &directory, &NoScripts, None, Mode::Cli);
+    let obs = engine::observe(&s, &EngineState::default(), &cli)
+        .await
+        .unwrap();
+    assert_eq!(obs.identified_by, IdentifiedBy::Name);
+    assert_eq!(obs.job_id(), first.job_id.as_deref());
+}
+
+struct ClaimedBy(String);
+impl Claims for ClaimedBy {
+    fn claimed_by(&self, _: &str) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_job_claimed_by_another_resource_is_not_touched() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("claimed");
+    let mut st = EngineState::default();
+    engine::apply(&s, &mut st, &mut MemoryStore::default(), &c).await;
+    s.job_id = st.job_id.clone();
+    s.job.timeout = Some(9);
+    let claims = ClaimedBy("patching/first".into());
+    let mut c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    c.claims = &claims;
+    sim.reset_counters();
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
+    assert_eq!(out.reason, Reason::JobClaimed);
+    assert!(out.message.contains("patching/first"));
+    assert_eq!(sim.counters().total(), 0, "writes nothing, reads nothing");
+}
+
+#[tokio::test]
+async fn a_non_recurring_job_cannot_be_disabled_and_is_not_enabled_twice() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "on-demand", "platform": "Linux", "scheduleType": "On-demand", "status": "Enabled"}}))
+    .unwrap();
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    assert_eq!(sim.count(STATUS), 1, "created Disabled, then enabled");
+    let id = state.job_id.clone().unwrap();
+    assert_eq!(sim.job(&id).unwrap()["status"], "Enabled");
+
+    s.job.status = Some(JobState::Disabled);
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::CannotDisable, "{}", out.message);
+    assert!(out.reason.is_stalled());
+
+    // The job ran and was disabled in the console: not "corrected" back to Enabled.
+    sim.console_edit(&id, json!({"status": "Disabled"}))
+        .unwrap();
+    s.job.status = Some(JobState::Enabled);
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    assert!(out.message.contains("run it again"), "{}", out.message);
+    assert_eq!(sim.count(STATUS), 0);
+}
+
+#[tokio::test]
+async fn a_vanished_job_is_missing_unless_recreate_is_chosen() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("vanishing");
+    let mut state = EngineState::default();
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    let first = state.job_id.clone().unwrap();
+    assert!(sim.console_delete(&first));
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::JobMissing);
+    assert!(out.message.contains("recreatePolicy"), "{}", out.message);
+    assert_eq!(sim.count(CREATE), 0);
+
+    s.recreate_policy = Some(RecreatePolicy::Recreate);
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    assert!(out.message.contains("re-created"));
+    assert_eq!(sim.count(CREATE), 1);
+    assert_ne!(state.job_id.as_deref(), Some(first.as_str()));
+}
+
+#[tokio::test]
+async fn delete_removes_the_job_and_orphan_leaves_it() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let s = spec("to-delete");
+    let mut state = EngineState::default();
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    let id = state.job_id.clone().unwrap();
+    let out = engine::cleanup(
+        &s,
+        &mut state,
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished, "{}", out.message);
+    assert_eq!(out.events[0].reason, "Deleted");
+    assert!(sim.job(&id).is_none());
+    assert_eq!(sim.count(DELETE), 1);
+
+    // Already gone (a per-item failure), confirmed by a GET's 404: done.
+    let mut gone = EngineState {
+        job_id: Some(id.clone()),
+        ..Default::default()
+    };
+    sim.reset_counters();
+    let out = engine::cleanup(
+        &s,
+        &mut gone,
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished, "{}", out.message);
+    assert_eq!((sim.count(DELETE), sim.count(GET)), (1, 1));
+
+    let mut kept = EngineState::default();
+    let s2 = spec("to-orphan");
+    engine::apply(&s2, &mut kept, &mut MemoryStore::default(), &c).await;
+    let mut orphan = s2.clone();
+    orphan.deletion_policy = Some(qpm_operator::api::DeletionPolicy::Orphan);
+    sim.reset_counters();
+    let out = engine::cleanup(
+        &orphan,
+        &mut kept,
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished);
+    assert_eq!(out.events[0].reason, "Orphaned");
+    assert_eq!(sim.counters().total(), 0);
+    assert_eq!(sim.job_count(), 1);
+
+    // A parent with children is not deleted in Qualys.
+    let opts = CleanupOptions {
+        force_orphan: false,
+        children: vec!["default/child".into()],
+    };
+    let out = engine::cleanup(&s2, &mut kept, &mut MemoryStore::default(), &c, &opts).await;
+    assert_eq!(out.reason, Reason::DeletionBlocked);
+    assert!(!out.finished);
+    assert_eq!(sim.count(DELETE), 0);
+}
+
+#[tokio::test]
+async fn report_mode_writes_nothing_and_lists_the_differences() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("observed");
+    s.drift_policy = Some(DriftPolicy::Report);
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::DriftDetected);
+    assert_eq!(sim.count(CREATE), 0);
+
+    s.drift_policy = None;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    s.drift_policy = Some(DriftPolicy::Report);
+    s.job.timeout = Some(12);
+    s.job.pre_deploy_actions.as_mut().unwrap()[0].script = Some("bHMgLWw=".into());
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
+    let paths: Vec<_> = out
+        .pending_changes
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(paths, vec!["timeout", "preDeployActions[0].script"]);
+    let status_form = out.pending_changes[1].to_status();
+    assert!(
+        status_form.to.unwrap().starts_with("\"sha256:"),
+        "scripts as digests, never content"
+    );
+    assert_eq!(sim.count(UPDATE) + sim.count(CREATE) + sim.count(STATUS), 0);
+}
+
+#[tokio::test]
+async fn an_unrenderable_spec_makes_zero_api_calls() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let s: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "bad", "platform": "Windows", "scheduleType": "On-demand",
+        "preDeployActions": [{"action": "Run Script", "scriptFrom": {"configMapKeyRef": {"name": "missing", "key": "x.ps1"}}}]
+    }}))
+    .unwrap();
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
+    assert_eq!(out.reason, Reason::InvalidSpec);
+    assert_eq!(
+        out.message,
+        "spec.job.preDeployActions[0].scriptFrom: ConfigMap \"missing\" key \"x.ps1\" is not available"
+    );
+    assert_eq!(sim.counters().total(), 0);
+}
+
+#[tokio::test]
+async fn a_child_waits_for_its_parent_without_calling_the_api() {
+    let (sim, client) = start().await;
+    let inputs = examples();
+    let child = inputs
+        .jobs
+        .iter()
+        .find(|m| m.job.spec.job.linked_job_ref.is_some())
+        .expect("a chained example");
+    let directory = Directory::new();
+    let scripts = InputScripts {
+        inputs: &inputs,
+        namespace: &child.namespace,
+    };
+    let c = ctx(&client, &directory, &scripts, None, Mode::Controller);
+    let out = engine::apply(
+        &child.job.spec,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
+    assert_eq!(out.reason, Reason::WaitingForLinkedJob);
+    assert_eq!(sim.counters().total(), 0);
+    let _ = LIST;
+}
