@@ -849,6 +849,76 @@ fn check_deployment(deployment: &Deployment) {
     }
 }
 
+/// `qpm-operator run` as the binary parses it.
+#[derive(clap::Parser, Debug)]
+struct RunCommand {
+    #[command(flatten)]
+    args: qpm_operator::controller::RunArgs,
+}
+
+/// Parse a Deployment's args with the real `run` flags, expanding `$(VAR)` from the container's
+/// env as the kubelet does (`namespace` stands for the downward-API POD_NAMESPACE).
+fn parsed_run_args(deployment: &Deployment, namespace: &str) -> qpm_operator::controller::RunArgs {
+    use clap::Parser;
+    let c = container(deployment);
+    let args = c.args.as_ref().unwrap();
+    assert_eq!(
+        args[0], "run",
+        "the image's ENTRYPOINT is the binary; `run` is the subcommand"
+    );
+    let expanded: Vec<String> = args[1..]
+        .iter()
+        .map(|a| a.replace("$(POD_NAMESPACE)", namespace))
+        .collect();
+    assert!(!expanded.iter().any(|a| a.contains("$(")), "{expanded:?}");
+    RunCommand::try_parse_from(std::iter::once("run".to_string()).chain(expanded))
+        .unwrap_or_else(|e| panic!("the Deployment's args are not valid `run` flags: {e}"))
+        .args
+}
+
+#[test]
+fn the_deployment_args_are_valid_run_flags() {
+    use qpm_operator::controller::LogFormat;
+    let base: Deployment = serde_json::from_value(
+        read_documents(&repo().join("deploy/base/deployment.yaml")).remove(0),
+    )
+    .unwrap();
+    let args = parsed_run_args(&base, OPERATOR_NAMESPACE);
+    assert_eq!(args.namespace, None);
+    assert_eq!(args.log_format, LogFormat::Json);
+    assert!(args.leader_election);
+    assert_eq!(args.lease_name, "qpm-operator");
+    // The listener is the container's `http` port, which the probes and the Service use.
+    assert_eq!(args.listen.port(), 8080);
+    assert_eq!(
+        container(&base).ports.as_ref().unwrap()[0].container_port,
+        i32::from(args.listen.port())
+    );
+    // The kubelet waits longer than the operator's shutdown deadline.
+    let grace = base
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .termination_grace_period_seconds
+        .unwrap();
+    assert!(
+        std::time::Duration::from_secs(u64::try_from(grace).unwrap()) > args.shutdown_deadline,
+        "terminationGracePeriodSeconds {grace} vs --shutdown-deadline {:?}",
+        args.shutdown_deadline
+    );
+
+    let Some(docs) = kustomize(&repo().join("deploy/namespaced")) else {
+        return;
+    };
+    let namespaced: Deployment = serde_json::from_value(only(&docs, "Deployment").clone()).unwrap();
+    let args = parsed_run_args(&namespaced, OPERATOR_NAMESPACE);
+    assert_eq!(args.namespace.as_deref(), Some(OPERATOR_NAMESPACE));
+}
+
 #[test]
 fn the_deployment_is_locked_down() {
     let docs = read_documents(&repo().join("deploy/base/deployment.yaml"));
