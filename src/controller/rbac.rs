@@ -418,10 +418,8 @@ pub fn namespaced_rbac(
     out
 }
 
-/// The Role and RoleBinding in the watched namespace of a namespaced install: the part of
-/// [`namespaced_rbac`] that `deploy/namespaced/` adds to the base `deploy/`, which already has
-/// the leader-election ones.
-pub fn watched_namespace_rbac(
+/// The Role and RoleBinding for the [`Scope::Watched`] rules in the watched namespace.
+fn watched_namespace_rbac(
     watched_namespace: &str,
     operator_namespace: &str,
     service_account_name: &str,
