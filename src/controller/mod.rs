@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod context;
 pub mod metrics;
+pub mod rbac;
 pub mod reconciler;
 pub mod status;
 pub mod triggers;
