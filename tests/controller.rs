@@ -24,6 +24,8 @@ const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
 const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
 const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
 const WAIT: Duration = Duration::from_secs(20);
+/// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
+const OPERATOR_AGENT: &str = "qpm-operator-under-test";
 
 struct Env {
     cluster: TestCluster,
@@ -99,9 +101,24 @@ impl Env {
     }
 
     async fn operator(&self) -> Operator {
-        controller::start(self.cluster.client(), self.config("op-1"))
+        controller::start(self.operator_client(), self.config("op-1"))
             .await
             .expect("operator starts")
+    }
+
+    /// A client for an operator instance (its own connection pool, its own User-Agent).
+    fn operator_client(&self) -> kube::Client {
+        match self.cluster.fake() {
+            Some(fake) => {
+                let mut config = fake.config();
+                config.headers.push((
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static(OPERATOR_AGENT),
+                ));
+                kube::Client::try_from(config).expect("client")
+            }
+            None => self.cluster.new_client(),
+        }
     }
 
     async fn create(&self, name: &str, spec: Value) -> DeploymentJob {
@@ -214,6 +231,51 @@ impl Env {
                 .map(|(_, n)| n)
         })
         .await
+    }
+}
+
+/// Every scenario ends by checking that each request the operator made is one its RBAC
+/// (generated from `controller::rbac::RULES`, as installed by deploy/) allows.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Some(fake) = self.cluster.fake() else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        let install = qpm_operator::controller::rbac::Install {
+            operator_namespace: self.ns().to_string(),
+            service_account: "qpm-operator".to_string(),
+            watched_namespace: None,
+        };
+        let mine: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.user_agent.as_deref() == Some(OPERATOR_AGENT))
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "the operator's requests are recognisable in the log"
+        );
+        let denied: Vec<String> = mine
+            .iter()
+            .filter(|r| r.verb != support::Verb::Discovery && !r.resource.is_empty())
+            .filter(|r| {
+                !install.allows(
+                    &r.group,
+                    &r.resource,
+                    r.subresource.as_deref(),
+                    &r.verb.to_string(),
+                    r.namespace.as_deref(),
+                )
+            })
+            .map(|r| r.to_string())
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "requests the operator's RBAC does not allow: {denied:#?}"
+        );
     }
 }
 
@@ -546,7 +608,7 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
     let mut config = env.config("op-1");
     config.client_options.rps = Some(100.0);
     config.client_options.concurrency = Some(4);
-    let op = controller::start(env.cluster.client(), config)
+    let op = controller::start(env.operator_client(), config)
         .await
         .unwrap();
     let names: Vec<String> = (0..12).map(|i| format!("storm-{i}")).collect();
@@ -735,7 +797,7 @@ async fn nothing_changing_means_no_status_write_over_many_resyncs() {
     let env = Env::start().await;
     let mut config = env.config("op-1");
     config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.cluster.client(), config)
+    let op = controller::start(env.operator_client(), config)
         .await
         .unwrap();
     env.create("steady", spec("steady")).await;
@@ -788,10 +850,8 @@ async fn with_two_instances_only_the_leader_writes() {
     a.leader = Some(leader("op-a"));
     let mut b = env.config("op-b");
     b.leader = Some(leader("op-b"));
-    let op_a = controller::start(env.cluster.client(), a).await.unwrap();
-    let op_b = controller::start(env.cluster.new_client(), b)
-        .await
-        .unwrap();
+    let op_a = controller::start(env.operator_client(), a).await.unwrap();
+    let op_b = controller::start(env.operator_client(), b).await.unwrap();
     wait_for(WAIT, "one leader", || async {
         (op_a.is_leader() != op_b.is_leader()).then_some(())
     })
@@ -921,7 +981,7 @@ async fn the_default_connection_serves_only_allowed_namespaces() {
     config.default_connection = Some(Connection::new(env.sim.base_url(), "sim", "sim"));
     config.default_connection_namespaces =
         Some(["somewhere-else".to_string()].into_iter().collect());
-    let op = controller::start(env.cluster.client(), config)
+    let op = controller::start(env.operator_client(), config)
         .await
         .unwrap();
     let mut s = spec("default connection");
