@@ -778,13 +778,17 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
         ),
         ("timeout", Some("6"), Some("12"))
     );
-    // Observed on every poll; never written.
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    // Observed on every poll (two list calls each, one per platform); never written.
+    let gets = env.sim.count(GET);
+    let lists = env.sim.count("GET /pm/v1/deploymentjobs/summary");
     wait_for(WAIT, "three polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= polls + 3).then_some(())
+        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= lists + 6).then_some(())
     })
     .await;
-    assert!(env.sim.count(GET) >= 3);
+    wait_for(WAIT, "a read per poll", || async {
+        (env.sim.count(GET) >= gets + 2).then_some(())
+    })
+    .await;
     assert_eq!(
         env.sim.count(UPDATE) + env.sim.count(CREATE) + env.sim.count(STATUS),
         0

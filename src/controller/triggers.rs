@@ -90,13 +90,27 @@ pub async fn poll_secrets(ctx: Arc<Ctx>) {
                     continue;
                 }
             };
-            // First sight counts as a change too: a resource stalled on a missing Secret is
-            // re-queued as soon as the Secret is there, even if that was before the first read.
-            if seen.insert((namespace, name), version.clone()) != Some(version) {
-                refs.into_iter().for_each(|r| ctx.trigger(r));
+            // A change since the last read re-queues every resource that reads the Secret. On
+            // the first read only the stalled ones are re-queued (one may be waiting for exactly
+            // this Secret to appear); the others were reconciled at startup already.
+            match seen.insert((namespace, name), version.clone()) {
+                Some(before) if before != version => refs.into_iter().for_each(|r| ctx.trigger(r)),
+                Some(_) => {}
+                None => refs
+                    .into_iter()
+                    .filter(|r| ctx.store.get(r).is_some_and(|dj| is_stalled(&dj)))
+                    .for_each(|r| ctx.trigger(r)),
             }
         }
     }
+}
+
+fn is_stalled(dj: &DeploymentJob) -> bool {
+    dj.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == crate::api::condition_type::STALLED && c.status == "True")
+    })
 }
 
 /// (namespace, Secret name) → the resources that reference it (connectionRef or secretKeyRef).
