@@ -119,7 +119,17 @@ async fn main() -> anyhow::Result<()> {
     )?;
 
     println!("controller load: {n} DeploymentJobs, --qualys-rps {rps}, --poll-interval {poll}s");
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_qpm-operator"))
+    // QPM_LOAD_WRAP runs the operator under another program (e.g. valgrind's massif).
+    let wrap: Vec<String> = std::env::var("QPM_LOAD_WRAP").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_qpm-operator"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_qpm-operator")),
+    };
+    let mut operator = command
         .args([
             "run",
             "--leader-election=false",
@@ -138,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
+        .env("MALLOC_ARENA_MAX", std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -229,6 +240,12 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_kib(&operator).unwrap_or(peak_seen) / 1024
     );
 
+    // SIGTERM first: a graceful stop (and lets a wrapping profiler write its report).
+    let _ = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while operator.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = operator.kill();
     let _ = operator.wait();
     let _ = std::fs::remove_dir_all(&dir);

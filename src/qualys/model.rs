@@ -38,6 +38,26 @@ macro_rules! wire_struct {
             pub extra: Map<String, Value>,
         }
     };
+    // Read-only documents the operator never sends back: unknown keys are dropped, which keeps
+    // a 10,000-job listing small in memory.
+    (
+        lean
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                #[serde(default, skip_serializing_if = "Field::is_absent")]
+                pub $field: Field<$ty>,
+            )*
+        }
+    };
 }
 
 wire_struct! {
@@ -295,6 +315,7 @@ wire_struct! {
 }
 
 wire_struct! {
+    lean
     /// An item of `GET /pm/v1/deploymentjobs/summary`. Its shape differs from the job document:
     /// `created`/`updated` rather than `createdBy`/`updatedBy`, `isRecurring`, `triggerStatus`.
     pub struct JobSummary {
