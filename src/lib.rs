@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod qualys;
 pub mod reconcile;
 pub mod sim;

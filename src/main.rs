@@ -1,7 +1,7 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
-use qpm_operator::{cli, sim};
+use qpm_operator::{cli, controller, sim};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controller (in a cluster, or against the current kubeconfig context).
+    Run(Box<controller::RunArgs>),
     /// Serve the Qualys PM API simulator.
     Sim(sim::SimArgs),
     /// Print the DeploymentJob CustomResourceDefinition (YAML).
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => controller::run(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Sim(args) => sim::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Crd => print_crd().map(|()| ExitCode::SUCCESS),
             Command::Plan(args) => cli::plan::run(args).await,

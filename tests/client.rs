@@ -2,7 +2,6 @@
 //! small stub), over real HTTP on loopback. Counts come from the simulator's counters, so every
 //! assertion is about exactly what reached the server.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,6 +124,13 @@ fn assert_counts(sim: &SimHandle, route: &str, expected: &[(u16, u64)]) {
     assert_eq!(got, expected, "{route}: {:?}", counters.0);
 }
 
+#[test]
+fn endpoints_are_named_by_the_simulators_route_templates() {
+    let names: Vec<&str> = Endpoint::ALL.iter().map(|e| e.as_str()).collect();
+    assert_eq!(names, sim::ROUTES);
+    assert_eq!(names, [AUTH, CREATE, GET, UPDATE, LIST, DELETE, STATUS]);
+}
+
 #[tokio::test]
 async fn every_operation_works_against_the_simulator() {
     let sim = start(sim_config()).await;
@@ -164,7 +170,7 @@ async fn every_operation_works_against_the_simulator() {
             .iter()
             .map(|s| s.id.get().cloned().unwrap())
             .collect::<Vec<_>>(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     let all = client.list_all_summaries().await.unwrap();
     assert_eq!(
@@ -537,6 +543,24 @@ async fn a_create_refused_with_429_is_retried() {
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_create_refused_with_401_is_sent_again_after_reauthentication() {
+    let sim = start(sim_config()).await;
+    let client = client(&sim);
+    client.authenticate().await.unwrap();
+    sim.set_fault(Fault {
+        route: Some(CREATE.to_owned()),
+        times: Some(1),
+        kind: FaultKind::ExpireToken,
+    });
+    client.create_job(&job("after-401")).await.unwrap();
+    // A 401 means the gateway did nothing: sending again cannot duplicate the job.
+    assert_counts(&sim, CREATE, &[(201, 1), (401, 1)]);
+    assert_counts(&sim, AUTH, &[(201, 2)]);
+    assert_eq!(jobs_named(&sim, "after-401").len(), 1);
+    sim.shutdown().await;
+}
+
 /// Counts exchanges that ended without an answer, per endpoint, and signals the first one.
 #[derive(Default)]
 struct TransportFailures {
@@ -653,12 +677,16 @@ async fn a_create_that_could_not_connect_is_retried() {
 async fn a_slow_gateway_times_out_and_a_slow_create_is_outcome_unknown() {
     let sim = start(sim_config()).await;
     let id = seed_job(&sim, "slow");
+    // The simulator counts a request when it answers, and a request abandoned by a timeout
+    // never is: the client's observer counts the attempts here.
+    let tally = Arc::new(Tally::default());
     let client = client_for(
         &sim.base_url(),
         PASSWORD,
         ClientOptions {
             request_timeout: Duration::from_millis(300),
             max_attempts: 2,
+            observer: Some(tally.clone()),
             ..fast()
         },
     );
@@ -675,14 +703,23 @@ async fn a_slow_gateway_times_out_and_a_slow_create_is_outcome_unknown() {
             after: Duration::from_millis(300)
         }
     );
-    assert_eq!(sim.count(GET), 2, "a timed-out GET is retried");
     match client.create_job(&job("slow-create")).await {
         Err(Error::OutcomeUnknown { cause, .. }) => {
             assert_eq!(cause, "no complete answer within 0.3s")
         }
         other => panic!("expected OutcomeUnknown, got {other:?}"),
     }
-    assert_eq!(sim.count(CREATE), 1, "a timed-out create is not");
+    assert_eq!(
+        *tally.responses.lock().unwrap(),
+        [
+            (Endpoint::Auth, Some(201)),
+            // A timed-out GET is retried …
+            (Endpoint::Get, None),
+            (Endpoint::Get, None),
+            // … a timed-out create is not.
+            (Endpoint::Create, None),
+        ]
+    );
     sim.shutdown().await;
 }
 
@@ -775,65 +812,59 @@ async fn a_wrong_password_is_unauthorized_and_never_printed() {
     for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
         assert!(!text.contains(wrong), "{text}");
     }
-    // Refused credentials are not retried.
+    // Refused credentials are not retried …
     assert_counts(&sim, AUTH, &[(401, 1)]);
     assert_eq!(sim.count(GET), 0);
+
+    // … nor offered again by callers queued behind the refusal, or soon after it: a wrong
+    // password in a busy controller must not get the account locked.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let c = client.for_tenant("other");
+        calls.spawn(async move { c.get_job("any").await.map(|_| ()) });
+    }
+    while let Some(result) = calls.join_next().await {
+        assert_eq!(result.unwrap().unwrap_err(), err);
+    }
+    assert_counts(&sim, AUTH, &[(401, 1)]);
+    // Only an explicit `authenticate` (what `check` does) tries again at once.
+    assert_eq!(client.authenticate().await.unwrap_err(), err);
+    assert_counts(&sim, AUTH, &[(401, 2)]);
     sim.shutdown().await;
 }
 
-/// A `tracing` writer into memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// Single-threaded, so every task (simulator included) logs into this thread's subscriber.
-#[tokio::test(flavor = "current_thread")]
-async fn logs_at_trace_level_hold_neither_password_nor_token() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer({
-            let c = captured.clone();
-            move || c.clone()
-        })
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+#[tokio::test]
+async fn callers_queued_behind_a_failed_authentication_share_its_failure() {
     let sim = start(sim_config()).await;
-    let wrong = "Wrong-Password-123";
-    let bad = client_for(&sim.base_url(), wrong, fast());
-    assert_eq!(bad.authenticate().await.unwrap_err().kind(), "unauthorized");
-
-    let good = client(&sim);
-    let id = seed_job(&sim, "logged");
-    good.get_job(&id).await.unwrap();
-    sim.expire_tokens();
-    good.get_job(&id).await.unwrap();
-    let created = good.create_job(&job("logged-create")).await.unwrap();
-    good.delete_jobs(&[created.job_id().unwrap().to_owned()])
-        .await
-        .unwrap();
+    let client = client_for(
+        &sim.base_url(),
+        PASSWORD,
+        ClientOptions {
+            max_attempts: 2,
+            ..fast()
+        },
+    );
+    sim.set_fault(Fault {
+        route: Some(AUTH.to_owned()),
+        times: None,
+        kind: FaultKind::Status { status: 503 },
+    });
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let c = client.clone();
+        calls.spawn(async move { c.get_job("any").await.map(|_| ()) });
+    }
+    while let Some(result) = calls.join_next().await {
+        assert_eq!(result.unwrap().unwrap_err().kind(), "unavailable");
+    }
+    // One refresh of two attempts answered all ten callers.
+    assert_counts(&sim, AUTH, &[(503, 2)]);
+    // An outage is not a verdict on the credentials: the next call tries again, and succeeds.
+    sim.clear_faults();
+    let id = seed_job(&sim, "after-outage");
+    client.get_job(&id).await.unwrap();
+    assert_counts(&sim, AUTH, &[(201, 1), (503, 2)]);
     sim.shutdown().await;
-
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    // The capture works: our request spans are in it.
-    assert!(logs.contains("qualys_request"), "{logs}");
-    assert!(logs.contains("POST /auth"), "{logs}");
-    assert!(!logs.contains(wrong), "the wrong password leaked");
-    assert!(!logs.contains(PASSWORD), "the password leaked");
-    // Every JWT starts with the base64 of `{"` — no token, whole or in part, is logged.
-    assert!(!logs.contains("eyJ"), "a token leaked:\n{logs}");
-    assert!(!logs.contains("Bearer"), "an Authorization header leaked");
 }
 
 #[derive(Default)]
@@ -881,10 +912,9 @@ async fn the_observer_sees_every_exchange_and_rate_limit_headers() {
             (Endpoint::Get, Some(404))
         ]
     );
-    let infos = tally.rate_limits.lock().unwrap();
-    assert!(!infos.is_empty());
-    assert_eq!(infos[0].limit, Some(300));
-    assert_eq!(infos[0].window, Some(Duration::from_secs(3600)));
+    let first = tally.rate_limits.lock().unwrap().first().cloned().unwrap();
+    assert_eq!(first.limit, Some(300));
+    assert_eq!(first.window, Some(Duration::from_secs(3600)));
     sim.shutdown().await;
 }
 
@@ -1156,6 +1186,32 @@ mod stub {
             }
             other => panic!("expected OutcomeUnknown, got {other:?}"),
         }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_list_that_ignores_page_numbers_ends() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let (url, task) = serve(Router::new().route("/auth", post(token)).route(
+            "/pm/v1/deploymentjobs/summary",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { axum::Json(json!([{"id": "a"}, {"id": "b"}])) }
+            }),
+        ))
+        .await;
+        let client = client_for(
+            &url,
+            PASSWORD,
+            ClientOptions {
+                page_size: 2,
+                ..fast()
+            },
+        );
+        let listed = client.list_summaries("Linux").await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
         task.abort();
     }
 

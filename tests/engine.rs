@@ -612,3 +612,36 @@ async fn a_child_waits_for_its_parent_without_calling_the_api() {
     assert_eq!(sim.counters().total(), 0);
     let _ = LIST;
 }
+
+#[tokio::test]
+async fn an_update_that_does_not_take_stops_instead_of_looping() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut s = spec("stubborn");
+    let mut state = EngineState::default();
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    // The gateway accepts the update but keeps its timeout.
+    sim.set_fault(Fault::on(
+        UPDATE,
+        FaultKind::IgnoreFields {
+            fields: vec!["timeout".into()],
+        },
+    ));
+    s.job.timeout = Some(9);
+    s.job.description = Some("applied".into());
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::NotConverging, "{}", out.message);
+    assert!(out.reason.is_stalled());
+    assert!(
+        out.message.contains("timeout") && !out.message.contains("description"),
+        "{}",
+        out.message
+    );
+    assert_eq!(sim.count(UPDATE), 1, "sent once, not again and again");
+    assert_eq!(
+        sim.job(state.job_id.as_deref().unwrap()).unwrap()["description"],
+        "applied"
+    );
+}

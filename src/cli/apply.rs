@@ -12,7 +12,7 @@ use crate::api::Reason;
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
 use clap::Args;
 use futures::StreamExt;
-use std::future::Future;
+use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -283,11 +283,8 @@ struct TrackingStore<S> {
     last: EngineState,
 }
 
-impl<S: StateStore + Send> StateStore for TrackingStore<S> {
-    fn save(
-        &mut self,
-        state: &EngineState,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+impl<S: StateStore> StateStore for TrackingStore<S> {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
         self.last = state.clone();
         self.inner.save(state)
     }

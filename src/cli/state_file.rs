@@ -3,9 +3,9 @@
 //! the CLI has no status, and without digests every `apply` would resend every script.
 
 use crate::reconcile::{EngineState, StateStore, StoreError};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,10 +201,10 @@ pub struct FileStore {
 }
 
 impl StateStore for FileStore {
-    fn save(&mut self, state: &EngineState) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
         let file = self.file.clone();
         let recorded = file.record(&self.target, &self.key, state);
-        async move {
+        Box::pin(async move {
             let change = recorded?;
             if file.path.is_none() {
                 return Ok(());
@@ -214,7 +214,7 @@ impl StateStore for FileStore {
             tokio::task::spawn_blocking(move || file.persist(change))
                 .await
                 .map_err(|e| StoreError(format!("the state writer stopped: {e}")))?
-        }
+        })
     }
 }
 

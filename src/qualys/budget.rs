@@ -1,11 +1,14 @@
-//! The request budget of one connection: a rate (token bucket), a concurrency cap, and a pause
-//! after the gateway says "wait", shared by every clone and tenant of a [`Client`] and handed
-//! out round-robin between tenants so one busy namespace cannot starve the others.
+//! The request budget of one connection: a rate, a concurrency cap, and a pause after the
+//! gateway says "wait", shared by every clone and tenant of a [`Client`] and handed out
+//! round-robin between tenants so one busy namespace cannot starve the others.
 //!
 //! A Qualys subscription has one quota for all its users, so the budget belongs to the
-//! connection, not to a caller. It starts at the configured values and is only ever lowered by
-//! what the gateway reports (`X-RateLimit-Limit` / `X-RateLimit-Window-Sec`,
-//! `X-ConcurrencyLimit-Limit`), never raised above the configuration.
+//! connection, not to a caller. The rate is two token buckets, and a request needs a token from
+//! each: the configured one (`rps`, bursts of `max(1, ⌊rps⌋)`), which never changes, and the
+//! gateway's (`X-RateLimit-Limit` per `X-RateLimit-Window-Sec`, bursts up to the limit, tokens
+//! capped by `X-RateLimit-Remaining`), which exists once the gateway has reported a limit. What
+//! the gateway says can therefore only lower the rate below the configuration, never raise it;
+//! `X-ConcurrencyLimit-Limit` lowers the concurrency cap the same way.
 //!
 //! [`Client`]: super::client::Client
 
@@ -51,8 +54,6 @@ impl RateLimitInfo {
 /// A shared request budget. Create one per connection; hand out [`Permit`]s per request.
 #[derive(Debug)]
 pub struct Budget {
-    configured_rps: Option<f64>,
-    configured_burst: f64,
     configured_concurrency: Option<usize>,
     state: Mutex<State>,
     /// Woken whenever a grant was made or a permit came back.
@@ -61,10 +62,10 @@ pub struct Budget {
 
 #[derive(Debug)]
 struct State {
-    rps: Option<f64>,
-    burst: f64,
-    tokens: f64,
-    refilled_at: Instant,
+    /// The configured rate.
+    local: Option<Bucket>,
+    /// The rate the gateway reported.
+    server: Option<Bucket>,
     concurrency: Option<usize>,
     in_flight: usize,
     paused_until: Option<Instant>,
@@ -76,20 +77,52 @@ struct State {
     next_ticket: u64,
 }
 
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: f64, burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            refilled_at: now,
+        }
+    }
+
+    /// A whole token, give or take the rounding of the refill arithmetic.
+    fn has_token(&self) -> bool {
+        self.tokens >= 1.0 - 1e-9
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled_at = now;
+    }
+}
+
 impl Budget {
-    /// A budget of at most `rps` requests per second (bursts of up to `max(1, rps)`) and at most
-    /// `concurrency` requests in flight; `None` means unlimited.
+    /// A budget of at most `rps` requests per second (bursts of up to `max(1, ⌊rps⌋)`) and at
+    /// most `concurrency` requests in flight; `None` means unlimited (until the gateway says
+    /// otherwise).
     pub fn new(rps: Option<f64>, concurrency: Option<usize>) -> Arc<Budget> {
-        let burst = rps.map_or(1.0, |r| r.floor().max(1.0));
+        let now = Instant::now();
         Arc::new(Budget {
-            configured_rps: rps,
-            configured_burst: burst,
             configured_concurrency: concurrency,
             state: Mutex::new(State {
-                rps,
-                burst,
-                tokens: burst,
-                refilled_at: Instant::now(),
+                local: rps.map(|r| Bucket::full(r, r.floor().max(1.0), now)),
+                server: None,
                 concurrency,
                 in_flight: 0,
                 paused_until: None,
@@ -152,7 +185,8 @@ impl Budget {
         }
     }
 
-    /// Take in what a response said about the gateway's limits.
+    /// Take in what an answer said about the gateway's limits; `rate_limited` when it was a 429
+    /// (or the classic API's equivalent).
     pub fn observe(&self, info: &RateLimitInfo, rate_limited: bool) {
         let mut state = self.lock();
         let now = Instant::now();
@@ -161,17 +195,22 @@ impl Budget {
             && limit > 0
             && !window.is_zero()
         {
-            let server_rps = limit as f64 / window.as_secs_f64();
-            let rps = self
-                .configured_rps
-                .map_or(server_rps, |c| c.min(server_rps));
-            state.rps = Some(rps);
-            state.burst = self.configured_burst.min(limit as f64).max(1.0);
-            state.tokens = state.tokens.min(state.burst);
+            let rate = limit as f64 / window.as_secs_f64();
+            let burst = limit as f64;
+            match &mut state.server {
+                Some(bucket) => {
+                    bucket.rate = rate;
+                    bucket.burst = burst;
+                    bucket.tokens = bucket.tokens.min(burst);
+                }
+                None => state.server = Some(Bucket::full(rate, burst, now)),
+            }
         }
-        if let Some(remaining) = info.remaining {
-            // The gateway knows what is left of the window better than our bucket does.
-            state.tokens = state.tokens.min(remaining as f64);
+        if let (Some(server), Some(remaining)) = (&mut state.server, info.remaining)
+            && !rate_limited
+        {
+            // The gateway knows what is left of its window better than our bucket does.
+            server.tokens = server.tokens.min(remaining as f64);
         }
         if let Some(limit) = info.concurrency_limit
             && limit > 0
@@ -187,12 +226,22 @@ impl Budget {
         if let Some(wait) = wait {
             let until = now + wait;
             state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+            // The gateway said when the next call is welcome: let at least one through then,
+            // rather than also waiting for its bucket to refill. Its `Remaining: 0` on a 429 is
+            // not taken as "empty" either: the wait already says when, and should the gateway
+            // still refuse, its next 429 says how long again.
+            if let Some(server) = &mut state.server
+                && rate_limited
+            {
+                server.tokens = server.tokens.max(1.0);
+            }
         }
     }
 
     /// The rate in force now (requests per second), `None` when unlimited.
     pub fn effective_rps(&self) -> Option<f64> {
-        self.lock().rps
+        let state = self.lock();
+        state.buckets().map(|b| b.rate).reduce(f64::min)
     }
 
     /// The concurrency cap in force now, `None` when unlimited.
@@ -236,14 +285,16 @@ impl State {
         ticket
     }
 
+    fn buckets(&self) -> impl Iterator<Item = &Bucket> {
+        [&self.local, &self.server].into_iter().flatten()
+    }
+
+    fn buckets_mut(&mut self) -> impl Iterator<Item = &mut Bucket> {
+        [&mut self.local, &mut self.server].into_iter().flatten()
+    }
+
     fn refill(&mut self, now: Instant) {
-        if let Some(rps) = self.rps {
-            let elapsed = now
-                .saturating_duration_since(self.refilled_at)
-                .as_secs_f64();
-            self.tokens = (self.tokens + elapsed * rps).min(self.burst);
-        }
-        self.refilled_at = now;
+        self.buckets_mut().for_each(|b| b.refill(now));
     }
 
     /// Grant as many waiting tickets as the budget allows, one tenant at a time in rotation.
@@ -257,7 +308,7 @@ impl State {
             if self.concurrency.is_some_and(|c| self.in_flight >= c) {
                 break;
             }
-            if self.rps.is_some() && self.tokens < 1.0 {
+            if self.buckets().any(|b| !b.has_token()) {
                 break;
             }
             let Some(tenant) = self.rotation.pop_front() else {
@@ -277,9 +328,7 @@ impl State {
             }
             self.granted.insert(ticket);
             self.in_flight += 1;
-            if self.rps.is_some() {
-                self.tokens -= 1.0;
-            }
+            self.buckets_mut().for_each(|b| b.tokens -= 1.0);
             granted_any = true;
         }
         granted_any
@@ -296,12 +345,11 @@ impl State {
         if self.concurrency.is_some_and(|c| self.in_flight >= c) {
             return None;
         }
-        match self.rps {
-            Some(rps) if self.tokens < 1.0 => {
-                Some(now + Duration::from_secs_f64((1.0 - self.tokens) / rps))
-            }
-            _ => None,
-        }
+        self.buckets()
+            .filter(|b| !b.has_token())
+            // At least a millisecond: a wait rounded down to nothing would spin.
+            .map(|b| now + Duration::from_secs_f64((1.0 - b.tokens) / b.rate).max(MIN_WAIT))
+            .max()
     }
 
     fn forget(&mut self, tenant: &Arc<str>, ticket: u64) {
@@ -462,10 +510,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn remaining_zero_drains_the_bucket() {
-        let budget = Budget::new(Some(1.0), None);
+    async fn remaining_zero_drains_the_gateway_bucket() {
+        let budget = Budget::new(None, None);
         budget.observe(
             &RateLimitInfo {
+                limit: Some(10),
+                window: Some(Duration::from_secs(10)),
                 remaining: Some(0),
                 ..Default::default()
             },
@@ -474,6 +524,62 @@ mod tests {
         let start = Instant::now();
         drop(budget.acquire("a").await);
         assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gateway_bucket_allows_its_burst_but_not_past_the_configured_rate() {
+        let budget = Budget::new(Some(2.0), None);
+        // 300 per hour with 298 left: the gateway would take a burst; our 2/s still paces it.
+        budget.observe(
+            &RateLimitInfo {
+                limit: Some(300),
+                window: Some(Duration::from_secs(3600)),
+                remaining: Some(298),
+                ..Default::default()
+            },
+            false,
+        );
+        let start = Instant::now();
+        for _ in 0..6 {
+            drop(budget.acquire("a").await);
+        }
+        // Two at once, then one every 500 ms.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_the_next_call_goes_when_the_gateway_said() {
+        let budget = Budget::new(None, None);
+        let start = Instant::now();
+        budget.observe(
+            &RateLimitInfo {
+                limit: Some(300),
+                window: Some(Duration::from_secs(3600)),
+                remaining: Some(0),
+                retry_after: Some(Duration::from_secs(1)),
+                to_wait: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+            true,
+        );
+        drop(budget.acquire("a").await);
+        // Not 12 s (one token of 300 an hour): the gateway's wait is what counts …
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // … and its bucket, new and full, does not hold back the calls after it.
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // A `Remaining: 0` on a successful answer does: then it is the gateway's pace.
+        budget.observe(
+            &RateLimitInfo {
+                limit: Some(300),
+                window: Some(Duration::from_secs(3600)),
+                remaining: Some(0),
+                ..Default::default()
+            },
+            false,
+        );
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
     }
 
     #[tokio::test(start_paused = true)]

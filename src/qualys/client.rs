@@ -416,8 +416,16 @@ struct Inner {
     opts: ClientOptions,
     budget: Arc<Budget>,
     /// Held across `/auth` so concurrent callers share one refresh.
-    token: tokio::sync::Mutex<Option<CachedToken>>,
+    token: tokio::sync::Mutex<TokenSlot>,
     generations: AtomicU64,
+    /// `/auth` calls finished so far (successful or not).
+    fetches: AtomicU64,
+}
+
+#[derive(Default)]
+struct TokenSlot {
+    token: Option<CachedToken>,
+    failure: Option<AuthFailure>,
 }
 
 struct CachedToken {
@@ -425,6 +433,19 @@ struct CachedToken {
     refresh_at: Instant,
     generation: u64,
 }
+
+/// The last `/auth` that failed.
+struct AuthFailure {
+    error: Error,
+    at: Instant,
+    /// Its number in `Inner::fetches`.
+    fetch: u64,
+}
+
+/// How long refused credentials are not offered again (except by `authenticate`): a controller
+/// with many jobs must not hammer `/auth` with a wrong password and get the account locked. A
+/// corrected password is a new connection identity, hence a new client, unaffected.
+const AUTH_FAILURE_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// The token lifetime the docs give (4 h), used when the JWT does not say.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(4 * 3600);
@@ -481,8 +502,9 @@ impl Client {
                 identity,
                 opts,
                 budget,
-                token: tokio::sync::Mutex::new(None),
+                token: tokio::sync::Mutex::new(TokenSlot::default()),
                 generations: AtomicU64::new(0),
+                fetches: AtomicU64::new(0),
             }),
             tenant: Arc::from(""),
         })
@@ -513,8 +535,7 @@ impl Client {
     /// Get a fresh token now, replacing any cached one (what `check` uses to test credentials).
     pub async fn authenticate(&self) -> Result<(), Error> {
         let mut slot = self.inner.token.lock().await;
-        *slot = Some(self.inner.fetch_token().await?);
-        Ok(())
+        self.inner.refresh(&mut slot).await.map(drop)
     }
 
     /// `POST /pm/v1/deploymentjob`. Never retried once the request may have reached the
@@ -562,8 +583,8 @@ impl Client {
     }
 
     /// Every job summary of `platform` (`Windows` or `Linux`), page by page (0-based) until a
-    /// page comes back shorter than the page size. Ids seen twice (a job created between pages
-    /// shifts the offsets) are kept once.
+    /// page comes back shorter than the page size (or brings no job not seen already). Ids seen
+    /// twice (a job created between pages shifts the offsets) are kept once.
     pub async fn list_summaries(&self, platform: &str) -> Result<Vec<JobSummary>, Error> {
         if platform.trim().is_empty() {
             return Err(Error::Invalid {
@@ -585,6 +606,7 @@ impl Client {
             let bytes = self.execute(&call).await?;
             let items: Vec<JobSummary> = decode(Endpoint::ListSummaries, &bytes)?;
             let count = items.len();
+            let mut new = 0;
             for item in items {
                 let fresh = match item.id.get() {
                     Some(id) => seen.insert(id.clone()),
@@ -592,9 +614,18 @@ impl Client {
                 };
                 if fresh {
                     all.push(item);
+                    new += 1;
                 }
             }
             if count < page_size as usize {
+                break;
+            }
+            if new == 0 {
+                // A gateway that ignores pageNumber would otherwise be asked forever.
+                warn!(
+                    platform,
+                    page, "a full page of the job list brought no new job; stopping there"
+                );
                 break;
             }
         }
@@ -698,25 +729,13 @@ impl Client {
 
     /// Run one call with retries and the 401 re-authentication, and return the 2xx body.
     async fn execute(&self, call: &Call) -> Result<Vec<u8>, Error> {
-        let opts = &self.inner.opts;
-        let started = Instant::now();
         let progress = Progress::default();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(opts.min_backoff)
-            .with_max_delay(opts.max_backoff)
-            .with_jitter()
-            .with_max_times(opts.max_attempts.saturating_sub(1) as usize);
-        let max_retry_time = opts.max_retry_time;
+        let opts = &self.inner.opts;
         (|| self.attempt(call, &progress))
-            .retry(backoff)
+            .retry(backoff(opts))
             .sleep(tokio::time::sleep)
             .when(|f: &Failure| f.retry)
-            .adjust(move |f: &Failure, delay| {
-                // Out of attempts stays out of attempts, whatever the server asks for.
-                let delay = delay?;
-                let delay = f.wait.map_or(delay, |w| w.max(delay));
-                (started.elapsed() + delay <= max_retry_time).then_some(delay)
-            })
+            .adjust(within(opts.max_retry_time))
             .notify(|f: &Failure, delay| {
                 debug!(
                     endpoint = call.endpoint.as_str(),
@@ -732,8 +751,10 @@ impl Client {
     async fn attempt(&self, call: &Call, progress: &Progress) -> Result<Vec<u8>, Failure> {
         let attempt = progress.attempts.fetch_add(1, Ordering::Relaxed) + 1;
         loop {
-            let (token, generation) = self.inner.token().await.map_err(Failure::fatal)?;
+            // The permit first: a request can queue for a long time, and its token should be
+            // the freshest one when it leaves.
             let permit = self.inner.budget.acquire(&self.tenant).await;
+            let (token, generation) = self.inner.token().await.map_err(Failure::fatal)?;
             let span = debug_span!(
                 "qualys_request",
                 endpoint = call.endpoint.as_str(),
@@ -769,23 +790,59 @@ impl Client {
 impl Inner {
     /// The cached token, or a new one when there is none or it is due for refresh.
     async fn token(&self) -> Result<(Secret, u64), Error> {
+        let seen = self.fetches.load(Ordering::SeqCst);
         let mut slot = self.token.lock().await;
-        if let Some(t) = slot.as_ref()
+        if let Some(t) = &slot.token
             && Instant::now() < t.refresh_at
         {
             return Ok((t.jwt.clone(), t.generation));
         }
-        let fresh = self.fetch_token().await?;
-        let out = (fresh.jwt.clone(), fresh.generation);
-        *slot = Some(fresh);
-        Ok(out)
+        if let Some(failure) = &slot.failure {
+            // An `/auth` that failed while we queued for the lock answers for us too …
+            let fresh = failure.fetch > seen;
+            // … and refused credentials are not offered again for a while.
+            let refused = matches!(
+                failure.error,
+                Error::Unauthorized { .. } | Error::Forbidden { .. }
+            ) && failure.at.elapsed() < AUTH_FAILURE_COOLDOWN;
+            if fresh || refused {
+                return Err(failure.error.clone());
+            }
+        }
+        self.refresh(&mut slot).await
+    }
+
+    /// `/auth` now, recording the outcome in the slot.
+    async fn refresh(&self, slot: &mut TokenSlot) -> Result<(Secret, u64), Error> {
+        let result = self.fetch_token().await;
+        let fetch = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        match result {
+            Ok(fresh) => {
+                let out = (fresh.jwt.clone(), fresh.generation);
+                slot.token = Some(fresh);
+                slot.failure = None;
+                Ok(out)
+            }
+            Err(error) => {
+                slot.failure = Some(AuthFailure {
+                    error: error.clone(),
+                    at: Instant::now(),
+                    fetch,
+                });
+                Err(error)
+            }
+        }
     }
 
     /// Forget the token of `generation` (refused with a 401); a newer one is kept.
     async fn invalidate(&self, generation: u64) {
         let mut slot = self.token.lock().await;
-        if slot.as_ref().is_some_and(|t| t.generation == generation) {
-            *slot = None;
+        if slot
+            .token
+            .as_ref()
+            .is_some_and(|t| t.generation == generation)
+        {
+            slot.token = None;
         }
     }
 
@@ -793,13 +850,6 @@ impl Inner {
     async fn fetch_token(&self) -> Result<CachedToken, Error> {
         let call = Call::new(Endpoint::Auth, self.auth_url()?)
             .what("the /auth endpoint (is gatewayUrl the API gateway, e.g. https://gateway.qg1.apps.qualys.com?)");
-        let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.opts.min_backoff)
-            .with_max_delay(self.opts.max_backoff)
-            .with_jitter()
-            .with_max_times(self.opts.max_attempts.saturating_sub(1) as usize);
-        let max_retry_time = self.opts.max_retry_time;
         let body = (|| async {
             let request = self
                 .http
@@ -827,14 +877,10 @@ impl Inner {
                 Err(classify_status(&call, &exchange, &self.username))
             }
         })
-        .retry(backoff)
+        .retry(backoff(&self.opts))
         .sleep(tokio::time::sleep)
         .when(|f: &Failure| f.retry)
-        .adjust(move |f: &Failure, delay| {
-            let delay = delay?;
-            let delay = f.wait.map_or(delay, |w| w.max(delay));
-            (started.elapsed() + delay <= max_retry_time).then_some(delay)
-        })
+        .adjust(within(self.opts.max_retry_time))
         .await
         .map_err(|f| f.error)?;
 
@@ -1009,6 +1055,27 @@ impl Failure {
             retry: true,
             wait,
         }
+    }
+}
+
+/// Exponential backoff with jitter, `max_attempts` in all.
+fn backoff(opts: &ClientOptions) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(opts.min_backoff)
+        .with_max_delay(opts.max_backoff)
+        .with_jitter()
+        .with_max_times(opts.max_attempts.saturating_sub(1) as usize)
+}
+
+/// The delay before the next attempt: the backoff's, or the server's wait when that is longer;
+/// none once out of attempts (whatever the server asks for) or when the wait would end past
+/// `max_retry_time` from now on.
+fn within(max_retry_time: Duration) -> impl FnMut(&Failure, Option<Duration>) -> Option<Duration> {
+    let started = Instant::now();
+    move |failure, delay| {
+        let delay = delay?;
+        let delay = failure.wait.map_or(delay, |w| w.max(delay));
+        (started.elapsed() + delay <= max_retry_time).then_some(delay)
     }
 }
 

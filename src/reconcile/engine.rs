@@ -114,10 +114,13 @@ pub struct Outcome {
     pub wrote: bool,
     /// Deletion only: the Qualys side is done and the finalizer may go.
     pub finished: bool,
+    /// The live job's last-change date (epoch ms, as the summary list's `updated` reports it),
+    /// so a poller does not mistake the operator's own write for a change.
+    pub live_updated_ms: Option<i64>,
 }
 
 impl Outcome {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Outcome {
             reason,
             message: message.into(),
@@ -129,7 +132,24 @@ impl Outcome {
             retry_after: None,
             wrote: false,
             finished: false,
+            live_updated_ms: None,
         }
+    }
+
+    /// Deletion done without touching Qualys (deletionPolicy Orphan, force-orphan, or no job).
+    pub fn finished_orphan(job_id: Option<String>, force_orphan: bool) -> Self {
+        let what = job_id
+            .map(|id| format!("job {id}"))
+            .unwrap_or_else(|| "no job".into());
+        let why = if force_orphan {
+            "pm.qualys.io/force-orphan"
+        } else {
+            "deletionPolicy Orphan"
+        };
+        let mut o = Outcome::new(Reason::Deleting, format!("left {what} in Qualys ({why})"));
+        o.finished = true;
+        o.events.push(Event::normal("Orphaned", o.message.clone()));
+        o
     }
 
     fn event(mut self, event: Event) -> Self {
@@ -993,7 +1013,16 @@ pub fn reason_for(e: &QError) -> Reason {
 
 fn with_live(mut o: Outcome, live: &JobBody) -> Outcome {
     o.live = Some(live_summary(live));
+    o.live_updated_ms = last_change_ms(live);
     o
+}
+
+/// The later of a job's creation and last update (what the summary list calls `updated`).
+pub fn last_change_ms(job: &JobBody) -> Option<i64> {
+    let date = |a: &qualys::Field<qualys::Audit>| {
+        a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
+    };
+    date(&job.updated_by).max(date(&job.created_by))
 }
 
 /// The brief of a live job kept in status.

@@ -40,7 +40,7 @@ pub enum RenderError {
 
 /// Reads the plain text behind a `scriptFrom`. The CLI reads ConfigMaps/Secrets from its input
 /// files, the controller from the cluster.
-pub trait ScriptResolver {
+pub trait ScriptResolver: Sync {
     /// The bytes, or a message saying what is missing (never the content of anything).
     fn resolve(&self, source: &ScriptSource) -> Result<Vec<u8>, String>;
 }

@@ -2,10 +2,10 @@
 //! status in the controller, a file (or memory) for the CLI.
 
 use crate::api::{DeploymentJobStatus, Digests, PendingCreate};
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 
 /// The engine's memory of one DeploymentJob.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,10 +56,16 @@ impl EngineState {
         } else {
             Some(self.digests.clone())
         };
-        status.last_write_time = self.last_write_time.map(Time);
+        status.last_write_time = self.last_write_time.map(to_second);
         status.adopted_generation = self.adopted_generation;
-        status.last_enabled_time = self.last_enabled_time.map(Time);
+        status.last_enabled_time = self.last_enabled_time.map(to_second);
     }
+}
+
+/// The API server keeps times to the second; a finer one would never compare equal to what it
+/// stored, and status would be rewritten on every reconcile.
+fn to_second(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 /// Why the state could not be saved (the engine then stops before writing to Qualys).
@@ -69,8 +75,11 @@ pub struct StoreError(pub String);
 
 /// Durable storage of an [`EngineState`]. `save` returns only once the state is stored: the
 /// engine relies on it before a create (pending-create) and right after one (the job id).
-pub trait StateStore {
-    fn save(&mut self, state: &EngineState) -> impl Future<Output = Result<(), StoreError>> + Send;
+///
+/// The future is boxed: an `impl Future` here trips the compiler's higher-ranked `Send`
+/// checks once the engine runs inside kube's controller.
+pub trait StateStore: Send {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// A store that keeps nothing beyond the caller's own copy (tests, one-shot runs).
@@ -81,9 +90,9 @@ pub struct MemoryStore {
 }
 
 impl StateStore for MemoryStore {
-    fn save(&mut self, state: &EngineState) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
         self.saves += 1;
         self.last = Some(state.clone());
-        std::future::ready(Ok(()))
+        Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::fault::Fault;
-use super::routes::{ROUTES, json, require_json};
+use super::routes::{json, require_json};
 use super::state::SimState;
 
 type St = State<Arc<SimState>>;
@@ -60,13 +60,8 @@ async fn set_fault(State(st): St, headers: HeaderMap, body: Bytes) -> Result<Sta
     let value = json_value(&headers, &body)?;
     let fault: Fault = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("not a fault: {e}")))?;
-    if let Some(route) = &fault.route
-        && !ROUTES.contains(&route.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "route: {route:?} is not one of: {}",
-            ROUTES.join(", ")
-        )));
+    if let Some(problem) = fault.problem() {
+        return Err(ApiError::bad_request(problem));
     }
     st.set_fault(fault);
     Ok(StatusCode::NO_CONTENT)

@@ -45,7 +45,14 @@ pub enum FaultKind {
         #[serde(default)]
         drop_connection: bool,
     },
+    /// Accept an update but leave these top-level fields as they were: a gateway that says
+    /// yes and does not do it (how a client's "did it converge?" check is tested).
+    IgnoreFields { fields: Vec<String> },
 }
+
+/// Set on a request by the gateway layer when an [`FaultKind::IgnoreFields`] fault applies.
+#[derive(Clone, Debug)]
+pub(crate) struct IgnoredFields(pub Vec<String>);
 
 impl Fault {
     /// A fault on every API route until cleared.
@@ -70,6 +77,24 @@ impl Fault {
     pub fn times(mut self, n: u32) -> Self {
         self.times = Some(n);
         self
+    }
+
+    /// Why this fault cannot be applied as given, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(route) = &self.route
+            && !super::ROUTES.contains(&route.as_str())
+        {
+            return Some(format!(
+                "route: {route:?} is not one of: {}",
+                super::ROUTES.join(", ")
+            ));
+        }
+        match self.kind {
+            FaultKind::Status { status } if !(400..=599).contains(&status) => {
+                Some(format!("status: {status} is not an error status (400-599)"))
+            }
+            _ => None,
+        }
     }
 
     fn matches(&self, route: &str) -> bool {
@@ -114,7 +139,7 @@ impl Faults {
         for fault in self.active.iter_mut().filter(|f| f.matches(route)) {
             match &fault.kind {
                 FaultKind::Latency { ms } => {
-                    verdict.delay += Duration::from_millis(*ms);
+                    verdict.delay = verdict.delay.saturating_add(Duration::from_millis(*ms));
                 }
                 other if verdict.action.is_none() => verdict.action = Some(other.clone()),
                 _ => continue,

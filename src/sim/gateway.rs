@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 
 use super::auth::TokenError;
 use super::error::ApiError;
@@ -29,7 +30,7 @@ pub(crate) async fn gateway(
     let path = matched.as_ref().map_or(req.uri().path(), |m| m.as_str());
     let route = format!("{} {}", req.method(), path);
     let verdict = st.take_faults(&route);
-    let delay = st.config.latency + verdict.delay;
+    let delay = st.config.latency.saturating_add(verdict.delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -71,6 +72,10 @@ pub(crate) async fn gateway(
                 }
             }
         }
+        if let Some(FaultKind::IgnoreFields { fields }) = &verdict.action {
+            req.extensions_mut()
+                .insert(super::fault::IgnoredFields(fields.clone()));
+        }
         let mut response = next.run(req).await;
         if let (Some(remaining), Some(limit)) = (remaining, st.config.rate_limit) {
             let headers = response.headers_mut();
@@ -93,7 +98,11 @@ pub(crate) async fn gateway(
 
 /// An injected error status with a Qualys body (nothing took effect).
 fn injected(status: u16) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // Only error statuses make sense here (a 1xx or 204 cannot carry the error body).
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let reason = status.canonical_reason().unwrap_or("Error");
     ApiError::new(status, format!("{reason} (simulated fault)")).into_response()
 }
@@ -127,12 +136,14 @@ async fn commit_then_fail(response: Response, drop_connection: bool) -> Response
         .unwrap_or_default();
     let half = bytes.slice(..bytes.len() / 2);
     parts.headers.remove(CONTENT_LENGTH);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(half),
-        Err(std::io::Error::new(
+    // The pause lets hyper flush the head and the first half before the stream fails.
+    let broken = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err::<Bytes, _>(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "simulated dropped connection",
-        )),
-    ];
-    Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
+        ))
+    });
+    let stream = futures::stream::iter([Ok(half)]).chain(broken);
+    Response::from_parts(parts, Body::from_stream(stream))
 }

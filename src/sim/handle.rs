@@ -196,12 +196,11 @@ impl SimHandle {
         self.state.reset_counters();
     }
 
-    /// Add a fault (see [`Fault`]). A route that is not one of [`super::ROUTES`] never matches.
+    /// Add a fault (see [`Fault`]). A route that is not one of [`super::ROUTES`] never matches;
+    /// a `Status` outside 400–599 answers 500.
     pub fn set_fault(&self, fault: Fault) {
-        if let Some(route) = &fault.route
-            && !routes::ROUTES.contains(&route.as_str())
-        {
-            tracing::warn!(route = %route, "a fault on an unknown route never fires");
+        if let Some(problem) = fault.problem() {
+            tracing::warn!(problem = %problem, "a fault that will not work as given");
         }
         self.state.set_fault(fault);
     }

@@ -113,8 +113,7 @@ pub struct Caller {
     pub name: String,
 }
 
-/// A parsed request body: the object as sent (which keys are present matters to an update),
-/// already checked to read as a job document.
+/// A parsed request body: the object as sent (which keys are present matters to an update).
 pub struct RequestDoc {
     pub map: Map<String, Value>,
 }
@@ -134,7 +133,9 @@ pub struct Prepared {
     pub drop_scripts: Vec<String>,
 }
 
-/// Read a request body as a job document: 400 naming the offending field, never a panic.
+/// Read a request body as a JSON object: 400 when it is not one, never a panic. Field types are
+/// checked when the body is read as a job (`typed`), after it is merged with what the server
+/// holds — one typed reading per request.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
@@ -143,14 +144,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
             "the body must be a JSON object (a deployment job document)",
         ));
     };
-    typed(&map)?;
     Ok(RequestDoc { map })
 }
 
 /// The typed reading of a document, with the path of the first field of the wrong type.
-fn typed(map: &Map<String, Value>) -> Result<JobBody, ApiError> {
-    let doc = Value::Object(map.clone());
-    serde_path_to_error::deserialize(&doc).map_err(|e| {
+fn typed(doc: &Value) -> Result<JobBody, ApiError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_request(format!("{path}: {}", e.into_inner()))
     })
@@ -159,7 +158,7 @@ fn typed(map: &Map<String, Value>) -> Result<JobBody, ApiError> {
 /// A document stored as it is (admin PUT, console edits, the state file).
 pub fn parse_verbatim(doc: Value) -> Result<JobBody, ApiError> {
     match doc {
-        Value::Object(map) => typed(&map),
+        doc @ Value::Object(_) => typed(&doc),
         _ => Err(ApiError::bad_request(
             "the document must be a JSON object (a deployment job)",
         )),
@@ -223,7 +222,7 @@ pub fn prepare_create(
         .map(|k| (k.to_string(), Value::Null))
         .collect();
     map.extend(req.map);
-    let mut job = typed(&map)?;
+    let mut job = typed(&Value::Object(map))?;
 
     // Server-managed: the server's values, whatever was sent.
     job.id = Field::Value((ctx.new_id)());
@@ -280,7 +279,8 @@ pub fn prepare_update(
     let approved_sent = req.map.contains_key("approvedPatches");
     let mut map = to_map(stored)?;
     map.extend(req.map);
-    let mut job = typed(&map)?;
+    let new_format = NEW_FORMAT_KEYS.iter().any(|k| map.contains_key(*k));
+    let mut job = typed(&Value::Object(map))?;
 
     // The path id wins; status changes only through the status endpoint.
     job.id = Field::Value(id.to_string());
@@ -326,7 +326,6 @@ pub fn prepare_update(
         .actions()
         .filter_map(|(_, _, a)| a.action_id.get().cloned())
         .collect();
-    let new_format = NEW_FORMAT_KEYS.iter().any(|k| map.contains_key(*k));
     let mut out = Prepared {
         job,
         put_scripts: Vec::new(),
@@ -650,9 +649,8 @@ mod tests {
 
     #[test]
     fn bad_types_name_the_field() {
-        let err = parse_request(br#"{"postDeployActions":[{"params":{"timeout":true}}]}"#)
-            .err()
-            .unwrap();
+        let doc = json!({"postDeployActions": [{"params": {"timeout": true}}]});
+        let err = typed(&doc).err().unwrap();
         assert!(
             err.message
                 .starts_with("postDeployActions[0].params.timeout:"),

@@ -57,8 +57,16 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .merge(api)
         .nest("/_sim", admin::router())
+        .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(state)
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -179,12 +187,18 @@ async fn update_job(
     State(st): State<Arc<SimState>>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
+    ignored: Option<axum::Extension<super::fault::IgnoredFields>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     require_json(&headers)?;
-    let req = parse_request(&body)?;
+    let mut req = parse_request(&body)?;
+    if let Some(axum::Extension(super::fault::IgnoredFields(fields))) = ignored {
+        for f in fields {
+            req.map.remove(&f);
+        }
+    }
     let job = st.update_job(&id, req, &caller)?;
     Ok(job_response(StatusCode::OK, &job))
 }

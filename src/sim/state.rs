@@ -305,7 +305,8 @@ impl SimState {
         Ok(out)
     }
 
-    /// `GET /pm/v1/deploymentjobs/summary`: the page, and whether more than `cap` records exist.
+    /// `GET /pm/v1/deploymentjobs/summary`: how many jobs match, and one page of them with the
+    /// number of jobs linking to each.
     pub fn summary_page(
         &self,
         platform: Option<&str>,
@@ -403,7 +404,7 @@ impl SimState {
                 let mut next = (*job).clone();
                 next.status = Field::Value(target.to_string());
                 next.updated_by = Field::Value(caller.audit(now_ms()));
-                store.replace(next);
+                store.put(next);
                 changed = true;
             }
             results.push(success(id, job.name.get()));
@@ -634,11 +635,6 @@ impl Store {
         }
         self.scripts.extend(prepared.put_scripts);
         self.put(prepared.job)
-    }
-
-    /// Replace a job's document (status changes); the job must exist.
-    fn replace(&mut self, job: JobBody) {
-        self.put(job);
     }
 
     /// Insert or replace a document (its `id` must be set), keeping the indexes right.

@@ -1,0 +1,261 @@
+//! Which Qualys connection a DeploymentJob uses, and one client (one token cache, one budget,
+//! one job directory) per connection identity.
+//!
+//! A resource names a Secret in its own namespace (`spec.connectionRef`, read by name — the
+//! operator never lists or watches Secrets), or uses the operator-wide connection when its
+//! namespace is allowed to. A named Secret that is missing is an error, never a fall-back.
+//! The last connection that worked for each resource is kept in memory, so a resource whose
+//! namespace is being deleted (taking its Secret with it) can still delete its job.
+
+use super::metrics::Metrics;
+use crate::api::DeploymentJob;
+use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, Secret};
+use crate::reconcile::Directory;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::{Api, ResourceExt};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// A usable connection for one resource.
+#[derive(Clone)]
+pub struct Resolved {
+    /// Scoped to the resource's namespace (fair sharing of the connection's budget).
+    pub client: Client,
+    pub directory: Arc<Directory>,
+    pub id: ConnectionId,
+}
+
+/// Why no connection could be used; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(
+        "spec.connectionRef: Secret {namespace}/{name} does not exist; create it (keys gatewayUrl, username, password) or remove connectionRef"
+    )]
+    SecretMissing { namespace: String, name: String },
+    #[error(
+        "spec.connectionRef: Secret {namespace}/{name} has no key {key:?} (it needs gatewayUrl, username and password; caBundle is optional)"
+    )]
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: &'static str,
+    },
+    #[error(
+        "no Qualys connection: set spec.connectionRef to a Secret in this namespace, or give the operator QUALYS_GATEWAY_URL, QUALYS_USERNAME and QUALYS_PASSWORD"
+    )]
+    NotConfigured,
+    #[error(
+        "namespace {namespace} may not use the operator-wide Qualys connection (--default-connection-namespaces); set spec.connectionRef to a Secret in this namespace"
+    )]
+    NotAllowed { namespace: String },
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Kube {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("spec.connectionRef: Secret {namespace}/{name}: {message}")]
+    Invalid {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl ConnectionError {
+    /// Whether waiting (not a person) can fix it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ConnectionError::Kube { .. })
+    }
+}
+
+struct Entry {
+    client: Client,
+    directory: Arc<Directory>,
+}
+
+/// All connections of one operator process.
+pub struct Connections {
+    kube: kube::Client,
+    operator_wide: Option<Connection>,
+    /// `None`: every namespace may use the operator-wide connection.
+    allowed: Option<HashSet<String>>,
+    options: ClientOptions,
+    metrics: Arc<Metrics>,
+    entries: Mutex<HashMap<ConnectionId, Entry>>,
+    /// The connection each resource last used successfully.
+    last_good: Mutex<HashMap<String, ConnectionId>>,
+}
+
+impl Connections {
+    pub fn new(
+        kube: kube::Client,
+        operator_wide: Option<Connection>,
+        allowed: Option<HashSet<String>>,
+        options: ClientOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Connections {
+            kube,
+            operator_wide,
+            allowed,
+            options,
+            metrics,
+            entries: Mutex::new(HashMap::new()),
+            last_good: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection `dj` uses now.
+    pub async fn resolve(&self, dj: &DeploymentJob) -> Result<Resolved, ConnectionError> {
+        let namespace = dj.namespace().unwrap_or_default();
+        let connection = match &dj.spec.connection_ref {
+            Some(r) => self.read_secret(&namespace, &r.name).await?,
+            None => {
+                let Some(c) = &self.operator_wide else {
+                    return Err(ConnectionError::NotConfigured);
+                };
+                if let Some(allowed) = &self.allowed
+                    && !allowed.contains(&namespace)
+                {
+                    return Err(ConnectionError::NotAllowed { namespace });
+                }
+                c.clone()
+            }
+        };
+        let resolved = self.client_for(connection, &namespace).map_err(|message| {
+            ConnectionError::Invalid {
+                namespace: namespace.clone(),
+                name: dj
+                    .spec
+                    .connection_ref
+                    .as_ref()
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default(),
+                message,
+            }
+        })?;
+        Ok(resolved)
+    }
+
+    /// Remember that `resolved` worked for the resource `key`.
+    pub fn worked(&self, key: &str, resolved: &Resolved) {
+        if let Ok(mut m) = self.last_good.lock() {
+            m.insert(key.to_string(), resolved.id.clone());
+        }
+    }
+
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.last_good.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// The connection that last worked for `key`, if its client is still known.
+    pub fn last_good(&self, key: &str, namespace: &str) -> Option<Resolved> {
+        let id = self.last_good.lock().ok()?.get(key).cloned()?;
+        let entries = self.entries.lock().ok()?;
+        let e = entries.get(&id)?;
+        Some(Resolved {
+            client: e.client.for_tenant(namespace),
+            directory: e.directory.clone(),
+            id,
+        })
+    }
+
+    /// The resource `key`'s last good connection id, if any.
+    pub fn assignment(&self, key: &str) -> Option<ConnectionId> {
+        self.last_good.lock().ok()?.get(key).cloned()
+    }
+
+    /// Every connection in use, for the pollers.
+    pub fn active(&self) -> Vec<(ConnectionId, Client, Arc<Directory>)> {
+        self.entries
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, e)| (id.clone(), e.client.clone(), e.directory.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn client_for(&self, connection: Connection, namespace: &str) -> Result<Resolved, String> {
+        let id = connection.identity();
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| "connection cache poisoned".to_string())?;
+        if let Some(e) = entries.get(&id) {
+            return Ok(Resolved {
+                client: e.client.for_tenant(namespace),
+                directory: e.directory.clone(),
+                id,
+            });
+        }
+        let mut options = self.options.clone();
+        options.observer = Some(self.metrics.observer(id.to_string()));
+        let client = Client::new(connection, options).map_err(|e| e.to_string())?;
+        let directory = Arc::new(Directory::new());
+        let resolved = Resolved {
+            client: client.for_tenant(namespace),
+            directory: directory.clone(),
+            id: id.clone(),
+        };
+        entries.insert(id, Entry { client, directory });
+        Ok(resolved)
+    }
+
+    async fn read_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Connection, ConnectionError> {
+        let api: Api<KubeSecret> = Api::namespaced(self.kube.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|source| ConnectionError::Kube {
+                namespace: namespace.into(),
+                name: name.into(),
+                source,
+            })?
+            .ok_or_else(|| ConnectionError::SecretMissing {
+                namespace: namespace.into(),
+                name: name.into(),
+            })?;
+        let data = secret_data(&secret);
+        let get = |key: &'static str| -> Result<String, ConnectionError> {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.clone()).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or(ConnectionError::KeyMissing {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    key,
+                })
+        };
+        let mut connection = Connection::new(
+            get("gatewayUrl")?,
+            get("username")?,
+            Secret::new(get("password")?),
+        );
+        connection.ca_bundle = data.get("caBundle").cloned().filter(|b| !b.is_empty());
+        Ok(connection)
+    }
+}
+
+/// A Secret's data (and stringData, which a server folds into data).
+pub fn secret_data(secret: &KubeSecret) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        out.insert(k.clone(), v.as_bytes().to_vec());
+    }
+    out
+}

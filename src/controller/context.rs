@@ -1,0 +1,148 @@
+//! What every reconcile shares: clients, the cache of DeploymentJobs, connections, metrics,
+//! the event recorder, the trigger channel, and small per-resource memories (backoff, reason,
+//! the poll cursor).
+
+use super::connections::{Connections, Resolved};
+use super::metrics::Metrics;
+use crate::api::{DeploymentJob, Reason};
+use crate::qualys::ConnectionId;
+use futures::channel::mpsc::UnboundedSender;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Timers of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Safety resync of every resource (jittered).
+    pub resync: Duration,
+    /// Summary poll per connection.
+    pub poll_interval: Duration,
+    /// Re-read of referenced Secrets by name.
+    pub secret_poll_interval: Duration,
+    /// How old the job listing may be for a name check before a create.
+    pub listing_max_age: Duration,
+}
+
+pub struct Ctx {
+    pub kube: kube::Client,
+    pub store: Store<DeploymentJob>,
+    pub connections: Connections,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
+    backoff: Mutex<HashMap<String, u32>>,
+    reasons: Mutex<HashMap<String, Reason>>,
+    /// Per connection: job id → last change (ms) already seen, by a poll or a reconcile.
+    cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
+}
+
+impl Ctx {
+    pub fn new(
+        kube: kube::Client,
+        store: Store<DeploymentJob>,
+        connections: Connections,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        settings: Settings,
+        trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
+    ) -> Self {
+        Ctx {
+            kube,
+            store,
+            connections,
+            metrics,
+            recorder,
+            settings,
+            trigger,
+            backoff: Mutex::new(HashMap::new()),
+            reasons: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Ask for a reconcile of `r`.
+    pub fn trigger(&self, r: ObjectRef<DeploymentJob>) {
+        let _ = self.trigger.unbounded_send(r);
+    }
+
+    pub fn next_attempt(&self, key: &str) -> u32 {
+        let Ok(mut m) = self.backoff.lock() else {
+            return 0;
+        };
+        let n = m.entry(key.to_string()).or_insert(0);
+        let current = *n;
+        *n = n.saturating_add(1);
+        current
+    }
+
+    pub fn reset_backoff(&self, key: &str) {
+        if let Ok(mut m) = self.backoff.lock() {
+            m.remove(key);
+        }
+    }
+
+    pub fn set_reason(&self, key: &str, reason: Reason) {
+        if let Ok(mut m) = self.reasons.lock() {
+            m.insert(key.to_string(), reason);
+        }
+        self.metrics.set_reason(key, Some(reason.as_str()));
+    }
+
+    pub fn set_reason_gone(&self, key: &str) {
+        if let Ok(mut m) = self.reasons.lock() {
+            m.remove(key);
+        }
+        self.metrics.set_reason(key, None);
+    }
+
+    pub fn last_reason(&self, key: &str) -> Option<String> {
+        self.reasons
+            .lock()
+            .ok()?
+            .get(key)
+            .map(|r| r.as_str().to_string())
+    }
+
+    /// The resync delay, jittered by ±10% so resyncs of many resources spread out.
+    pub fn resync_delay(&self) -> Duration {
+        self.settings.resync.mul_f64(rand::random_range(0.9..1.1))
+    }
+
+    /// A reconcile saw job `id` as of `ms`: the poller need not report that as a change.
+    pub fn note_seen(&self, conn: &Resolved, id: &str, ms: i64) {
+        if let Ok(mut c) = self.cursors.lock() {
+            c.entry(conn.id.clone())
+                .or_default()
+                .insert(id.to_string(), ms);
+        }
+    }
+
+    /// Compare a listing with what was seen: the ids that changed, appeared or vanished.
+    pub fn advance_cursor(
+        &self,
+        conn: &ConnectionId,
+        listing: &HashMap<String, i64>,
+    ) -> Vec<String> {
+        let Ok(mut c) = self.cursors.lock() else {
+            return Vec::new();
+        };
+        let cursor = c.entry(conn.clone()).or_default();
+        let mut changed: Vec<String> = listing
+            .iter()
+            .filter(|(id, ms)| cursor.get(*id) != Some(*ms))
+            .map(|(id, _)| id.clone())
+            .collect();
+        changed.extend(
+            cursor
+                .keys()
+                .filter(|id| !listing.contains_key(*id))
+                .cloned(),
+        );
+        *cursor = listing.clone();
+        changed
+    }
+}

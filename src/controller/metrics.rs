@@ -1,0 +1,302 @@
+//! Prometheus metrics of the controller (served on `/metrics`).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `qpm_reconciles_total` | counter | `result` (a condition reason, or `error`) |
+//! | `qpm_reconcile_duration_seconds` | histogram | |
+//! | `qpm_qualys_requests_total` | counter | `connection`, `endpoint`, `code` (`transport` when no answer) |
+//! | `qpm_qualys_request_duration_seconds` | histogram | `endpoint` |
+//! | `qpm_qualys_rate_limit_limit`, `_remaining`, `_window_seconds` | gauge | `connection` |
+//! | `qpm_drift_corrections_total` | counter | |
+//! | `qpm_status_writes_total` | counter | |
+//! | `qpm_managed_jobs` | gauge | `reason` (the Ready condition's reason of each resource) |
+//! | `qpm_leader` | gauge | |
+//! | `qpm_last_successful_poll_timestamp_seconds` | gauge | `connection` |
+//! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
+
+use crate::qualys::{Endpoint, Observer, RateLimitInfo};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub connection: String,
+    pub endpoint: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    pub connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric of one operator process.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub qualys_requests: Family<RequestLabels, Counter>,
+    pub qualys_request_duration: Family<EndpointLabel, Histogram>,
+    pub rate_limit_limit: Family<ConnectionLabel, Gauge>,
+    pub rate_limit_remaining: Family<ConnectionLabel, Gauge>,
+    pub rate_limit_window: Family<ConnectionLabel, Gauge>,
+    pub drift_corrections: Counter,
+    pub status_writes: Counter,
+    pub managed_jobs: Family<ReasonLabel, Gauge>,
+    pub leader: Gauge,
+    pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
+    pub last_reconcile: Gauge<f64, AtomicU64>,
+    /// The Ready reason of each resource, for `qpm_managed_jobs`.
+    reasons: Mutex<HashMap<String, String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("qpm");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let qualys_requests = Family::<RequestLabels, Counter>::default();
+        let qualys_request_duration =
+            Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 12))
+            });
+        let rate_limit_limit = Family::<ConnectionLabel, Gauge>::default();
+        let rate_limit_remaining = Family::<ConnectionLabel, Gauge>::default();
+        let rate_limit_window = Family::<ConnectionLabel, Gauge>::default();
+        let drift_corrections = Counter::default();
+        let status_writes = Counter::default();
+        let managed_jobs = Family::<ReasonLabel, Gauge>::default();
+        let leader = Gauge::default();
+        let last_poll = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
+        let last_reconcile = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by result (condition reason)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "qualys_requests",
+            "Requests to the Qualys PM API by connection, endpoint and HTTP status",
+            qualys_requests.clone(),
+        );
+        registry.register(
+            "qualys_request_duration_seconds",
+            "Duration of Qualys PM API requests",
+            qualys_request_duration.clone(),
+        );
+        registry.register(
+            "qualys_rate_limit_limit",
+            "X-RateLimit-Limit last seen",
+            rate_limit_limit.clone(),
+        );
+        registry.register(
+            "qualys_rate_limit_remaining",
+            "X-RateLimit-Remaining last seen",
+            rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "qualys_rate_limit_window_seconds",
+            "X-RateLimit-Window-Sec last seen",
+            rate_limit_window.clone(),
+        );
+        registry.register(
+            "drift_corrections",
+            "Drift corrected in Qualys",
+            drift_corrections.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API",
+            status_writes.clone(),
+        );
+        registry.register(
+            "managed_jobs",
+            "DeploymentJobs by the reason of their Ready condition",
+            managed_jobs.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this replica holds the leader lease",
+            leader.clone(),
+        );
+        registry.register(
+            "last_successful_poll_timestamp_seconds",
+            "When the job summaries of a connection were last listed successfully",
+            last_poll.clone(),
+        );
+        registry.register(
+            "last_reconcile_timestamp_seconds",
+            "When a reconcile last finished (the operator's 'last checked')",
+            last_reconcile.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            qualys_requests,
+            qualys_request_duration,
+            rate_limit_limit,
+            rate_limit_remaining,
+            rate_limit_window,
+            drift_corrections,
+            status_writes,
+            managed_jobs,
+            leader,
+            last_poll,
+            last_reconcile,
+            reasons: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reconciled(&self, result: &str, took: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        self.last_reconcile.set(now_seconds());
+    }
+
+    /// Record the Ready reason of a resource (`None` when it is gone).
+    pub fn set_reason(&self, key: &str, reason: Option<&str>) {
+        let Ok(mut reasons) = self.reasons.lock() else {
+            return;
+        };
+        let old = match reason {
+            Some(r) => reasons.insert(key.to_string(), r.to_string()),
+            None => reasons.remove(key),
+        };
+        if old.as_deref() == reason {
+            return;
+        }
+        if let Some(old) = old {
+            self.managed_jobs
+                .get_or_create(&ReasonLabel { reason: old })
+                .dec();
+        }
+        if let Some(new) = reason {
+            self.managed_jobs
+                .get_or_create(&ReasonLabel {
+                    reason: new.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn polled(&self, connection: &str) {
+        self.last_poll
+            .get_or_create(&ConnectionLabel {
+                connection: connection.to_string(),
+            })
+            .set(now_seconds());
+    }
+
+    /// An observer for the client of one connection.
+    pub fn observer(self: &Arc<Self>, connection: String) -> Arc<dyn Observer> {
+        Arc::new(ConnectionObserver {
+            metrics: self.clone(),
+            connection,
+        })
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+struct ConnectionObserver {
+    metrics: Arc<Metrics>,
+    connection: String,
+}
+
+impl Observer for ConnectionObserver {
+    fn on_response(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration) {
+        let code = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "transport".to_string());
+        self.metrics
+            .qualys_requests
+            .get_or_create(&RequestLabels {
+                connection: self.connection.clone(),
+                endpoint: endpoint.label().to_string(),
+                code,
+            })
+            .inc();
+        self.metrics
+            .qualys_request_duration
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.label().to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn on_rate_limit(&self, info: &RateLimitInfo) {
+        let label = ConnectionLabel {
+            connection: self.connection.clone(),
+        };
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(limit) = info.limit {
+            self.metrics
+                .rate_limit_limit
+                .get_or_create(&label)
+                .set(as_i64(limit));
+        }
+        if let Some(remaining) = info.remaining {
+            self.metrics
+                .rate_limit_remaining
+                .get_or_create(&label)
+                .set(as_i64(remaining));
+        }
+        if let Some(window) = info.window {
+            self.metrics
+                .rate_limit_window
+                .get_or_create(&label)
+                .set(as_i64(window.as_secs()));
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Writing `status`: the whole status by server-side apply (field manager `qpm-operator`),
+//! only when it differs from what is stored, with the resourceVersion the reconcile started
+//! from as a precondition — a replica that lost its lease, or read a stale object, gets a
+//! conflict instead of overwriting newer state (and, before a create, instead of creating).
+
+use super::metrics::Metrics;
+use crate::api::{DeploymentJob, DeploymentJobStatus, FIELD_MANAGER, Reason, conditions_for};
+use crate::reconcile::{EngineState, Outcome, StateStore, StoreError};
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Now, to the second: the API server keeps RFC 3339 seconds, so a finer time would never
+/// compare equal to what it stored and every reconcile would rewrite status.
+pub fn now() -> Time {
+    let t = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+/// Writes one resource's status; remembers what is stored.
+pub struct StatusWriter {
+    api: Api<DeploymentJob>,
+    name: String,
+    generation: Option<i64>,
+    /// The status as stored (after our own writes).
+    pub current: DeploymentJobStatus,
+    resource_version: Option<String>,
+    metrics: Arc<Metrics>,
+    /// Writes made by this writer.
+    pub writes: u32,
+}
+
+impl StatusWriter {
+    pub fn new(api: Api<DeploymentJob>, dj: &DeploymentJob, metrics: Arc<Metrics>) -> Self {
+        StatusWriter {
+            api,
+            name: dj.name_any(),
+            generation: dj.metadata.generation,
+            current: dj.status.clone().unwrap_or_default(),
+            resource_version: dj.resource_version(),
+            metrics,
+            writes: 0,
+        }
+    }
+
+    /// Store `status` unless it is what is stored already.
+    pub fn write(&mut self, status: DeploymentJobStatus) -> BoxFuture<'_, Result<(), kube::Error>> {
+        Box::pin(self.write_inner(status))
+    }
+
+    async fn write_inner(&mut self, status: DeploymentJobStatus) -> Result<(), kube::Error> {
+        if status == self.current {
+            return Ok(());
+        }
+        let mut body = json!({
+            "apiVersion": "pm.qualys.io/v1alpha1",
+            "kind": "DeploymentJob",
+            "metadata": {"name": self.name},
+            "status": status,
+        });
+        if let Some(rv) = &self.resource_version {
+            body["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let patch = Patch::Apply(body);
+        let stored = self.api.patch_status(&self.name, &params, &patch).await?;
+        self.metrics.status_writes.inc();
+        self.writes += 1;
+        self.resource_version = stored.resource_version();
+        self.current = stored.status.unwrap_or(status);
+        Ok(())
+    }
+
+    /// The status that says work is in flight (a pending create), keeping the rest.
+    fn in_flight(&self, state: &EngineState) -> DeploymentJobStatus {
+        let mut s = self.current.clone();
+        state.write_to(&mut s);
+        if state.pending_create.is_some() {
+            s.conditions = conditions_for(
+                &s.conditions,
+                Reason::Creating,
+                "creating the job in Qualys",
+                self.generation,
+                &now(),
+            );
+        }
+        s
+    }
+}
+
+impl StateStore for StatusWriter {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
+        let status = self.in_flight(state);
+        Box::pin(async move {
+            self.write(status)
+                .await
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+}
+
+/// The status after a reconcile: the engine's memory, the outcome's conditions, drift and the
+/// live summary.
+pub fn compose(
+    previous: &DeploymentJobStatus,
+    state: &EngineState,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    report_mode: bool,
+) -> DeploymentJobStatus {
+    let mut s = previous.clone();
+    state.write_to(&mut s);
+    s.observed_generation = generation;
+    // "Nothing to do" after a success keeps that success's reason and message: a resync that
+    // finds nothing changed must not rewrite status.
+    let (reason, message) = match (outcome.reason, kept_success(previous)) {
+        (Reason::UpToDate, Some((r, m))) => (r, m),
+        _ => (outcome.reason, outcome.message.clone()),
+    };
+    s.conditions = conditions_for(&previous.conditions, reason, &message, generation, &now());
+    s.pending_changes = if report_mode && outcome.reason == Reason::DriftDetected {
+        outcome
+            .pending_changes
+            .iter()
+            .map(|c| c.to_status())
+            .collect()
+    } else if outcome.reason.effect().ready == crate::api::Effect::True {
+        Vec::new()
+    } else {
+        previous.pending_changes.clone()
+    };
+    if !outcome.drift_fields.is_empty() {
+        let mut drift = previous.drift.clone().unwrap_or_default();
+        if drift.fields != outcome.drift_fields || outcome.drift_corrected {
+            drift.last_detected_time = Some(now());
+        }
+        drift.fields = outcome.drift_fields.clone();
+        if outcome.drift_corrected {
+            drift.corrections += 1;
+        }
+        s.drift = Some(drift);
+    }
+    if let Some(live) = &outcome.live {
+        s.job = Some(live.clone());
+    }
+    s
+}
+
+/// The reason and message of a Ready=True condition, if the resource has one.
+fn kept_success(previous: &DeploymentJobStatus) -> Option<(Reason, String)> {
+    let ready = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition_type::READY)?;
+    let reason = Reason::from_name(&ready.reason)?;
+    (ready.status == "True" && reason.effect().ready == crate::api::Effect::True)
+        .then(|| (reason, ready.message.clone()))
+}
+
+/// The status of a paused resource: only the conditions change, and observedGeneration stays
+/// where it was (the spec has not been looked at).
+pub fn paused(previous: &DeploymentJobStatus) -> DeploymentJobStatus {
+    let mut s = previous.clone();
+    s.conditions = conditions_for(
+        &previous.conditions,
+        Reason::Paused,
+        "reconciling is paused by the pm.qualys.io/paused annotation",
+        previous.observed_generation,
+        &now(),
+    );
+    s
+}

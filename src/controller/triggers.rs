@@ -1,0 +1,246 @@
+//! What re-queues a DeploymentJob besides its own edits: a job that moved in Qualys (the
+//! summary poller), a referenced Secret that changed (re-read by name), a referenced
+//! ConfigMap that changed (a metadata-only watch), and a parent that got its job id.
+
+use super::context::Ctx;
+use super::reconciler::key_of;
+use crate::api::{DeploymentJob, DriftPolicy};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One summary listing per connection per interval; reconcile only the resources whose job's
+/// last-change date moved (or that vanished), plus Report-mode resources, which are observed
+/// on every poll. The cursor lives in memory: after a restart the first pass reads everything
+/// the startup reconciles have not already seen.
+pub async fn poll_summaries(ctx: Arc<Ctx>) {
+    let mut interval = tokio::time::interval(ctx.settings.poll_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        poll_once(&ctx).await;
+    }
+}
+
+/// One pass over every connection in use.
+pub async fn poll_once(ctx: &Ctx) {
+    for (id, client, directory) in ctx.connections.active() {
+        let summaries = match client.list_all_summaries().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(connection = %id, error = %e, "cannot list job summaries");
+                continue;
+            }
+        };
+        ctx.metrics.polled(&id.to_string());
+        let mut by_platform: HashMap<String, Vec<crate::qualys::JobSummary>> = HashMap::new();
+        let mut listing = HashMap::new();
+        for s in summaries {
+            if let Some(job_id) = s.id.get() {
+                let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
+                    a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
+                };
+                listing.insert(
+                    job_id.clone(),
+                    date(&s.updated).max(date(&s.created)).unwrap_or_default(),
+                );
+            }
+            by_platform
+                .entry(s.platform.get().cloned().unwrap_or_default())
+                .or_default()
+                .push(s);
+        }
+        for platform in crate::qualys::values::PLATFORMS {
+            directory.replace(platform, by_platform.remove(platform).unwrap_or_default());
+        }
+        let changed: HashSet<String> = ctx.advance_cursor(&id, &listing).into_iter().collect();
+        for dj in ctx.store.state() {
+            let key = key_of(&dj);
+            let bound = dj.status.as_ref().and_then(|s| s.job_id.as_ref());
+            let mine = ctx.connections.assignment(&key).as_ref() == Some(&id);
+            let report = dj.spec.effective_drift_policy() == DriftPolicy::Report;
+            if bound.is_some_and(|j| changed.contains(j)) || (report && mine) {
+                ctx.trigger(ObjectRef::from_obj(dj.as_ref()));
+            }
+        }
+    }
+}
+
+/// Re-read every referenced Secret by name (metadata only) each interval; a change, creation
+/// or deletion re-queues exactly the resources that reference it. No list or watch of Secrets.
+pub async fn poll_secrets(ctx: Arc<Ctx>) {
+    let mut seen: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut interval = tokio::time::interval(ctx.settings.secret_poll_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let referencing = secret_references(&ctx.store);
+        seen.retain(|k, _| referencing.contains_key(k));
+        for ((namespace, name), refs) in referencing {
+            let api: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+            let version = match api.get_metadata_opt(&name).await {
+                Ok(meta) => meta.and_then(|m| m.resource_version()),
+                Err(e) => {
+                    tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e, "cannot read a referenced Secret");
+                    continue;
+                }
+            };
+            // First sight counts as a change too: a resource stalled on a missing Secret is
+            // re-queued as soon as the Secret is there, even if that was before the first read.
+            if seen.insert((namespace, name), version.clone()) != Some(version) {
+                refs.into_iter().for_each(|r| ctx.trigger(r));
+            }
+        }
+    }
+}
+
+/// (namespace, Secret name) → the resources that reference it (connectionRef or secretKeyRef).
+fn secret_references(
+    store: &Store<DeploymentJob>,
+) -> HashMap<(String, String), Vec<ObjectRef<DeploymentJob>>> {
+    let mut out: HashMap<(String, String), Vec<ObjectRef<DeploymentJob>>> = HashMap::new();
+    for dj in store.state() {
+        let ns = dj.namespace().unwrap_or_default();
+        let mut names: HashSet<String> = HashSet::new();
+        if let Some(c) = &dj.spec.connection_ref {
+            names.insert(c.name.clone());
+        }
+        for (kind_secret, r) in script_refs(&dj) {
+            if kind_secret {
+                names.insert(r);
+            }
+        }
+        for name in names {
+            out.entry((ns.clone(), name))
+                .or_default()
+                .push(ObjectRef::from_obj(dj.as_ref()));
+        }
+    }
+    out
+}
+
+/// (is a Secret, name) of every scriptFrom of a resource.
+fn script_refs(dj: &DeploymentJob) -> Vec<(bool, String)> {
+    let job = &dj.spec.job;
+    job.pre_deploy_actions
+        .iter()
+        .flatten()
+        .chain(job.post_deploy_actions.iter().flatten())
+        .flat_map(|a| [a.script_from.as_ref(), a.detection_script_from.as_ref()])
+        .flatten()
+        .filter_map(|s| match (&s.config_map_key_ref, &s.secret_key_ref) {
+            (Some(r), _) => Some((false, r.name.clone())),
+            (None, Some(r)) => Some((true, r.name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The resources that read a ConfigMap (for the metadata-only ConfigMap watch).
+pub fn configmap_readers(
+    store: &Store<DeploymentJob>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<DeploymentJob>> {
+    let ns = cm.namespace().unwrap_or_default();
+    let name = cm.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|dj| dj.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|dj| {
+            script_refs(dj)
+                .iter()
+                .any(|(secret, n)| !secret && *n == name)
+        })
+        .map(|dj| ObjectRef::from_obj(dj.as_ref()))
+        .collect()
+}
+
+/// Watches DeploymentJob events (before the generation filter) for links: when a parent gets
+/// its job id its children are re-queued; when a child goes, its parent (which may be waiting
+/// to delete) is.
+pub struct LinkTap {
+    ctx_trigger: Arc<dyn Fn(ObjectRef<DeploymentJob>) + Send + Sync>,
+    job_ids: HashMap<String, Option<String>>,
+    children: HashMap<String, HashSet<String>>,
+    parent_of: HashMap<String, String>,
+}
+
+impl LinkTap {
+    pub fn new(trigger: Arc<dyn Fn(ObjectRef<DeploymentJob>) + Send + Sync>) -> Self {
+        LinkTap {
+            ctx_trigger: trigger,
+            job_ids: HashMap::new(),
+            children: HashMap::new(),
+            parent_of: HashMap::new(),
+        }
+    }
+
+    pub fn observe(&mut self, event: &watcher::Event<DeploymentJob>) {
+        match event {
+            watcher::Event::Apply(dj) | watcher::Event::InitApply(dj) => self.applied(dj),
+            watcher::Event::Delete(dj) => self.deleted(dj),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    fn applied(&mut self, dj: &DeploymentJob) {
+        let key = key_of(dj);
+        let ns = dj.namespace().unwrap_or_default();
+        let parent = dj
+            .spec
+            .job
+            .linked_job_ref
+            .as_ref()
+            .map(|r| format!("{ns}/{}", r.name));
+        match (self.parent_of.get(&key).cloned(), parent) {
+            (old, new) if old == new => {}
+            (old, new) => {
+                if let Some(old) = old
+                    && let Some(set) = self.children.get_mut(&old)
+                {
+                    set.remove(&key);
+                }
+                match new {
+                    Some(p) => {
+                        self.children
+                            .entry(p.clone())
+                            .or_default()
+                            .insert(key.clone());
+                        self.parent_of.insert(key.clone(), p);
+                    }
+                    None => {
+                        self.parent_of.remove(&key);
+                    }
+                }
+            }
+        }
+        let job_id = dj.status.as_ref().and_then(|s| s.job_id.clone());
+        let before = self.job_ids.insert(key.clone(), job_id.clone());
+        if job_id.is_some() && before.flatten() != job_id {
+            for child in self.children.get(&key).into_iter().flatten() {
+                if let Some((cns, cname)) = child.split_once('/') {
+                    (self.ctx_trigger)(ObjectRef::new(cname).within(cns));
+                }
+            }
+        }
+    }
+
+    fn deleted(&mut self, dj: &DeploymentJob) {
+        let key = key_of(dj);
+        self.job_ids.remove(&key);
+        if let Some(parent) = self.parent_of.remove(&key) {
+            if let Some(set) = self.children.get_mut(&parent) {
+                set.remove(&key);
+            }
+            if let Some((pns, pname)) = parent.split_once('/') {
+                (self.ctx_trigger)(ObjectRef::new(pname).within(pns));
+            }
+        }
+    }
+}

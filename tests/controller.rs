@@ -1,0 +1,999 @@
+//! The controller's scenarios: a Kubernetes API server (the in-process fake, or the cluster
+//! named by QPM_TEST_KUBECONFIG) plus the Qualys simulator over HTTP. Every scenario asserts on
+//! the simulator's counters and on the resource's status and events.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use qpm_operator::api::{self, DeploymentJob};
+use qpm_operator::controller::context::Settings;
+use qpm_operator::controller::{self, LeaderConfig, Operator, OperatorConfig};
+use qpm_operator::qualys::{ClientOptions, Connection, ProxySettings};
+use qpm_operator::sim::{self, Fault, FaultKind, RateLimit, SimConfig, SimHandle};
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{TestCluster, wait_for};
+
+const CREATE: &str = "POST /pm/v1/deploymentjob";
+const GET: &str = "GET /pm/v1/deploymentjob/{id}";
+const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
+const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
+const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const WAIT: Duration = Duration::from_secs(20);
+/// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
+const OPERATOR_AGENT: &str = "qpm-operator-under-test";
+
+struct Env {
+    cluster: TestCluster,
+    sim: SimHandle,
+    jobs: Api<DeploymentJob>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        Self::start_with(SimConfig::default()).await
+    }
+
+    async fn start_with(sim_config: SimConfig) -> Env {
+        let cluster = TestCluster::start().await;
+        cluster.register_crd(api::crd()).await;
+        let sim = sim::start(sim_config).await.expect("simulator");
+        let env = Env {
+            jobs: Api::namespaced(cluster.client(), cluster.namespace()),
+            cluster,
+            sim,
+        };
+        env.put_secret("qualys", "sim").await;
+        env
+    }
+
+    fn ns(&self) -> &str {
+        self.cluster.namespace()
+    }
+
+    async fn put_secret(&self, name: &str, password: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.cluster.client(), self.ns());
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"gatewayUrl": self.sim.base_url(), "username": "sim", "password": password}
+        }))
+        .unwrap();
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("tests").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .expect("secret");
+    }
+
+    fn config(&self, instance: &str) -> OperatorConfig {
+        OperatorConfig {
+            namespace: Some(self.ns().to_string()),
+            settings: Settings {
+                resync: Duration::from_secs(300),
+                poll_interval: Duration::from_millis(200),
+                secret_poll_interval: Duration::from_millis(200),
+                listing_max_age: Duration::ZERO,
+            },
+            client_options: ClientOptions {
+                rps: None,
+                concurrency: None,
+                proxy: ProxySettings::none(),
+                min_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+                max_attempts: 3,
+                ..Default::default()
+            },
+            default_connection: None,
+            default_connection_namespaces: None,
+            leader: None,
+            concurrency: 4,
+            shutdown_deadline: Duration::from_secs(5),
+            listen: None,
+            instance: instance.to_string(),
+        }
+    }
+
+    async fn operator(&self) -> Operator {
+        controller::start(self.operator_client(), self.config("op-1"))
+            .await
+            .expect("operator starts")
+    }
+
+    /// A client for an operator instance (its own connection pool, its own User-Agent).
+    fn operator_client(&self) -> kube::Client {
+        match self.cluster.fake() {
+            Some(fake) => {
+                let mut config = fake.config();
+                config.headers.push((
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static(OPERATOR_AGENT),
+                ));
+                kube::Client::try_from(config).expect("client")
+            }
+            None => self.cluster.new_client(),
+        }
+    }
+
+    async fn create(&self, name: &str, spec: Value) -> DeploymentJob {
+        let dj: DeploymentJob = serde_json::from_value(json!({
+            "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("a DeploymentJob");
+        self.jobs
+            .create(&PostParams::default(), &dj)
+            .await
+            .expect("created")
+    }
+
+    async fn get(&self, name: &str) -> DeploymentJob {
+        self.jobs.get(name).await.expect("get")
+    }
+
+    async fn patch_spec(&self, name: &str, patch: Value) {
+        self.jobs
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+    }
+
+    /// Wait until the Ready condition's reason is `reason` for the current generation; on a
+    /// timeout, say what the conditions were.
+    async fn wait_reason(&self, name: &str, reason: &str) -> DeploymentJob {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        loop {
+            // Paused and the retrying reasons leave Ready as it was; Reconciling carries them.
+            let ty = if matches!(reason, "Paused" | "RateLimited" | "GatewayUnavailable") {
+                "Reconciling"
+            } else {
+                "Ready"
+            };
+            if let Ok(dj) = self.jobs.get(name).await {
+                if let Some(c) = condition(&dj, ty)
+                    && c.reason == reason
+                    && (reason == "Paused" || c.observed_generation == dj.metadata.generation)
+                {
+                    return dj;
+                }
+                last = Some(dj);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let seen = last
+                    .and_then(|d| d.status)
+                    .map(|s| serde_json::to_string_pretty(&s.conditions).unwrap_or_default());
+                panic!(
+                    "timed out waiting for {name} to report {reason}; last conditions: {seen:?}; sim: {:?}",
+                    self.sim.counters()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the current generation has been observed and the resource is Ready.
+    async fn wait_observed(&self, name: &str) -> DeploymentJob {
+        let jobs = self.jobs.clone();
+        let name = name.to_string();
+        wait_for(WAIT, &format!("{name} to observe its generation"), || {
+            let jobs = jobs.clone();
+            let name = name.clone();
+            async move {
+                let dj = jobs.get(&name).await.ok()?;
+                let c = condition(&dj, "Ready")?;
+                (c.status == "True" && c.observed_generation == dj.metadata.generation)
+                    .then_some(dj)
+            }
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        let jobs = self.jobs.clone();
+        let name = name.to_string();
+        wait_for(WAIT, &format!("{name} to be gone"), || {
+            let jobs = jobs.clone();
+            let name = name.clone();
+            async move { matches!(jobs.get_opt(&name).await, Ok(None)).then_some(()) }
+        })
+        .await
+    }
+
+    /// (reason, note) of the events about `name`.
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.cluster.client(), self.ns());
+        let mut out: Vec<(String, String)> = api
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn wait_event(&self, name: &str, reason: &str) -> String {
+        wait_for(WAIT, &format!("event {reason} on {name}"), || async {
+            self.events(name)
+                .await
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, n)| n)
+        })
+        .await
+    }
+}
+
+/// Every scenario ends by checking that each request the operator made is one its RBAC
+/// (generated from `controller::rbac::RULES`, as installed by deploy/) allows.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Some(fake) = self.cluster.fake() else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        let install = qpm_operator::controller::rbac::Install {
+            operator_namespace: self.ns().to_string(),
+            service_account: "qpm-operator".to_string(),
+            watched_namespace: None,
+        };
+        let mine: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.user_agent.as_deref() == Some(OPERATOR_AGENT))
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "the operator's requests are recognisable in the log"
+        );
+        let denied: Vec<String> = mine
+            .iter()
+            .filter(|r| r.verb != support::Verb::Discovery && !r.resource.is_empty())
+            .filter(|r| {
+                !install.allows(
+                    &r.group,
+                    &r.resource,
+                    r.subresource.as_deref(),
+                    &r.verb.to_string(),
+                    r.namespace.as_deref(),
+                )
+            })
+            .map(|r| r.to_string())
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "requests the operator's RBAC does not allow: {denied:#?}"
+        );
+    }
+}
+
+fn condition<'a>(dj: &'a DeploymentJob, ty: &str) -> Option<&'a Condition> {
+    dj.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ty)
+}
+
+fn job_id(dj: &DeploymentJob) -> String {
+    dj.status
+        .as_ref()
+        .and_then(|s| s.job_id.clone())
+        .expect("a job id")
+}
+
+/// A recurring Windows job using the namespace's `qualys` Secret.
+fn spec(name: &str) -> Value {
+    json!({
+        "connectionRef": {"name": "qualys"},
+        "job": {
+            "name": name, "platform": "Windows", "scheduleType": "Daily",
+            "startDateTime": "2025-07-01 09:57:18 AM", "timeout": 6, "timeoutUnit": "HOURS",
+            "approvedPatches": ["9285e676-6340-3ba7-b124-31d84542c7bf"]
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_new_resource_becomes_ready_with_one_create() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("weekly", spec("Weekly patching")).await;
+    let dj = env.wait_reason("weekly", "Created").await;
+    let id = job_id(&dj);
+    assert_eq!(condition(&dj, "Synced").unwrap().status, "True");
+    assert_eq!(condition(&dj, "Reconciling").unwrap().status, "False");
+    assert_eq!(condition(&dj, "Stalled").unwrap().status, "False");
+    assert_eq!(
+        dj.status.as_ref().unwrap().observed_generation,
+        dj.metadata.generation
+    );
+    assert!(dj.finalizers().contains(&api::FINALIZER.to_string()));
+    assert_eq!(env.sim.count(CREATE), 1);
+    assert_eq!(env.sim.job(&id).unwrap()["name"], "Weekly patching");
+    assert!(env.wait_event("weekly", "Created").await.contains(&id));
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spec_edit_is_exactly_one_patch_with_the_expected_body() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("edit", spec("Edited job")).await;
+    let dj = env.wait_reason("edit", "Created").await;
+    let id = job_id(&dj);
+    let before = env.sim.job(&id).unwrap();
+    env.sim.reset_counters();
+    env.patch_spec("edit", json!({"spec": {"job": {"timeout": 8, "approvedPatches": ["ca0d50b1-df21-31ef-aa9b-eec805b3a517"]}}})).await;
+    env.wait_reason("edit", "Updated").await;
+    assert_eq!(env.sim.count(UPDATE), 1);
+    assert_eq!(env.sim.count(CREATE), 0);
+    let after = env.sim.job(&id).unwrap();
+    assert_eq!(after["timeout"], 8);
+    assert_eq!(
+        after["approvedPatches"],
+        json!(["ca0d50b1-df21-31ef-aa9b-eec805b3a517"])
+    );
+    // Everything else is the live job sent back.
+    for field in [
+        "createdBy",
+        "customerId",
+        "startDateTime",
+        "scheduleType",
+        "status",
+    ] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    let note = env.wait_event("edit", "Updated").await;
+    assert!(
+        note.contains("timeout") && note.contains("approvedPatches"),
+        "{note}"
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_that_job() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    for n in ["a", "b", "c"] {
+        env.create(n, spec(&format!("job {n}"))).await;
+    }
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c"] {
+        ids.push(job_id(&env.wait_reason(n, "Created").await));
+    }
+    // Let a poll pass record everything, then change one job in the "console".
+    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    wait_for(WAIT, "a poll", || async {
+        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 2).then_some(())
+    })
+    .await;
+    env.sim.reset_counters();
+    env.sim
+        .console_edit(&ids[1], json!({"approvedPatches": []}))
+        .unwrap();
+    wait_for(WAIT, "drift corrected", || async {
+        (env.sim.job(&ids[1])?["approvedPatches"]
+            == json!(["9285e676-6340-3ba7-b124-31d84542c7bf"]))
+        .then_some(())
+    })
+    .await;
+    env.wait_event("b", "DriftCorrected").await;
+    // Let more polls pass: nothing else is read or written.
+    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    wait_for(WAIT, "two more polls", || async {
+        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.sim.count(GET),
+        1,
+        "exactly one GET, for the changed job: {:?}",
+        env.sim.counters()
+    );
+    assert_eq!(env.sim.count(UPDATE), 1);
+    let b = env.get("b").await;
+    let drift = b.status.as_ref().unwrap().drift.clone().unwrap();
+    assert_eq!(
+        (drift.fields, drift.corrections),
+        (vec!["approvedPatches".to_string()], 1)
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_deletes_the_job_or_orphans_it() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("gone", spec("to delete")).await;
+    let mut orphan = spec("to keep");
+    orphan["deletionPolicy"] = json!("Orphan");
+    env.create("kept", orphan).await;
+    let gone = job_id(&env.wait_reason("gone", "Created").await);
+    let kept = job_id(&env.wait_reason("kept", "Created").await);
+    env.jobs
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.jobs
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("gone").await;
+    env.wait_gone("kept").await;
+    assert!(env.sim.job(&gone).is_none());
+    assert!(env.sim.job(&kept).is_some());
+    assert_eq!(env.sim.count(DELETE), 1);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_paused_resource_still_deletes_the_job() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("paused", spec("paused job")).await;
+    let id = job_id(&env.wait_reason("paused", "Created").await);
+    env.patch_spec(
+        "paused",
+        json!({"metadata": {"annotations": {api::ANNOTATION_PAUSED: "true"}}}),
+    )
+    .await;
+    env.wait_reason("paused", "Paused").await;
+    // While paused, spec edits are not applied and observedGeneration stays.
+    env.patch_spec("paused", json!({"spec": {"job": {"timeout": 9}}}))
+        .await;
+    env.sim.reset_counters();
+    let dj = env.wait_reason("paused", "Paused").await;
+    assert_ne!(
+        dj.status.as_ref().unwrap().observed_generation,
+        dj.metadata.generation
+    );
+    env.jobs
+        .delete("paused", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("paused").await;
+    assert!(env.sim.job(&id).is_none());
+    assert_eq!(env.sim.count(UPDATE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_after_the_credentials_secret_is_gone_uses_the_last_good_credentials() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("orphaned-secret", spec("secret gone")).await;
+    let id = job_id(&env.wait_reason("orphaned-secret", "Created").await);
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    secrets
+        .delete("qualys", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.jobs
+        .delete("orphaned-secret", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("orphaned-secret").await;
+    assert!(env.sim.job(&id).is_none());
+    op.shutdown().await;
+
+    // A fresh operator has no credentials in memory: DeletionBlocked until force-orphan.
+    let env2 = Env::start().await;
+    let op = env2.operator().await;
+    env2.create("blocked", spec("blocked")).await;
+    let id = job_id(&env2.wait_reason("blocked", "Created").await);
+    op.shutdown().await;
+    let secrets: Api<Secret> = Api::namespaced(env2.cluster.client(), env2.ns());
+    secrets
+        .delete("qualys", &DeleteParams::default())
+        .await
+        .unwrap();
+    let op = env2.operator().await;
+    env2.jobs
+        .delete("blocked", &DeleteParams::default())
+        .await
+        .unwrap();
+    let dj = env2.wait_reason("blocked", "DeletionBlocked").await;
+    assert_eq!(condition(&dj, "Stalled").unwrap().status, "True");
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("force-orphan")
+    );
+    env2.patch_spec(
+        "blocked",
+        json!({"metadata": {"annotations": {api::ANNOTATION_FORCE_ORPHAN: "true"}}}),
+    )
+    .await;
+    env2.wait_gone("blocked").await;
+    assert!(env2.sim.job(&id).is_some(), "orphaned, not deleted");
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_existing_job_is_adopted_by_job_id_and_not_enabled() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("first", spec("adoptable")).await;
+    let id = job_id(&env.wait_reason("first", "Created").await);
+    // Hand the job over: orphan the first resource, adopt with a second.
+    env.patch_spec("first", json!({"spec": {"deletionPolicy": "Orphan"}}))
+        .await;
+    env.wait_observed("first").await;
+    env.jobs
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("first").await;
+    env.sim.reset_counters();
+    let mut adopt = spec("adoptable");
+    adopt["jobId"] = json!(id);
+    adopt["job"]["status"] = json!("Enabled");
+    env.create("second", adopt).await;
+    let dj = env.wait_reason("second", "Adopted").await;
+    assert_eq!(job_id(&dj), id);
+    assert_eq!((env.sim.count(CREATE), env.sim.count(STATUS)), (0, 0));
+    assert_eq!(env.sim.job(&id).unwrap()["status"], "Disabled");
+    assert!(env.wait_event("second", "Adopted").await.contains(&id));
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_foreign_job_with_the_same_name_is_a_conflict_and_a_claimed_job_is_not_shared() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("original", spec("shared name")).await;
+    let id = job_id(&env.wait_reason("original", "Created").await);
+    env.create("copycat", spec("shared name")).await;
+    let dj = env.wait_reason("copycat", "NameConflict").await;
+    assert_eq!(condition(&dj, "Stalled").unwrap().status, "True");
+    assert!(condition(&dj, "Ready").unwrap().message.contains(&id));
+    let mut claim = spec("shared name");
+    claim["jobId"] = json!(id);
+    env.create("claimer", claim).await;
+    let dj = env.wait_reason("claimer", "JobClaimed").await;
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("original")
+    );
+    assert_eq!(env.sim.count(CREATE), 1);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let mut bad = spec("invalid");
+    bad["job"]["timeoutUnit"] = json!("MINUTES");
+    bad["job"]["timeout"] = json!(20000);
+    env.create("invalid", bad).await;
+    let dj = env.wait_reason("invalid", "InvalidSpec").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(message.contains("spec.job.timeout"), "{message}");
+    assert_eq!(condition(&dj, "Stalled").unwrap().status, "True");
+    assert_eq!(env.sim.counters().total(), 0, "{:?}", env.sim.counters());
+    env.wait_event("invalid", "InvalidSpec").await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
+    // The gateway allows 10 calls a second; the operator is configured far above that.
+    let limit = RateLimit {
+        limit: 10,
+        window: Duration::from_secs(1),
+    };
+    let env = Env::start_with(SimConfig {
+        rate_limit: Some(limit),
+        ..Default::default()
+    })
+    .await;
+    let mut config = env.config("op-1");
+    config.client_options.rps = Some(100.0);
+    config.client_options.concurrency = Some(4);
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("storm-{i}")).collect();
+    for n in &names {
+        env.create(n, spec(n)).await;
+    }
+    for n in &names {
+        env.wait_observed(n).await;
+    }
+    assert_eq!(env.sim.job_count(), 12);
+    assert_eq!(
+        env.sim.count(CREATE),
+        env.sim.count_status(CREATE, 201) + env.sim.count_status(CREATE, 429)
+    );
+    let refused: u64 = env
+        .sim
+        .counters()
+        .0
+        .values()
+        .filter_map(|by| by.get(&429))
+        .sum();
+    let served: u64 = env
+        .sim
+        .counters()
+        .0
+        .iter()
+        .filter(|(r, _)| r.as_str() != "POST /auth")
+        .flat_map(|(_, by)| by.iter().filter(|(s, _)| **s != 429).map(|(_, n)| *n))
+        .sum();
+    // The client learns the limit from the headers instead of hammering: few refusals.
+    assert!(refused >= 1, "the storm happened");
+    assert!(
+        refused <= 8,
+        "{refused} refusals for {served} served calls: the budget did not adapt"
+    );
+
+    // A Retry-After is honoured: four refusals of one second each.
+    env.sim.set_fault(
+        Fault::on(
+            CREATE,
+            FaultKind::RateLimited {
+                retry_after_secs: 1,
+            },
+        )
+        .times(4),
+    );
+    let started = std::time::Instant::now();
+    env.create("patient", spec("patient")).await;
+    env.wait_observed("patient").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "Retry-After not honoured: {:?}",
+        started.elapsed()
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_leaves_exactly_one_job_after_a_restart() {
+    let env = Env::start().await;
+    env.sim.set_fault(
+        Fault::on(
+            CREATE,
+            FaultKind::CommitThenFail {
+                drop_connection: true,
+            },
+        )
+        .times(1),
+    );
+    let op = env.operator().await;
+    env.create("lost", spec("lost answer")).await;
+    let dj = wait_for(WAIT, "a recorded pending create", || async {
+        let dj = env.get("lost").await;
+        dj.status.as_ref()?.pending_create.as_ref()?;
+        (env.sim.job_count() == 1).then_some(dj)
+    })
+    .await;
+    assert!(dj.status.as_ref().unwrap().job_id.is_none());
+    op.kill();
+    let op = env.operator().await;
+    let dj = wait_for(WAIT, "recovered", || async {
+        let dj = env.get("lost").await;
+        let r = condition(&dj, "Ready")?;
+        (r.status == "True").then_some(dj)
+    })
+    .await;
+    assert_eq!(env.sim.job_count(), 1, "exactly one job");
+    assert_eq!(env.sim.count(CREATE), 1);
+    assert_eq!(job_id(&dj), env.sim.jobs()[0]["id"].as_str().unwrap());
+    assert!(dj.status.as_ref().unwrap().pending_create.is_none());
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_deleted_in_qualys_is_missing_until_recreate_is_chosen() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("vanish", spec("vanishing")).await;
+    let first = job_id(&env.wait_reason("vanish", "Created").await);
+    assert!(env.sim.console_delete(&first));
+    let dj = env.wait_reason("vanish", "JobMissing").await;
+    assert_eq!(condition(&dj, "Stalled").unwrap().status, "True");
+    assert_eq!(env.sim.count(CREATE), 1);
+    env.patch_spec("vanish", json!({"spec": {"recreatePolicy": "Recreate"}}))
+        .await;
+    let dj = env.wait_reason("vanish", "Created").await;
+    assert_ne!(job_id(&dj), first);
+    assert_eq!(env.sim.count(CREATE), 2);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_linked_child_waits_for_its_parent_then_links() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let mut child = spec("child");
+    child["job"]["linkedJobRef"] = json!({"name": "parent"});
+    child["job"]["chainedJobRule"] =
+        json!([{"actionRefs": [{"actionItem": "post"}], "threshold": 100}]);
+    env.create("child", child).await;
+    let dj = env.wait_reason("child", "WaitingForLinkedJob").await;
+    assert_eq!(condition(&dj, "Reconciling").unwrap().status, "True");
+    assert_eq!(env.sim.count(CREATE), 0);
+    let mut parent = spec("parent");
+    parent["job"]["postDeployActions"] = json!([{"action": "Run Script", "scriptType": "ps", "script": "bHM=", "params": {"actionItem": "post", "timeout": 180}}]);
+    env.create("parent", parent).await;
+    let parent_id = job_id(&env.wait_reason("parent", "Created").await);
+    let child = env.wait_reason("child", "Created").await;
+    let live = env.sim.job(&job_id(&child)).unwrap();
+    assert_eq!(live["linkedJobId"], json!(parent_id));
+    let post_id = env.sim.job(&parent_id).unwrap()["postDeployActions"][0]["actionId"].clone();
+    assert_eq!(
+        live["linkedToJob"][0]["chainedJobRule"][0]["actionIds"],
+        json!([post_id])
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_mode_writes_nothing_and_shows_pending_changes() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("source", spec("observed job")).await;
+    let id = job_id(&env.wait_reason("source", "Created").await);
+    env.patch_spec("source", json!({"spec": {"deletionPolicy": "Orphan"}}))
+        .await;
+    env.wait_observed("source").await;
+    env.jobs
+        .delete("source", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("source").await;
+    env.sim.reset_counters();
+    let mut observe = spec("observed job");
+    observe["jobId"] = json!(id);
+    observe["driftPolicy"] = json!("Report");
+    observe["job"]["timeout"] = json!(12);
+    env.create("observer", observe).await;
+    let dj = env.wait_reason("observer", "DriftDetected").await;
+    let pending = &dj.status.as_ref().unwrap().pending_changes;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (
+            pending[0].path.as_str(),
+            pending[0].from.as_deref(),
+            pending[0].to.as_deref()
+        ),
+        ("timeout", Some("6"), Some("12"))
+    );
+    // Observed on every poll; never written.
+    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    wait_for(WAIT, "three polls", || async {
+        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= polls + 3).then_some(())
+    })
+    .await;
+    assert!(env.sim.count(GET) >= 3);
+    assert_eq!(
+        env.sim.count(UPDATE) + env.sim.count(CREATE) + env.sim.count(STATUS),
+        0
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_changing_means_no_status_write_over_many_resyncs() {
+    let env = Env::start().await;
+    let mut config = env.config("op-1");
+    config.settings.resync = Duration::from_millis(100);
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    env.create("steady", spec("steady")).await;
+    let dj = env.wait_reason("steady", "Created").await;
+    let writes = op.metrics.status_writes.get();
+    let reconciles = || {
+        op.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("qpm_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = reconciles();
+    wait_for(WAIT, "five more reconciles", || async {
+        (reconciles() >= before + 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        op.metrics.status_writes.get(),
+        writes,
+        "no status write when nothing changed:\nbefore {}\nafter {}\nwrites {:?}",
+        serde_json::to_string(&dj.status).unwrap(),
+        serde_json::to_string(&env.get("steady").await.status).unwrap(),
+        env.cluster.fake().map(|f| f
+            .writes_to("deploymentjobs", Some("status"))
+            .iter()
+            .map(|r| (r.status, r.query.clone()))
+            .collect::<Vec<_>>())
+    );
+    assert_eq!(
+        env.get("steady").await.resource_version(),
+        dj.resource_version()
+    );
+    assert_eq!(env.sim.count(UPDATE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_two_instances_only_the_leader_writes() {
+    let env = Env::start().await;
+    let leader = |identity: &str| LeaderConfig {
+        lease_name: "qpm-operator".into(),
+        lease_namespace: env.ns().to_string(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+        renew_grace: Duration::from_secs(1),
+    };
+    let mut a = env.config("op-a");
+    a.leader = Some(leader("op-a"));
+    let mut b = env.config("op-b");
+    b.leader = Some(leader("op-b"));
+    let op_a = controller::start(env.operator_client(), a).await.unwrap();
+    let op_b = controller::start(env.operator_client(), b).await.unwrap();
+    wait_for(WAIT, "one leader", || async {
+        (op_a.is_leader() != op_b.is_leader()).then_some(())
+    })
+    .await;
+    env.create("led", spec("led")).await;
+    env.wait_reason("led", "Created").await;
+    let (leading, standby) = if op_a.is_leader() {
+        (op_a, op_b)
+    } else {
+        (op_b, op_a)
+    };
+    assert!(leading.metrics.status_writes.get() > 0);
+    assert_eq!(standby.metrics.status_writes.get(), 0);
+    assert!(
+        standby.is_ready(),
+        "a standby replica is ready (readiness is not leadership)"
+    );
+    // The leader steps down (releasing the lease); the standby takes over.
+    leading.shutdown().await;
+    wait_for(WAIT, "the standby to lead", || async {
+        standby.is_leader().then_some(())
+    })
+    .await;
+    env.patch_spec("led", json!({"spec": {"job": {"timeout": 7}}}))
+        .await;
+    env.wait_reason("led", "Updated").await;
+    assert!(standby.metrics.status_writes.get() > 0);
+    assert_eq!(env.sim.count(CREATE), 1);
+    standby.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_referenced_configmap_change_is_applied_and_a_requested_reconcile_retries_a_stalled_resource()
+ {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.cluster.client(), env.ns());
+    let mut with_script = spec("scripted");
+    with_script["job"]["preDeployActions"] = json!([{"action": "Run Script", "scriptType": "ps",
+        "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "pre.ps1"}}, "params": {"actionItem": "pre", "timeout": 60}}]);
+    env.create("scripted", with_script).await;
+    // The ConfigMap does not exist yet: invalid, stalled, no Qualys call.
+    let dj = env.wait_reason("scripted", "InvalidSpec").await;
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("ConfigMap \"scripts\"")
+    );
+    assert_eq!(env.sim.count(CREATE), 0);
+    let cm = |text: &str| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "scripts"}, "data": {"pre.ps1": text}})).unwrap()
+    };
+    cms.patch(
+        "scripts",
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&cm("Write-Output 1")),
+    )
+    .await
+    .unwrap();
+    let id = job_id(&env.wait_reason("scripted", "Created").await);
+    let path = env.sim.job(&id).unwrap()["preDeployActions"][0]["script"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.sim.script(&path).as_deref(),
+        Some(&b"Write-Output 1"[..])
+    );
+    cms.patch(
+        "scripts",
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&cm("Write-Output 2")),
+    )
+    .await
+    .unwrap();
+    wait_for(WAIT, "the new script in Qualys", || async {
+        (env.sim.script(&path)? == b"Write-Output 2").then_some(())
+    })
+    .await;
+    assert_eq!(env.sim.count(UPDATE), 1);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_connection_secret_is_an_error_until_it_appears() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let mut s = spec("late secret");
+    s["connectionRef"] = json!({"name": "later"});
+    env.create("late", s).await;
+    let dj = env.wait_reason("late", "InvalidSpec").await;
+    assert!(condition(&dj, "Ready").unwrap().message.contains("Secret"));
+    assert_eq!(
+        env.sim.counters().total(),
+        0,
+        "never a fall-back to another connection"
+    );
+    env.put_secret("later", "sim").await;
+    env.wait_reason("late", "Created").await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_stalled_and_never_leak() {
+    let env = Env::start().await;
+    env.put_secret("bad", "not-the-password").await;
+    let op = env.operator().await;
+    let mut s = spec("bad credentials");
+    s["connectionRef"] = json!({"name": "bad"});
+    env.create("bad", s).await;
+    let dj = env.wait_reason("bad", "Unauthorized").await;
+    let status = serde_json::to_string(&dj.status).unwrap();
+    assert!(!status.contains("not-the-password"));
+    for (_, note) in env.events("bad").await {
+        assert!(!note.contains("not-the-password"));
+    }
+    assert_eq!(env.sim.count(CREATE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_default_connection_serves_only_allowed_namespaces() {
+    let env = Env::start().await;
+    let mut config = env.config("op-1");
+    config.default_connection = Some(Connection::new(env.sim.base_url(), "sim", "sim"));
+    config.default_connection_namespaces =
+        Some(["somewhere-else".to_string()].into_iter().collect());
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    let mut s = spec("default connection");
+    s.as_object_mut().unwrap().remove("connectionRef");
+    env.create("default-conn", s).await;
+    let dj = env.wait_reason("default-conn", "Forbidden").await;
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("--default-connection-namespaces")
+    );
+    assert_eq!(env.sim.counters().total(), 0);
+    op.shutdown().await;
+}
