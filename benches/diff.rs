@@ -63,8 +63,14 @@ fn seed_cases() -> Vec<Case> {
             let (mut spec, _) = spec_from_live(&request).expect("the seed imports");
             // Manage the scripts the request sent as content (not the storage paths of 01).
             for (list, actions) in [
-                (&request.pre_deploy_actions, spec.pre_deploy_actions.as_mut()),
-                (&request.post_deploy_actions, spec.post_deploy_actions.as_mut()),
+                (
+                    &request.pre_deploy_actions,
+                    spec.pre_deploy_actions.as_mut(),
+                ),
+                (
+                    &request.post_deploy_actions,
+                    spec.post_deploy_actions.as_mut(),
+                ),
             ] {
                 let (Some(sent), Some(actions)) = (list.get(), actions) else {
                     continue;
@@ -174,7 +180,10 @@ fn example_cases(inputs: &Inputs) -> Vec<Case> {
 
 fn bench(c: &mut Criterion) {
     let inputs = load(
-        &[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))],
+        &[PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples"
+        ))],
         false,
     )
     .expect("examples load");

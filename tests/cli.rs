@@ -253,7 +253,10 @@ async fn a_second_apply_with_sim_state_makes_no_write() {
     )
     .await;
     assert_eq!(plan.code, 0, "{plan:?}");
-    assert_eq!(plan.last(), "0 to create, 0 to update, 4 unchanged, 0 error(s)");
+    assert_eq!(
+        plan.last(),
+        "0 to create, 0 to update, 4 unchanged, 0 error(s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +290,11 @@ async fn plan_exit_codes_its_json_and_a_one_field_edit() {
     let dir = Dir::new("plan");
     let state = dir.s("state.json");
 
-    let fresh = qpm_gw(&sim, &["plan", "-f", &examples(), "--state", &state, "-o", "json"]).await;
+    let fresh = qpm_gw(
+        &sim,
+        &["plan", "-f", &examples(), "--state", &state, "-o", "json"],
+    )
+    .await;
     assert_eq!(fresh.code, 2, "{fresh:?}");
     let doc = fresh.json();
     assert_eq!(doc["apiVersion"], "qpm.plan/v1");
@@ -302,13 +309,20 @@ async fn plan_exit_codes_its_json_and_a_one_field_edit() {
         );
     }
     assert_eq!(writes(&sim), 0, "plan writes nothing");
-    assert!(!Path::new(&state).exists(), "plan never writes the state file");
+    assert!(
+        !Path::new(&state).exists(),
+        "plan never writes the state file"
+    );
 
     let apply = qpm_gw(&sim, &["apply", "-f", &examples(), "--state", &state]).await;
     assert_eq!(apply.code, 0, "{apply:?}");
     let state_bytes = std::fs::read(&state).unwrap();
 
-    let same = qpm_gw(&sim, &["plan", "-f", &examples(), "--state", &state, "-o", "json"]).await;
+    let same = qpm_gw(
+        &sim,
+        &["plan", "-f", &examples(), "--state", &state, "-o", "json"],
+    )
+    .await;
     assert_eq!(same.code, 0, "{same:?}");
     let ids: Vec<String> = sim
         .jobs()
@@ -335,12 +349,19 @@ async fn plan_exit_codes_its_json_and_a_one_field_edit() {
         }
     }
     sim.reset_counters();
-    let change = qpm_gw(&sim, &["plan", "-f", &edited.s(""), "--state", &state, "-o", "json"]).await;
+    let change = qpm_gw(
+        &sim,
+        &["plan", "-f", &edited.s(""), "--state", &state, "-o", "json"],
+    )
+    .await;
     assert_eq!(change.code, 2, "{change:?}");
     for r in change.json()["resources"].as_array().unwrap() {
         if r["name"] == "linux-rollback" {
             assert_eq!(r["action"], "update");
-            assert_eq!(r["changes"], json!([{"path": "timeout", "from": 6, "to": 8}]));
+            assert_eq!(
+                r["changes"],
+                json!([{"path": "timeout", "from": 6, "to": 8}])
+            );
         } else {
             assert_eq!(r["action"], "none", "{r}");
         }
@@ -348,9 +369,16 @@ async fn plan_exit_codes_its_json_and_a_one_field_edit() {
     let human = qpm_gw(&sim, &["plan", "-f", &edited.s(""), "--state", &state]).await;
     assert_eq!(human.code, 2);
     assert!(human.stdout.contains("\n    timeout: 6 → 8\n"), "{human:?}");
-    assert_eq!(human.last(), "0 to create, 1 to update, 3 unchanged, 0 error(s)");
+    assert_eq!(
+        human.last(),
+        "0 to create, 1 to update, 3 unchanged, 0 error(s)"
+    );
     assert_eq!(writes(&sim), 0);
-    assert_eq!(std::fs::read(&state).unwrap(), state_bytes, "plan never writes the state file");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        state_bytes,
+        "plan never writes the state file"
+    );
 
     // An error outranks changes.
     let missing = uuid::Uuid::new_v4().to_string();
@@ -361,7 +389,11 @@ async fn plan_exit_codes_its_json_and_a_one_field_edit() {
              spec:\n  jobId: {missing}\n  job: {{name: Adopted, platform: Linux, scheduleType: On-demand}}\n"
         ),
     );
-    let error = qpm_gw(&sim, &["plan", "-f", &edited.s(""), "--state", &state, "-o", "json"]).await;
+    let error = qpm_gw(
+        &sim,
+        &["plan", "-f", &edited.s(""), "--state", &state, "-o", "json"],
+    )
+    .await;
     assert_eq!(error.code, 1, "{error:?}");
     let doc = error.json();
     let adopt = doc["resources"]
@@ -431,6 +463,16 @@ async fn bad_input_is_one_line_per_problem_and_makes_no_call() {
             "DeploymentJob default/bad: spec.job.platform: must be one of \"Windows\", \"Linux\"; got \"Solaris\"",
         ),
         (
+            "action-ref.yaml",
+            format!(
+                "{}---\n{}    linkedJobRef: {{name: parent}}\n    chainedJobRule:\n    - actionRefs: [{{actionItem: nope}}]\n      threshold: 100\n",
+                base.replace("name: bad}", "name: parent}").replace("name: Bad", "name: Parent")
+                    + "    postDeployActions:\n    - action: Install Software\n      params: {actionItem: post}\n",
+                base
+            ),
+            "DeploymentJob default/bad: spec.job.chainedJobRule[0].actionRefs[0]: the parent job has no post-deploy action with actionItem \"nope\" (it has: \"post\")",
+        ),
+        (
             "cel.yaml",
             format!("{base}    timeout: 5\n"),
             "DeploymentJob default/bad: spec.job.timeoutUnit: timeout and timeoutUnit are set together",
@@ -442,7 +484,15 @@ async fn bad_input_is_one_line_per_problem_and_makes_no_call() {
             // A bad file among good ones: nothing of the set is applied.
             let run = qpm_gw(
                 &sim,
-                &[command, "-f", &examples(), "-f", &path, "--state", &dir.s("state.json")],
+                &[
+                    command,
+                    "-f",
+                    &examples(),
+                    "-f",
+                    &path,
+                    "--state",
+                    &dir.s("state.json"),
+                ],
             )
             .await;
             assert_eq!(run.code, 1, "{command} {file}: {run:?}");
@@ -496,7 +546,11 @@ async fn a_connection_ref_secret_wins_and_a_missing_one_is_an_error() {
     let job = |name: &str, conn: bool| {
         format!(
             "apiVersion: pm.qualys.io/v1alpha1\nkind: DeploymentJob\nmetadata: {{name: {name}, namespace: team}}\nspec:\n{}  job: {{name: {name}, platform: Linux, scheduleType: On-demand}}\n",
-            if conn { "  connectionRef: {name: qualys}\n" } else { "" }
+            if conn {
+                "  connectionRef: {name: qualys}\n"
+            } else {
+                ""
+            }
         )
     };
     let secret = format!(
@@ -505,9 +559,17 @@ async fn a_connection_ref_secret_wins_and_a_missing_one_is_an_error() {
     );
     let input = dir.write(
         "in.yaml",
-        &format!("{secret}---\n{}---\n{}", job("via-secret", true), job("via-default", false)),
+        &format!(
+            "{secret}---\n{}---\n{}",
+            job("via-secret", true),
+            job("via-default", false)
+        ),
     );
-    let run = qpm_gw(&default_gw, &["apply", "-f", &input, "--state", &dir.s("state.json")]).await;
+    let run = qpm_gw(
+        &default_gw,
+        &["apply", "-f", &input, "--state", &dir.s("state.json")],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.last(), "2 created, 0 updated, 0 unchanged, 0 failed");
     let names = |s: &SimHandle| -> Vec<String> {
@@ -520,15 +582,24 @@ async fn a_connection_ref_secret_wins_and_a_missing_one_is_an_error() {
     assert_eq!(names(&default_gw), vec!["via-default"]);
     assert!(!run.stdout.contains(password) && !run.stderr.contains(password));
     // The state is kept per target: the Secret's gateway and user.
-    let memory: Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
-    assert!(memory["targets"][format!("{} other", other.base_url())]["team/via-secret"]["jobId"].is_string(), "{memory}");
+    let memory: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    assert!(
+        memory["targets"][format!("{} other", other.base_url())]["team/via-secret"]["jobId"]
+            .is_string(),
+        "{memory}"
+    );
     assert!(!memory.to_string().contains(password));
 
     // The Secret missing from the input: an error, never the default connection.
     other.reset_counters();
     default_gw.reset_counters();
     let lonely = dir.write("lonely.yaml", &job("via-secret", true));
-    let run = qpm_gw(&default_gw, &["apply", "-f", &lonely, "--state", &dir.s("state.json")]).await;
+    let run = qpm_gw(
+        &default_gw,
+        &["apply", "-f", &lonely, "--state", &dir.s("state.json")],
+    )
+    .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(
         run.stderr.lines().next(),
@@ -546,7 +617,17 @@ async fn a_connection_ref_secret_wins_and_a_missing_one_is_an_error() {
 async fn import_then_plan_shows_no_changes_for_the_seed_and_the_examples() {
     let sim = gateway().await;
     let dir = Dir::new("import");
-    let apply = qpm_gw(&sim, &["apply", "-f", &examples(), "--state", &dir.s("apply-state.json")]).await;
+    let apply = qpm_gw(
+        &sim,
+        &[
+            "apply",
+            "-f",
+            &examples(),
+            "--state",
+            &dir.s("apply-state.json"),
+        ],
+    )
+    .await;
     assert_eq!(apply.code, 0, "{apply:?}");
     // Then the seed's jobs, stored as the gateway answered them (the examples share their
     // names, which import does not mind: the manifests carry spec.jobId). First the seed's
@@ -605,8 +686,14 @@ async fn import_then_plan_shows_no_changes_for_the_seed_and_the_examples() {
         assert!(text.contains("\n  jobId: "), "{text}");
         if text.contains("chainedJobRule") {
             // The parent is imported too: named by manifest, its action by actionItem.
-            assert!(text.contains("    linkedJobRef:\n      name: only-pre-post"), "{text}");
-            assert!(text.contains("      actionRefs:\n      - actionItem: post\n"), "{text}");
+            assert!(
+                text.contains("    linkedJobRef:\n      name: only-pre-post"),
+                "{text}"
+            );
+            assert!(
+                text.contains("      actionRefs:\n      - actionItem: post\n"),
+                "{text}"
+            );
             assert!(!text.contains("linkedJobId"), "{text}");
         }
         if text.contains("preDeployActions") {
@@ -614,7 +701,19 @@ async fn import_then_plan_shows_no_changes_for_the_seed_and_the_examples() {
         }
     }
 
-    let plan = qpm_gw(&sim, &["plan", "-f", &out, "--state", &dir.s("plan-state.json"), "-o", "json"]).await;
+    let plan = qpm_gw(
+        &sim,
+        &[
+            "plan",
+            "-f",
+            &out,
+            "--state",
+            &dir.s("plan-state.json"),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(plan.code, 0, "{plan:?}");
     let resources = plan.json()["resources"].as_array().unwrap().clone();
     assert_eq!(resources.len(), 8);
@@ -623,20 +722,41 @@ async fn import_then_plan_shows_no_changes_for_the_seed_and_the_examples() {
         assert_eq!(r["identifiedBy"], "jobId", "{r}");
     }
     // And apply agrees: nothing to write.
-    let apply = qpm_gw(&sim, &["apply", "-f", &out, "--state", &dir.s("plan-state.json")]).await;
+    let apply = qpm_gw(
+        &sim,
+        &["apply", "-f", &out, "--state", &dir.s("plan-state.json")],
+    )
+    .await;
     assert_eq!(apply.code, 0, "{apply:?}");
     assert_eq!(apply.last(), "0 created, 0 updated, 8 unchanged, 0 failed");
     assert_eq!(writes(&sim), 0);
 
     // One job to stdout, planned from stdin-like input (a file of the stdout).
-    let one = qpm_gw(&sim, &["import", "--job-id", "c08769ba-aa65-4b77-b224-f2c789ce7970", "--namespace", "patching"]).await;
+    let one = qpm_gw(
+        &sim,
+        &[
+            "import",
+            "--job-id",
+            "c08769ba-aa65-4b77-b224-f2c789ce7970",
+            "--namespace",
+            "patching",
+        ],
+    )
+    .await;
     assert_eq!(one.code, 0, "{one:?}");
     assert!(one.stdout.contains("\n  namespace: patching\n"), "{one:?}");
     assert_eq!(one.stdout.matches("kind: DeploymentJob").count(), 1);
     let file = dir.write("one.yaml", &one.stdout);
-    let plan = qpm_gw(&sim, &["plan", "-f", &file, "--state", &dir.s("one-state.json")]).await;
+    let plan = qpm_gw(
+        &sim,
+        &["plan", "-f", &file, "--state", &dir.s("one-state.json")],
+    )
+    .await;
     assert_eq!(plan.code, 0, "{plan:?}");
-    assert_eq!(plan.last(), "0 to create, 0 to update, 1 unchanged, 0 error(s)");
+    assert_eq!(
+        plan.last(),
+        "0 to create, 0 to update, 1 unchanged, 0 error(s)"
+    );
 }
 
 /// The CLI's contract: a job without jobId or recorded id is found by exact name within its
@@ -644,14 +764,32 @@ async fn import_then_plan_shows_no_changes_for_the_seed_and_the_examples() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_found_by_name_and_two_of_a_name_are_a_conflict() {
     let sim = gateway().await;
-    sim.put_job(seed("02-linux-rollback.response.json")).unwrap();
-    for id in ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"] {
-        sim.put_job(json!({"id": id, "name": "only pre post", "platform": "Windows",
-                           "type": "Install", "status": "Disabled", "scheduleType": "On-demand"}))
-            .unwrap();
+    sim.put_job(seed("02-linux-rollback.response.json"))
+        .unwrap();
+    for id in [
+        "11111111-1111-4111-8111-111111111111",
+        "22222222-2222-4222-8222-222222222222",
+    ] {
+        sim.put_job(
+            json!({"id": id, "name": "only pre post", "platform": "Windows",
+                           "type": "Install", "status": "Disabled", "scheduleType": "On-demand"}),
+        )
+        .unwrap();
     }
     let dir = Dir::new("byname");
-    let plan = qpm_gw(&sim, &["plan", "-f", &examples(), "--state", &dir.s("state.json"), "-o", "json"]).await;
+    let plan = qpm_gw(
+        &sim,
+        &[
+            "plan",
+            "-f",
+            &examples(),
+            "--state",
+            &dir.s("state.json"),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(plan.code, 1, "{plan:?}");
     let doc = plan.json();
     let by_name = |n: &str| {
@@ -679,12 +817,27 @@ async fn jobs_are_found_by_name_and_two_of_a_name_are_a_conflict() {
     assert_eq!(rollback["jobId"], "ee2d6bd3-4944-4ea8-a384-c3f44a40b844");
     assert_eq!(by_name("windows-install")["action"], "create");
 
-    let apply = qpm_gw(&sim, &["apply", "-f", &examples(), "--state", &dir.s("state.json")]).await;
+    let apply = qpm_gw(
+        &sim,
+        &["apply", "-f", &examples(), "--state", &dir.s("state.json")],
+    )
+    .await;
     assert_eq!(apply.code, 1, "{apply:?}");
     let lines = apply.lines();
-    assert!(lines[0].starts_with("failed default/only-pre-post: NameConflict: 2 Windows job(s)"), "{apply:?}");
-    assert!(lines[1].starts_with("updated default/linux-rollback: job ee2d6bd3-4944-4ea8-a384-c3f44a40b844: found job"), "{apply:?}");
-    assert!(lines[2].starts_with("created default/windows-install: job "), "{apply:?}");
+    assert!(
+        lines[0].starts_with("failed default/only-pre-post: NameConflict: 2 Windows job(s)"),
+        "{apply:?}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "updated default/linux-rollback: job ee2d6bd3-4944-4ea8-a384-c3f44a40b844: found job"
+        ),
+        "{apply:?}"
+    );
+    assert!(
+        lines[2].starts_with("created default/windows-install: job "),
+        "{apply:?}"
+    );
     assert_eq!(
         lines[3],
         "failed default/chained-job: not applied: its linkedJobRef parent default/only-pre-post failed"
@@ -703,7 +856,10 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
     assert!(lines.iter().all(|l| l.starts_with("✓ ")), "{ok:?}");
     assert_eq!(
         lines[0],
-        format!("✓ credentials: {} issued a token to user \"sim\" (POST /auth)", sim.base_url())
+        format!(
+            "✓ credentials: {} issued a token to user \"sim\" (POST /auth)",
+            sim.base_url()
+        )
     );
     // Non-destructive: one call to each endpoint but create, nothing stored.
     let c = sim.counters();
@@ -718,16 +874,34 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
     let mut args = vec!["check".to_string()];
     args.extend(gw(&sim));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let bad = qpm(&refs, &[("QUALYS_USERNAME", "sim"), ("QUALYS_PASSWORD", wrong)]).await;
+    let bad = qpm(
+        &refs,
+        &[("QUALYS_USERNAME", "sim"), ("QUALYS_PASSWORD", wrong)],
+    )
+    .await;
     assert_eq!(bad.code, 1, "{bad:?}");
     let lines = bad.lines();
     assert_eq!(lines.len(), 8);
-    assert!(lines[0].starts_with(&format!("✗ credentials: {}: ", sim.base_url())), "{bad:?}");
-    assert!(lines[0].contains("refused the username or password of user \"sim\""), "{bad:?}");
-    assert!(lines[1..].iter().all(|l| l.ends_with("not checked (needs working credentials)")));
+    assert!(
+        lines[0].starts_with(&format!("✗ credentials: {}: ", sim.base_url())),
+        "{bad:?}"
+    );
+    assert!(
+        lines[0].contains("refused the username or password of user \"sim\""),
+        "{bad:?}"
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.ends_with("not checked (needs working credentials)"))
+    );
     assert!(!bad.stdout.contains(wrong) && !bad.stderr.contains(wrong));
 
-    let forbidden = qpm(&refs, &[("QUALYS_USERNAME", "bob"), ("QUALYS_PASSWORD", "pw")]).await;
+    let forbidden = qpm(
+        &refs,
+        &[("QUALYS_USERNAME", "bob"), ("QUALYS_PASSWORD", "pw")],
+    )
+    .await;
     assert_eq!(forbidden.code, 1, "{forbidden:?}");
     let lines = forbidden.lines();
     assert!(lines[0].starts_with("✓ credentials"));
@@ -738,7 +912,11 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
         ),
         "{forbidden:?}"
     );
-    assert!(lines[2..].iter().all(|l| l.ends_with("not checked (needs PM.API.ACCESS)")));
+    assert!(
+        lines[2..]
+            .iter()
+            .all(|l| l.ends_with("not checked (needs PM.API.ACCESS)"))
+    );
 
     // A password file instead of the environment; and no password flag at all.
     let dir = Dir::new("check");
@@ -750,7 +928,10 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
     assert_eq!(from_file.code, 0, "{from_file:?}");
     let flag = qpm(&["check", "--password", "sim"], &[]).await;
     assert_eq!(flag.code, 2, "{flag:?}");
-    assert!(flag.stderr.contains("unexpected argument '--password'"), "{flag:?}");
+    assert!(
+        flag.stderr.contains("unexpected argument '--password'"),
+        "{flag:?}"
+    );
 
     let embedded = qpm(&["check"], &[]).await;
     assert_eq!(embedded.code, 0, "{embedded:?}");

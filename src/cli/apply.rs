@@ -202,13 +202,7 @@ async fn apply_one(
         namespace: &job.namespace,
     };
     let resource_claims = claims.for_resource(conn, &key);
-    let ctx = common::context(
-        conn,
-        &client,
-        &resource_claims,
-        &scripts,
-        linked.as_deref(),
-    );
+    let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
     let outcome = engine::apply(&job.job.spec, &mut state, &mut store, &ctx).await;
     // The engine saves what must be durable at once (pending create, a new id); the rest of
     // what it learnt (digests of what it wrote) is saved here, the CLI's stand-in for status.
@@ -334,7 +328,10 @@ mod tests {
         let created = described(&outcome(
             Reason::Created,
             true,
-            &[("Created", "created Qualys job J"), ("Enabled", "enabled job J")],
+            &[
+                ("Created", "created Qualys job J"),
+                ("Enabled", "enabled job J"),
+            ],
         ));
         assert_eq!(created.line(), "created ns/n: job J; status → Enabled");
         let updated = described(&outcome(
@@ -342,11 +339,17 @@ mod tests {
             true,
             &[("Updated", "updated job J: timeout, approvedPatches")],
         ));
-        assert_eq!(updated.line(), "updated ns/n: job J: timeout, approvedPatches");
+        assert_eq!(
+            updated.line(),
+            "updated ns/n: job J: timeout, approvedPatches"
+        );
         let adopted_and_updated = described(&outcome(
             Reason::Adopted,
             true,
-            &[("Adopted", "found job J by its name"), ("Updated", "updated job J: timeout")],
+            &[
+                ("Adopted", "found job J by its name"),
+                ("Updated", "updated job J: timeout"),
+            ],
         ));
         assert_eq!(
             adopted_and_updated.line(),
@@ -355,7 +358,10 @@ mod tests {
         let same = described(&outcome(Reason::UpToDate, false, &[]));
         assert_eq!(same.line(), "unchanged ns/n: UpToDate message");
         let failed = described(&outcome(Reason::NameConflict, false, &[]));
-        assert_eq!(failed.line(), "failed ns/n: NameConflict: NameConflict message");
+        assert_eq!(
+            failed.line(),
+            "failed ns/n: NameConflict: NameConflict message"
+        );
         assert_eq!(
             summary(&[created, updated, same, failed]),
             "1 created, 1 updated, 1 unchanged, 1 failed"

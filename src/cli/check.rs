@@ -192,16 +192,15 @@ pub async fn check(client: &Client, target: &str) -> Vec<CheckLine> {
     lines
 }
 
-fn bulk_line(
-    name: &str,
-    result: Result<Vec<crate::qualys::ItemOutcome>, Error>,
-) -> CheckLine {
+fn bulk_line(name: &str, result: Result<Vec<crate::qualys::ItemOutcome>, Error>) -> CheckLine {
     match result {
         Ok(items) => match items.first().map(|i| &i.result) {
             Some(Err(Error::ItemFailed { message, .. })) => line(
                 Verdict::Pass,
                 name,
-                format!("answers (a per-item failure for a job that does not exist, as expected: {message})"),
+                format!(
+                    "answers (a per-item failure for a job that does not exist, as expected: {message})"
+                ),
             ),
             Some(Ok(())) => line(
                 Verdict::Pass,

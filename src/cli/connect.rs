@@ -154,7 +154,11 @@ fn read_password_file(path: &Path) -> anyhow::Result<Secret> {
 /// The connection a `spec.connectionRef` Secret of the input describes (keys `gatewayUrl`,
 /// `username`, `password`, optional `caBundle`). Errors name the Secret and the key, never a
 /// value.
-pub fn secret_connection(inputs: &Inputs, namespace: &str, name: &str) -> Result<Connection, String> {
+pub fn secret_connection(
+    inputs: &Inputs,
+    namespace: &str,
+    name: &str,
+) -> Result<Connection, String> {
     let data = inputs
         .secrets
         .get(&(namespace.to_string(), name.to_string()))
@@ -167,7 +171,9 @@ pub fn secret_connection(inputs: &Inputs, namespace: &str, name: &str) -> Result
     let text = |key: &str, required: bool| -> Result<Option<String>, String> {
         match data.get(key) {
             Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim_end_matches(['\r', '\n']).to_string())),
+                Ok(s) if !s.trim().is_empty() => {
+                    Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()))
+                }
                 Ok(_) if required => Err(format!(
                     "spec.connectionRef: Secret {namespace}/{name}: key {key:?} is empty"
                 )),
@@ -313,9 +319,7 @@ impl Session {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "in memory".to_string());
-        eprintln!(
-            "using the embedded Qualys simulator (no gateway configured); state: {shown}"
-        );
+        eprintln!("using the embedded Qualys simulator (no gateway configured); state: {shown}");
         let (state_key, state) = match &state_file {
             Some(path) => (
                 format!("embedded:{}", canonical(path).display()),
@@ -414,9 +418,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect();
-        inputs
-            .secrets
-            .insert(("ns".into(), "qualys".into()), map);
+        inputs.secrets.insert(("ns".into(), "qualys".into()), map);
         inputs
     }
 

@@ -247,7 +247,12 @@ pub fn manifests(lives: &[JobBody], namespace: &str) -> (Vec<Imported>, Vec<Stri
 
 /// Name the parent by its manifest (`linkedJobRef`) and its post-deploy actions by
 /// `actionItem` (`actionRefs`) — when every action id of every rule has an unambiguous name.
-fn link_to_parent(spec: &mut JobSpec, parent_slug: &str, parent: &JobBody, notes: &mut Vec<String>) {
+fn link_to_parent(
+    spec: &mut JobSpec,
+    parent_slug: &str,
+    parent: &JobBody,
+    notes: &mut Vec<String>,
+) {
     let mut item_of: HashMap<String, String> = HashMap::new();
     let mut count: HashMap<String, usize> = HashMap::new();
     for a in parent.post_deploy_actions.get().into_iter().flatten() {
@@ -445,15 +450,16 @@ fn unique_slug(name: &str, taken: &mut HashSet<String>) -> String {
     if taken.insert(base.clone()) {
         return base;
     }
-    for n in 2.. {
+    let mut n = 2u64;
+    loop {
         let suffix = format!("-{n}");
         let head: String = base.chars().take(63 - suffix.len()).collect();
         let candidate = format!("{}{suffix}", head.trim_end_matches('-'));
         if taken.insert(candidate.clone()) {
             return candidate;
         }
+        n += 1;
     }
-    unreachable!("an unbounded range always finds a free name")
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -489,9 +495,18 @@ mod tests {
     #[test]
     fn a_path_is_removed_through_lists() {
         let mut doc = json!({"spec": {"job": {"preDeployActions": [{"params": {"actionItem": "", "timeout": 1}}]}}});
-        assert!(remove_path(&mut doc, "spec.job.preDeployActions[0].params.actionItem"));
-        assert_eq!(doc, json!({"spec": {"job": {"preDeployActions": [{"params": {"timeout": 1}}]}}}));
-        assert!(!remove_path(&mut doc, "spec.job.preDeployActions[3].params"));
+        assert!(remove_path(
+            &mut doc,
+            "spec.job.preDeployActions[0].params.actionItem"
+        ));
+        assert_eq!(
+            doc,
+            json!({"spec": {"job": {"preDeployActions": [{"params": {"timeout": 1}}]}}})
+        );
+        assert!(!remove_path(
+            &mut doc,
+            "spec.job.preDeployActions[3].params"
+        ));
         assert!(!remove_path(&mut doc, "metadata.name"));
     }
 }

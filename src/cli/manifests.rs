@@ -54,15 +54,16 @@ impl fmt::Debug for Inputs {
         let names = |m: &HashMap<(String, String), BTreeMap<String, Vec<u8>>>| {
             let mut v: Vec<String> = m
                 .iter()
-                .map(|((ns, n), data)| {
-                    format!("{ns}/{n} {:?}", data.keys().collect::<Vec<_>>())
-                })
+                .map(|((ns, n), data)| format!("{ns}/{n} {:?}", data.keys().collect::<Vec<_>>()))
                 .collect();
             v.sort();
             v
         };
         f.debug_struct("Inputs")
-            .field("jobs", &self.jobs.iter().map(JobManifest::key).collect::<Vec<_>>())
+            .field(
+                "jobs",
+                &self.jobs.iter().map(JobManifest::key).collect::<Vec<_>>(),
+            )
             .field("config_maps", &names(&self.config_maps))
             .field("secrets", &names(&self.secrets))
             .field("warnings", &self.warnings)
@@ -167,8 +168,7 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
 /// stand-in parent id finds all of these the way `apply` would meet them, minus the API.
 fn check_references(inputs: &Inputs) -> Vec<InputError> {
     const PLACEHOLDER_ID: &str = "00000000-0000-0000-0000-000000000000";
-    let by_key: HashMap<String, &JobManifest> =
-        inputs.jobs.iter().map(|j| (j.key(), j)).collect();
+    let by_key: HashMap<String, &JobManifest> = inputs.jobs.iter().map(|j| (j.key(), j)).collect();
     let mut errors = Vec::new();
     for j in &inputs.jobs {
         let error = |message: String| InputError {

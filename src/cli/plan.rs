@@ -283,13 +283,7 @@ async fn plan_one(
         namespace: &job.namespace,
     };
     let resource_claims = claims.for_resource(conn, &key);
-    let ctx = common::context(
-        conn,
-        &client,
-        &resource_claims,
-        &scripts,
-        linked.as_deref(),
-    );
+    let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
     match engine::observe(&job.job.spec, &state, &ctx).await {
         Ok(obs) => {
             r.identified_by = Some(obs.identified_by.as_str().to_string());
@@ -376,6 +370,10 @@ mod tests {
                 }]
             })
         );
-        assert!(doc.human().contains("    timeout: 6 → 8\n"), "{}", doc.human());
+        assert!(
+            doc.human().contains("    timeout: 6 → 8\n"),
+            "{}",
+            doc.human()
+        );
     }
 }

@@ -164,8 +164,7 @@ impl StateFile {
                 .body
                 .lock()
                 .map_err(|_| StoreError("state lock poisoned".into()))?;
-            let bytes =
-                serde_json::to_vec_pretty(&*body).map_err(|e| StoreError(e.to_string()))?;
+            let bytes = serde_json::to_vec_pretty(&*body).map_err(|e| StoreError(e.to_string()))?;
             (bytes, self.shared.changes.load(Ordering::SeqCst))
         };
         write_atomically(path, &snapshot)
@@ -223,10 +222,8 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "qpm-state-test-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("qpm-state-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir.join("state.json")
     }
@@ -249,7 +246,9 @@ mod tests {
         assert_eq!(again.get("t2", "default/a").job_id.as_deref(), Some("2"));
         assert_eq!(again.get("t1", "default/b"), EngineState::default());
         // A default state removes the entry.
-        again.put("t1", "default/a", &EngineState::default()).unwrap();
+        again
+            .put("t1", "default/a", &EngineState::default())
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("\"t1\""), "{text}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
@@ -288,7 +287,10 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, r#"{"version": 9, "targets": {}}"#).unwrap();
         let err = StateFile::open(Some(&path)).unwrap_err();
-        assert!(err.ends_with("state file version 9 is not supported (expected 1)"), "{err}");
+        assert!(
+            err.ends_with("state file version 9 is not supported (expected 1)"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
