@@ -1,7 +1,8 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
-use qpm_operator::{controller, sim};
+use qpm_operator::{cli, controller, sim};
+use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,6 +23,14 @@ enum Command {
     Sim(sim::SimArgs),
     /// Print the DeploymentJob CustomResourceDefinition (YAML).
     Crd,
+    /// Show what apply would change (exit 0: nothing, 2: changes, 1: error).
+    Plan(cli::plan::PlanArgs),
+    /// Make Qualys match the manifests (exit 0: done, 1: any failure).
+    Apply(cli::apply::ApplyArgs),
+    /// Write manifests for existing Qualys jobs.
+    Import(cli::import::ImportArgs),
+    /// Verify a connection: credentials, PM.API.ACCESS, and each endpoint the operator uses.
+    Check(cli::check::CheckArgs),
 }
 
 fn print_crd() -> anyhow::Result<()> {
@@ -29,7 +38,7 @@ fn print_crd() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for the whole process (reqwest and kube both use rustls on ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -40,21 +49,25 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => controller::run(*args).await,
-            Command::Sim(args) => sim::run(args).await,
-            Command::Crd => print_crd(),
+            Command::Run(args) => controller::run(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sim(args) => sim::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Crd => print_crd().map(|()| ExitCode::SUCCESS),
+            Command::Plan(args) => cli::plan::run(args).await,
+            Command::Apply(args) => cli::apply::run(args).await,
+            Command::Import(args) => cli::import::run(args).await,
+            Command::Check(args) => cli::check::run(args).await,
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

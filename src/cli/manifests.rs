@@ -4,7 +4,7 @@
 //! anything is written, and each problem is one line naming the file, the resource and the field.
 
 use crate::api::{DeploymentJob, KeyRef, ScriptSource, validate::validate_manifest};
-use crate::reconcile::ScriptResolver;
+use crate::reconcile::{RenderInputs, ScriptResolver, render};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
@@ -12,37 +12,73 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// `apiVersion` of everything in the operator's API group starts with this.
+const GROUP_PREFIX: &str = "pm.qualys.io/";
+
 /// A DeploymentJob read from a file.
 #[derive(Clone, Debug)]
 pub struct JobManifest {
+    /// The file it came from (`-` for stdin).
     pub file: PathBuf,
+    /// `metadata.namespace`, `default` when absent.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// The validated resource.
     pub job: DeploymentJob,
 }
 
 impl JobManifest {
+    /// `namespace/name`: how the CLI names the resource, and its key in the state file.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 }
 
 /// Everything the input held.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Inputs {
     /// In dependency order: a linkedJobRef parent comes before its children.
     pub jobs: Vec<JobManifest>,
+    /// ConfigMaps by (namespace, name): key → bytes (`data` and `binaryData`).
     pub config_maps: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    /// Secrets by (namespace, name): key → decoded bytes. Never printed.
     pub secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    /// Documents skipped (other kinds), one line each.
     pub warnings: Vec<String>,
 }
 
-/// One problem with the input.
+impl fmt::Debug for Inputs {
+    // Secret values stay out of Debug output: only names and keys are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |m: &HashMap<(String, String), BTreeMap<String, Vec<u8>>>| {
+            let mut v: Vec<String> = m
+                .iter()
+                .map(|((ns, n), data)| format!("{ns}/{n} {:?}", data.keys().collect::<Vec<_>>()))
+                .collect();
+            v.sort();
+            v
+        };
+        f.debug_struct("Inputs")
+            .field(
+                "jobs",
+                &self.jobs.iter().map(JobManifest::key).collect::<Vec<_>>(),
+            )
+            .field("config_maps", &names(&self.config_maps))
+            .field("secrets", &names(&self.secrets))
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+/// One problem with the input, printed as one line: `file: resource: field: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputError {
+    /// The file, as given on the command line.
     pub file: String,
     /// `DeploymentJob default/name`, when known.
     pub resource: Option<String>,
+    /// The field and what is wrong with it.
     pub message: String,
 }
 
@@ -77,7 +113,12 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
     let mut jobs = Vec::new();
     for file in &files {
         let shown = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
+        let read = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(file)
+        };
+        let text = match read {
             Ok(t) => t,
             Err(e) => {
                 errors.push(InputError {
@@ -114,7 +155,72 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
         Ok(ordered) => inputs.jobs = ordered,
         Err(e) => return Err(vec![e]),
     }
+    let errors = check_references(&inputs);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(inputs)
+}
+
+/// What only the whole input can tell, checked before anything is written: every `scriptFrom`
+/// resolves, every `actionRefs` names a post-deploy action of the parent's manifest, every
+/// `spec.connectionRef` Secret is in the input with its keys. Rendering each job with a
+/// stand-in parent id finds all of these the way `apply` would meet them, minus the API.
+fn check_references(inputs: &Inputs) -> Vec<InputError> {
+    const PLACEHOLDER_ID: &str = "00000000-0000-0000-0000-000000000000";
+    let by_key: HashMap<String, &JobManifest> = inputs.jobs.iter().map(|j| (j.key(), j)).collect();
+    let mut errors = Vec::new();
+    for j in &inputs.jobs {
+        let error = |message: String| InputError {
+            file: j.file.display().to_string(),
+            resource: Some(format!("DeploymentJob {}", j.key())),
+            message,
+        };
+        let spec = &j.job.spec;
+        if let Some(r) = &spec.connection_ref
+            && let Err(e) = super::connect::secret_connection(inputs, &j.namespace, &r.name)
+        {
+            errors.push(error(e));
+        }
+        let parent = spec
+            .job
+            .linked_job_ref
+            .as_ref()
+            .and_then(|p| by_key.get(&format!("{}/{}", j.namespace, p.name)));
+        // The parent's post-deploy actions as its manifest declares them; a parent that does
+        // not manage them leaves actionRefs to be checked against the live job.
+        let parent_actions: Vec<(String, String)> = match parent {
+            Some(p) => match &p.job.spec.job.post_deploy_actions {
+                Some(actions) => actions
+                    .iter()
+                    .filter_map(|a| a.params.as_ref()?.action_item.clone())
+                    .map(|item| (item, PLACEHOLDER_ID.to_string()))
+                    .collect(),
+                None => spec
+                    .job
+                    .chained_job_rule
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.action_refs.iter().flatten())
+                    .map(|r| (r.action_item.clone(), PLACEHOLDER_ID.to_string()))
+                    .collect(),
+            },
+            None => Vec::new(),
+        };
+        let scripts = InputScripts {
+            inputs,
+            namespace: &j.namespace,
+        };
+        let render_inputs = RenderInputs {
+            linked_job_id: spec.job.linked_job_ref.as_ref().map(|_| PLACEHOLDER_ID),
+            parent_post_actions: &parent_actions,
+            scripts: &scripts,
+        };
+        if let Err(e) = render(&spec.job, &render_inputs) {
+            errors.push(error(e.to_string()));
+        }
+    }
+    errors
 }
 
 fn collect_files(
@@ -125,7 +231,9 @@ fn collect_files(
     errors: &mut Vec<InputError>,
 ) {
     let shown = path.display().to_string();
-    if path.is_dir() {
+    if path.as_os_str() == "-" {
+        out.push(path.to_path_buf());
+    } else if path.is_dir() {
         if !top && !recursive {
             return;
         }
@@ -169,10 +277,11 @@ fn is_manifest(p: &Path) -> bool {
 /// Parse a file of one or more YAML (or JSON) documents into JSON values.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     crate::api::validate::yaml_documents(text).map_err(|e| {
-        let first = e.to_string();
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("parse error");
         format!(
             "not valid YAML: {}",
-            first.lines().next().unwrap_or("parse error")
+            first.strip_prefix("error: ").unwrap_or(first)
         )
     })
 }
@@ -217,6 +326,11 @@ fn read_document(
         return;
     }
     match (kind.as_str(), api_version.as_str()) {
+        (_, v) if v.starts_with(GROUP_PREFIX) && kind != "DeploymentJob" => errors.push(InputError {
+            file: shown,
+            resource: Some(resource),
+            message: format!("kind {kind:?} does not exist in {api_version} (the kind is DeploymentJob)"),
+        }),
         ("DeploymentJob", _) => match validate_manifest(&doc) {
             Ok(job) => jobs.push(JobManifest { file: file.to_path_buf(), namespace, name, job }),
             Err(problems) => {
@@ -269,6 +383,11 @@ fn read_document(
             }
             inputs.secrets.insert((namespace, name), data);
         }
+        ("ConfigMap" | "Secret", _) => errors.push(InputError {
+            file: shown,
+            resource: Some(resource),
+            message: format!("apiVersion: {api_version:?} is not the version of a {kind} (use v1)"),
+        }),
         _ => inputs.warnings.push(format!("{shown}: skipping {kind} {namespace}/{name} ({api_version}): not a DeploymentJob, ConfigMap or Secret")),
     }
 }
@@ -294,7 +413,13 @@ fn check_duplicates(jobs: &[JobManifest], errors: &mut Vec<InputError>) {
             Some(id) => format!("jobId {id}"),
             None => format!("{} job named {:?}", spec.job.platform, spec.job.name),
         };
-        if let Some(first) = by_target.insert(target.clone(), j) {
+        // The same name on two connections is two different jobs.
+        let connection = match &spec.connection_ref {
+            Some(r) => format!("{}/{}", j.namespace, r.name),
+            None => String::new(),
+        };
+        let target_key = format!("{connection}\n{target}");
+        if let Some(first) = by_target.insert(target_key, j) {
             errors.push(error(format!(
                 "manages the same Qualys job ({target}) as DeploymentJob {}",
                 first.key()
@@ -352,7 +477,9 @@ fn order_by_links(jobs: Vec<JobManifest>) -> Result<Vec<JobManifest>, InputError
 
 /// Scripts from the input's ConfigMaps and Secrets, for one namespace.
 pub struct InputScripts<'a> {
+    /// Where the ConfigMaps and Secrets are.
     pub inputs: &'a Inputs,
+    /// The namespace of the resource whose scripts are read.
     pub namespace: &'a str,
 }
 

@@ -1,0 +1,243 @@
+//! The CPU cost of deciding whether a job needs a write: render the spec, normalise desired and
+//! live, diff them — per job, for each seed example and each example manifest (target: under
+//! 50 µs per job). The live bodies of the examples are what the simulator answered after
+//! creating them, so the diff compares real answers (script paths, server defaults).
+//!
+//! `cargo bench --bench diff`; figures in docs/PERFORMANCE.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use qpm_operator::api::JobSpec;
+use qpm_operator::cli::manifests::{InputScripts, Inputs, load};
+use qpm_operator::qualys::{Client, ClientOptions, Connection, JobBody, ProxySettings};
+use qpm_operator::reconcile::engine;
+use qpm_operator::reconcile::import::spec_from_live;
+use qpm_operator::reconcile::render::NoScripts;
+use qpm_operator::reconcile::{
+    Directory, EngineState, MemoryStore, Mode, NoClaims, RenderInputs, ScriptResolver, diff,
+    normalise_desired, normalise_live, render,
+};
+use qpm_operator::sim::{self, SimConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One job to decide about.
+struct Case {
+    name: String,
+    spec: JobSpec,
+    live: JobBody,
+    /// Script digests recorded when the job was written.
+    recorded: BTreeMap<String, String>,
+    linked_job_id: Option<String>,
+    parent_post_actions: Vec<(String, String)>,
+    namespace: String,
+}
+
+/// render + normalise both sides + diff: what every reconcile of an unchanged job costs.
+fn decide(case: &Case, scripts: &dyn ScriptResolver) -> usize {
+    let inputs = RenderInputs {
+        linked_job_id: case.linked_job_id.as_deref(),
+        parent_post_actions: &case.parent_post_actions,
+        scripts,
+    };
+    let rendered = render(&case.spec, &inputs).expect("the case renders");
+    let desired = normalise_desired(&rendered);
+    let live = normalise_live(&case.live, &case.recorded);
+    diff(&desired, &live).len()
+}
+
+fn seed(name: &str) -> JobBody {
+    let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
+    JobBody::from_json(&std::fs::read(&path).expect("seed file")).expect("seed body")
+}
+
+/// The seed's examples: the spec that manages each request body as sent (its base64 scripts
+/// managed inline), against the body the server answered.
+fn seed_cases() -> Vec<Case> {
+    ["01-windows-install", "02-linux-rollback", "03-chained-job"]
+        .into_iter()
+        .map(|name| {
+            let request = seed(&format!("{name}.request.json"));
+            let live = seed(&format!("{name}.response.json"));
+            let (mut spec, _) = spec_from_live(&request).expect("the seed imports");
+            // Manage the scripts the request sent as content (not the storage paths of 01).
+            for (list, actions) in [
+                (
+                    &request.pre_deploy_actions,
+                    spec.pre_deploy_actions.as_mut(),
+                ),
+                (
+                    &request.post_deploy_actions,
+                    spec.post_deploy_actions.as_mut(),
+                ),
+            ] {
+                let (Some(sent), Some(actions)) = (list.get(), actions) else {
+                    continue;
+                };
+                for (a, s) in actions.iter_mut().zip(sent) {
+                    a.script = s
+                        .script
+                        .get()
+                        .filter(|v| !v.is_empty() && !v.contains('/'))
+                        .cloned();
+                }
+            }
+            let rendered = render(&spec, &RenderInputs::default()).expect("the seed renders");
+            Case {
+                name: format!("seed/{name}"),
+                spec,
+                live,
+                recorded: rendered.scripts,
+                linked_job_id: None,
+                parent_post_actions: Vec::new(),
+                namespace: "default".into(),
+            }
+        })
+        .collect()
+}
+
+/// The example manifests, created in the simulator by the engine; live = what it answers.
+fn example_cases(inputs: &Inputs) -> Vec<Case> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = sim::start(SimConfig::default()).await.expect("simulator");
+        let opts = ClientOptions {
+            rps: None,
+            concurrency: None,
+            proxy: ProxySettings::none(),
+            ..Default::default()
+        };
+        let client =
+            Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
+        let directory = Directory::new();
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut lives: HashMap<String, JobBody> = HashMap::new();
+        let mut cases = Vec::new();
+        for m in &inputs.jobs {
+            let parent = m
+                .job
+                .spec
+                .job
+                .linked_job_ref
+                .as_ref()
+                .map(|p| format!("{}/{}", m.namespace, p.name));
+            let linked = parent.as_ref().and_then(|p| ids.get(p)).cloned();
+            let scripts = InputScripts {
+                inputs,
+                namespace: &m.namespace,
+            };
+            let ctx = engine::Context {
+                client: &client,
+                directory: &directory,
+                claims: &NoClaims,
+                scripts: &scripts,
+                linked_job_id: linked.as_deref(),
+                mode: Mode::Cli,
+                generation: None,
+                listing_max_age: Duration::MAX,
+            };
+            let mut state = EngineState::default();
+            let out =
+                engine::apply(&m.job.spec, &mut state, &mut MemoryStore::default(), &ctx).await;
+            assert!(out.wrote, "{}: {}", m.key(), out.message);
+            let id = state.job_id.clone().expect("job id");
+            let live = client.get_job(&id).await.expect("live job");
+            let parent_post_actions = parent
+                .as_ref()
+                .and_then(|p| lives.get(p))
+                .map(|p: &JobBody| {
+                    p.post_deploy_actions
+                        .get()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| {
+                            Some((
+                                a.params.get()?.action_item.get()?.clone(),
+                                a.action_id.get()?.clone(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.insert(m.key(), id);
+            lives.insert(m.key(), live.clone());
+            cases.push(Case {
+                name: format!("example/{}", m.name),
+                spec: m.job.spec.job.clone(),
+                live,
+                recorded: state.digests.scripts.clone(),
+                linked_job_id: linked,
+                parent_post_actions,
+                namespace: m.namespace.clone(),
+            });
+        }
+        sim.shutdown().await;
+        cases
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let inputs = load(
+        &[PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples"
+        ))],
+        false,
+    )
+    .expect("examples load");
+    let mut cases = seed_cases();
+    cases.extend(example_cases(&inputs));
+    let mut group = c.benchmark_group("diff");
+    for case in &cases {
+        let scripts = InputScripts {
+            inputs: &inputs,
+            namespace: &case.namespace,
+        };
+        let resolver: &dyn ScriptResolver = if case.name.starts_with("seed/") {
+            &NoScripts
+        } else {
+            &scripts
+        };
+        // Every case is converged: a diff that finds changes would measure the wrong thing.
+        assert_eq!(decide(case, resolver), 0, "{} is not converged", case.name);
+        group.bench_function(&case.name, |b| b.iter(|| decide(black_box(case), resolver)));
+    }
+    group.finish();
+
+    // Where the time of the heaviest case goes, step by step.
+    let Some(case) = cases.iter().find(|c| c.name == "seed/03-chained-job") else {
+        return;
+    };
+    let inputs = RenderInputs {
+        linked_job_id: case.linked_job_id.as_deref(),
+        parent_post_actions: &case.parent_post_actions,
+        scripts: &NoScripts,
+    };
+    let rendered = render(&case.spec, &inputs).expect("renders");
+    let desired = normalise_desired(&rendered);
+    let live = normalise_live(&case.live, &case.recorded);
+    let mut steps = c.benchmark_group("diff-steps/seed-03");
+    steps.bench_function("render", |b| {
+        b.iter(|| render(black_box(&case.spec), &inputs))
+    });
+    steps.bench_function("normalise_desired", |b| {
+        b.iter(|| normalise_desired(black_box(&rendered)))
+    });
+    steps.bench_function("normalise_live", |b| {
+        b.iter(|| normalise_live(black_box(&case.live), &case.recorded))
+    });
+    steps.bench_function("diff", |b| b.iter(|| diff(black_box(&desired), &live)));
+    steps.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

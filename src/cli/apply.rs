@@ -1,0 +1,370 @@
+//! `qpm-operator apply -f PATH…`: make Qualys match the manifests. Everything is validated
+//! first (nothing from an invalid set is applied); then parents go before their children (a
+//! parent's new job id feeds its children's `linkedJobRef`) and independent jobs run
+//! concurrently. One line per resource, then `N created, N updated, N unchanged, N failed`.
+//!
+//! Exit codes: 0 done, 1 any failure.
+
+use super::common::{self, FileArgs, InputClaims};
+use super::connect::{self, Conn, ConnectionArgs, Session};
+use super::manifests::{InputScripts, Inputs, JobManifest};
+use crate::api::Reason;
+use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
+use clap::Args;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// `qpm-operator apply`.
+#[derive(Args, Debug, Clone)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub input: FileArgs,
+    /// The CLI's state file (job ids, pending creates, script digests).
+    /// Default: $XDG_STATE_HOME/qpm-operator/state.json, else ~/.local/state/qpm-operator/state.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Print the API calls made, by endpoint, on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// How many resources are applied concurrently (parents always before their children).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// What happened to one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    Created,
+    Updated,
+    Unchanged,
+    Failed,
+}
+
+impl Done {
+    /// The word printed at the start of the resource's line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Done::Created => "created",
+            Done::Updated => "updated",
+            Done::Unchanged => "unchanged",
+            Done::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome of one resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub namespace: String,
+    pub name: String,
+    pub result: Done,
+    pub job_id: Option<String>,
+    /// For people: the fields updated, or the reason and message of a failure.
+    pub detail: String,
+}
+
+impl Applied {
+    /// `created default/name: job 1234…`
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}/{}: {}",
+            self.result.as_str(),
+            self.namespace,
+            self.name,
+            self.detail
+        )
+    }
+}
+
+/// `N created, N updated, N unchanged, N failed`.
+pub fn summary(applied: &[Applied]) -> String {
+    let n = |r: Done| applied.iter().filter(|a| a.result == r).count();
+    format!(
+        "{} created, {} updated, {} unchanged, {} failed",
+        n(Done::Created),
+        n(Done::Updated),
+        n(Done::Unchanged),
+        n(Done::Failed)
+    )
+}
+
+/// Run `apply`: print one line per resource and the summary; exit 1 on any failure.
+pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    common::init_logging();
+    let Some(inputs) = common::load_inputs(&args.input) else {
+        if args.stats {
+            eprint!("{}", super::stats::Stats::new().report());
+        }
+        return Ok(ExitCode::FAILURE);
+    };
+    let state = connect::open_state(args.state.as_deref())?;
+    let mut session = Session::new(&args.connection, state)?;
+    let result = apply(&inputs, &mut session, usize::from(args.parallel), |a| {
+        println!("{}", a.line())
+    })
+    .await;
+    let stats = session.stats.clone();
+    session.close().await;
+    let applied = result?;
+    println!("{}", summary(&applied));
+    if args.stats {
+        eprint!("{}", stats.report());
+    }
+    Ok(if applied.iter().any(|a| a.result == Done::Failed) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Apply every job of `inputs`: parents first, the rest concurrently (at most `parallel` at a
+/// time). `report` sees each resource as its level finishes, in input order.
+pub async fn apply(
+    inputs: &Inputs,
+    session: &mut Session,
+    parallel: usize,
+    mut report: impl FnMut(&Applied),
+) -> anyhow::Result<Vec<Applied>> {
+    // Every client is built before the first write: a bad connection stops the run early.
+    let mut conns = Vec::with_capacity(inputs.jobs.len());
+    for j in &inputs.jobs {
+        let r = j.job.spec.connection_ref.as_ref().map(|r| r.name.as_str());
+        conns.push(session.conn_for(inputs, &j.namespace, r).await?);
+    }
+    let claims = InputClaims::new(inputs, &conns);
+    let (parents, depths) = common::parents_and_depths(inputs);
+    let mut applied: Vec<Option<Applied>> = vec![None; inputs.jobs.len()];
+    let max_depth = depths.iter().copied().max().unwrap_or(0);
+    for depth in 0..=max_depth {
+        let level: Vec<usize> = (0..inputs.jobs.len())
+            .filter(|i| depths[*i] == depth)
+            .collect();
+        let done = &applied;
+        let mut results: Vec<(usize, Applied)> = futures::stream::iter(level)
+            .map(|i| {
+                let parent = parents[i].and_then(|p| done[p].as_ref());
+                let (job, conn, claims) = (&inputs.jobs[i], &conns[i], &claims);
+                async move { (i, apply_one(inputs, job, conn, claims, parent).await) }
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        for (i, a) in results {
+            report(&a);
+            applied[i] = Some(a);
+        }
+    }
+    Ok(applied.into_iter().flatten().collect())
+}
+
+async fn apply_one(
+    inputs: &Inputs,
+    job: &JobManifest,
+    conn: &Arc<Conn>,
+    claims: &InputClaims,
+    parent: Option<&Applied>,
+) -> Applied {
+    let mut a = Applied {
+        namespace: job.namespace.clone(),
+        name: job.name.clone(),
+        result: Done::Failed,
+        job_id: None,
+        detail: String::new(),
+    };
+    let linked = match parent {
+        None => None,
+        Some(p) => match (&p.job_id, p.result) {
+            (Some(id), r) if r != Done::Failed => Some(id.clone()),
+            _ => {
+                a.detail = format!(
+                    "not applied: its linkedJobRef parent {}/{} failed",
+                    p.namespace, p.name
+                );
+                return a;
+            }
+        },
+    };
+    let key = job.key();
+    let mut state = conn.state.get(&conn.state_key, &key);
+    let mut store = TrackingStore {
+        inner: conn.state.store(&conn.state_key, &key),
+        last: state.clone(),
+    };
+    let client = conn.client.for_tenant(&job.namespace);
+    let scripts = InputScripts {
+        inputs,
+        namespace: &job.namespace,
+    };
+    let resource_claims = claims.for_resource(conn, &key);
+    let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
+    let outcome = engine::apply(&job.job.spec, &mut state, &mut store, &ctx).await;
+    // The engine saves what must be durable at once (pending create, a new id); the rest of
+    // what it learnt (digests of what it wrote) is saved here, the CLI's stand-in for status.
+    let saved = if state != store.last {
+        store.save(&state).await
+    } else {
+        Ok(())
+    };
+    a.job_id = state.job_id.clone();
+    describe(&mut a, &outcome);
+    if let Err(e) = saved {
+        a.result = Done::Failed;
+        a.detail = format!("{}; but {e}", a.detail);
+    }
+    a
+}
+
+/// Fill in the result and detail from the engine's outcome.
+fn describe(a: &mut Applied, outcome: &Outcome) {
+    let id = a.job_id.clone().unwrap_or_else(|| "-".into());
+    let notes = |skip: &[&str]| -> Vec<String> {
+        outcome
+            .events
+            .iter()
+            .filter(|e| !skip.contains(&e.reason))
+            .map(|e| match e.reason {
+                // "updated job X: a, b" → "a, b"
+                "Updated" | "DriftCorrected" => e
+                    .note
+                    .split_once(": ")
+                    .map_or(e.note.clone(), |(_, fields)| fields.to_string()),
+                "Enabled" => "status → Enabled".to_string(),
+                "Disabled" => "status → Disabled".to_string(),
+                _ => e.note.clone(),
+            })
+            .collect()
+    };
+    match outcome.reason {
+        Reason::Created => {
+            a.result = Done::Created;
+            let mut detail = format!("job {id}");
+            for n in notes(&["Created"]) {
+                detail.push_str("; ");
+                detail.push_str(&n);
+            }
+            a.detail = detail;
+        }
+        Reason::Updated | Reason::Adopted | Reason::UpToDate if outcome.wrote => {
+            a.result = Done::Updated;
+            a.detail = format!("job {id}: {}", notes(&[]).join("; "));
+        }
+        Reason::Adopted | Reason::UpToDate | Reason::Updated => {
+            a.result = Done::Unchanged;
+            a.detail = outcome.message.clone();
+        }
+        // driftPolicy Report: nothing is changed; the differences are the news.
+        Reason::DriftDetected => {
+            a.result = Done::Unchanged;
+            a.detail = outcome.message.clone();
+        }
+        reason => {
+            a.result = Done::Failed;
+            a.detail = format!("{reason}: {}", outcome.message);
+        }
+    }
+}
+
+/// A [`StateStore`] that remembers what it last saved, so the final save is skipped when the
+/// engine already stored the same state.
+struct TrackingStore<S> {
+    inner: S,
+    last: EngineState,
+}
+
+impl<S: StateStore> StateStore for TrackingStore<S> {
+    fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.last = state.clone();
+        self.inner.save(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::{Event, EventType};
+
+    fn outcome(reason: Reason, wrote: bool, events: &[(&'static str, &str)]) -> Outcome {
+        // Build through the public fields (the constructor is the engine's).
+        let mut o = crate::reconcile::engine::api_failure(
+            &crate::qualys::Error::Config {
+                message: "x".into(),
+            },
+            "x",
+        );
+        o.reason = reason;
+        o.message = format!("{reason} message");
+        o.wrote = wrote;
+        o.events = events
+            .iter()
+            .map(|(r, n)| Event {
+                type_: EventType::Normal,
+                reason: r,
+                note: n.to_string(),
+            })
+            .collect();
+        o
+    }
+
+    fn described(o: &Outcome) -> Applied {
+        let mut a = Applied {
+            namespace: "ns".into(),
+            name: "n".into(),
+            result: Done::Failed,
+            job_id: Some("J".into()),
+            detail: String::new(),
+        };
+        describe(&mut a, o);
+        a
+    }
+
+    #[test]
+    fn outcomes_become_one_line_each() {
+        let created = described(&outcome(
+            Reason::Created,
+            true,
+            &[
+                ("Created", "created Qualys job J"),
+                ("Enabled", "enabled job J"),
+            ],
+        ));
+        assert_eq!(created.line(), "created ns/n: job J; status → Enabled");
+        let updated = described(&outcome(
+            Reason::Updated,
+            true,
+            &[("Updated", "updated job J: timeout, approvedPatches")],
+        ));
+        assert_eq!(
+            updated.line(),
+            "updated ns/n: job J: timeout, approvedPatches"
+        );
+        let adopted_and_updated = described(&outcome(
+            Reason::Adopted,
+            true,
+            &[
+                ("Adopted", "found job J by its name"),
+                ("Updated", "updated job J: timeout"),
+            ],
+        ));
+        assert_eq!(
+            adopted_and_updated.line(),
+            "updated ns/n: job J: found job J by its name; timeout"
+        );
+        let same = described(&outcome(Reason::UpToDate, false, &[]));
+        assert_eq!(same.line(), "unchanged ns/n: UpToDate message");
+        let failed = described(&outcome(Reason::NameConflict, false, &[]));
+        assert_eq!(
+            failed.line(),
+            "failed ns/n: NameConflict: NameConflict message"
+        );
+        assert_eq!(
+            summary(&[created, updated, same, failed]),
+            "1 created, 1 updated, 1 unchanged, 1 failed"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! What `plan` and `apply` share: reading the input, the order of work (parents first), the
+//! per-resource engine context, and the claims of the input's resources.
+
+use super::connect::Conn;
+use super::manifests::{self, Inputs, JobManifest};
+use crate::reconcile::{Claims, Context, Mode, ScriptResolver};
+use clap::Args;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `-f PATH… [-R]`, as kubectl reads them.
+#[derive(Args, Debug, Clone)]
+pub struct FileArgs {
+    /// Manifest files or folders (YAML or JSON, multi-document); `-` reads stdin. A folder is
+    /// read without its subfolders unless -R is given. Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", num_args = 1.., required = true)]
+    pub files: Vec<PathBuf>,
+    /// Read folders recursively.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+/// Read and validate the input; print every problem (one line each) and the warnings on
+/// stderr. `None` when anything is wrong: nothing may be planned or applied from it.
+pub fn load_inputs(args: &FileArgs) -> Option<Inputs> {
+    match manifests::load(&args.files, args.recursive) {
+        Ok(inputs) => {
+            for w in &inputs.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(inputs)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} problem(s) in the input; nothing was planned or applied",
+                errors.len()
+            );
+            None
+        }
+    }
+}
+
+/// The depth of each job in the linkedJobRef forest (0 = no parent in the input), and the
+/// index of its parent. `inputs.jobs` is ordered parents first, so one pass suffices.
+pub fn parents_and_depths(inputs: &Inputs) -> (Vec<Option<usize>>, Vec<usize>) {
+    let index: HashMap<String, usize> = inputs
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.key(), i))
+        .collect();
+    let mut parents = Vec::with_capacity(inputs.jobs.len());
+    let mut depths: Vec<usize> = Vec::with_capacity(inputs.jobs.len());
+    for j in &inputs.jobs {
+        let parent = parent_key(j).and_then(|k| index.get(&k).copied());
+        let depth = parent.and_then(|p| depths.get(p)).map_or(0, |d| d + 1);
+        parents.push(parent);
+        depths.push(depth);
+    }
+    (parents, depths)
+}
+
+/// `namespace/name` of a job's linkedJobRef parent.
+pub fn parent_key(j: &JobManifest) -> Option<String> {
+    j.job
+        .spec
+        .job
+        .linked_job_ref
+        .as_ref()
+        .map(|p| format!("{}/{}", j.namespace, p.name))
+}
+
+/// Job ids the input's resources remember, per connection: a job recorded for one resource is
+/// not taken over by another (JobClaimed).
+#[derive(Debug, Default)]
+pub struct InputClaims {
+    by_job: HashMap<(String, String), String>,
+}
+
+impl InputClaims {
+    /// The claims recorded in the state of each resource of the input.
+    pub fn new(inputs: &Inputs, conns: &[std::sync::Arc<Conn>]) -> Self {
+        let mut by_job = HashMap::new();
+        for (j, conn) in inputs.jobs.iter().zip(conns) {
+            let key = j.key();
+            if let Some(id) = conn.state.get(&conn.state_key, &key).job_id {
+                by_job.insert((conn.state_key.clone(), id), key);
+            }
+        }
+        InputClaims { by_job }
+    }
+
+    /// The claims as one resource sees them.
+    pub fn for_resource<'a>(&'a self, conn: &'a Conn, key: &'a str) -> ResourceClaims<'a> {
+        ResourceClaims {
+            claims: self,
+            state_key: &conn.state_key,
+            me: key,
+        }
+    }
+}
+
+/// [`InputClaims`] seen from one resource.
+pub struct ResourceClaims<'a> {
+    claims: &'a InputClaims,
+    state_key: &'a str,
+    me: &'a str,
+}
+
+impl Claims for ResourceClaims<'_> {
+    fn claimed_by(&self, job_id: &str) -> Option<String> {
+        self.claims
+            .by_job
+            .get(&(self.state_key.to_string(), job_id.to_string()))
+            .filter(|k| k.as_str() != self.me)
+            .cloned()
+    }
+}
+
+/// The engine's context for one resource of the CLI: identify by jobId, recorded id, or exact
+/// name (`Mode::Cli`), with one listing per connection per run.
+pub fn context<'a>(
+    conn: &'a Conn,
+    client: &'a crate::qualys::Client,
+    claims: &'a ResourceClaims<'a>,
+    scripts: &'a (dyn ScriptResolver + Sync),
+    linked_job_id: Option<&'a str>,
+) -> Context<'a> {
+    Context {
+        client,
+        directory: &conn.directory,
+        claims,
+        scripts,
+        linked_job_id,
+        mode: Mode::Cli,
+        generation: None,
+        // One listing per platform per run: jobs this run creates are added to it as it goes.
+        listing_max_age: Duration::MAX,
+    }
+}
+
+/// Set up logging to stderr (warnings only unless RUST_LOG says otherwise). Harmless when a
+/// subscriber is already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A value of a field change as one line: JSON, compact.
+pub fn show_value(v: &serde_json::Value) -> String {
+    v.to_string()
+}

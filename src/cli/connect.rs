@@ -1,0 +1,473 @@
+//! Where the commands send their calls: the gateway from flags and environment, a
+//! `spec.connectionRef` Secret given in the input, or — with no gateway configured — the
+//! embedded simulator. One client and one job [`Directory`] per connection identity, so a token
+//! is never shared between identities and 1,000 jobs of one connection cost one listing.
+
+use super::manifests::Inputs;
+use super::state_file::StateFile;
+use super::stats::Stats;
+use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret};
+use crate::reconcile::Directory;
+use crate::sim::{self, SimConfig, SimHandle};
+use anyhow::{Context as _, anyhow, bail};
+use clap::Args;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How `target` reads in plan output and errors for the embedded simulator.
+pub const EMBEDDED_TARGET: &str = "embedded-simulator";
+
+/// The connection flags shared by `plan`, `apply`, `import` and `check`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
+    /// The Qualys API gateway, e.g. https://gateway.qg1.apps.qualys.com [env: QUALYS_GATEWAY_URL].
+    /// Without one, the embedded simulator is used.
+    #[arg(long, value_name = "URL")]
+    pub gateway_url: Option<String>,
+    /// The API user [env: QUALYS_USERNAME].
+    #[arg(long, value_name = "NAME")]
+    pub username: Option<String>,
+    /// Read the password from this file (its first line). Otherwise QUALYS_PASSWORD is used;
+    /// there is no password flag, so a password never appears on a command line.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// PEM certificates to trust besides the system's (a private CA or a TLS-inspecting proxy)
+    /// [env: QUALYS_CA_BUNDLE_FILE].
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Requests per second per connection; 0 = no client-side limit. Default: 1 for a gateway,
+    /// no limit for the embedded simulator.
+    #[arg(long, value_name = "N", value_parser = parse_rps)]
+    pub qualys_rps: Option<f64>,
+    /// Requests in flight per connection; 0 = no limit. Default: 2 for a gateway, no limit for
+    /// the embedded simulator.
+    #[arg(long, value_name = "N")]
+    pub qualys_concurrency: Option<usize>,
+    /// Keep the embedded simulator's jobs in this file between runs (versioned JSON, written by
+    /// atomic rename, no tokens). Ignored when a gateway is configured.
+    #[arg(long, value_name = "FILE")]
+    pub sim_state: Option<PathBuf>,
+}
+
+fn parse_rps(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{raw:?} is not a rate: give requests per second (e.g. 0.5, 2), or 0 for no limit"
+        )),
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The connection used by resources without `spec.connectionRef`.
+#[derive(Debug)]
+pub enum DefaultConnection {
+    Gateway(Connection),
+    Embedded,
+}
+
+impl ConnectionArgs {
+    /// The gateway configured by flags and environment, or the embedded simulator when none is.
+    /// Errors say which setting is missing; they never quote a password.
+    pub fn default_connection(&self) -> anyhow::Result<DefaultConnection> {
+        let gateway = self
+            .gateway_url
+            .clone()
+            .filter(|g| !g.trim().is_empty())
+            .or_else(|| env_var("QUALYS_GATEWAY_URL"));
+        let Some(gateway) = gateway else {
+            return Ok(DefaultConnection::Embedded);
+        };
+        let username = self
+            .username
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| env_var("QUALYS_USERNAME"))
+            .ok_or_else(|| {
+                anyhow!("no username for the gateway: set QUALYS_USERNAME (or --username)")
+            })?;
+        let password = match &self.password_file {
+            Some(path) => read_password_file(path)?,
+            None => std::env::var("QUALYS_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret::new)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no password for the gateway: set QUALYS_PASSWORD or give --password-file \
+                         (there is no password flag: a password never goes on a command line)"
+                    )
+                })?,
+        };
+        let ca_file = self
+            .ca_bundle
+            .clone()
+            .or_else(|| env_var("QUALYS_CA_BUNDLE_FILE").map(PathBuf::from));
+        let mut conn = Connection::new(gateway.trim(), username, password);
+        if let Some(path) = ca_file {
+            conn.ca_bundle = Some(
+                std::fs::read(&path)
+                    .with_context(|| format!("--ca-bundle {}: cannot read", path.display()))?,
+            );
+        }
+        Ok(DefaultConnection::Gateway(conn))
+    }
+
+    /// Client options: the client's modest defaults for a gateway, no limits for the embedded
+    /// simulator, either overridden by `--qualys-rps` / `--qualys-concurrency`.
+    pub fn client_options(&self, embedded: bool, stats: &Arc<Stats>) -> ClientOptions {
+        let mut opts = ClientOptions::default();
+        if embedded {
+            opts.rps = None;
+            opts.concurrency = None;
+            opts.proxy = ProxySettings::none();
+        }
+        if let Some(rps) = self.qualys_rps {
+            opts.rps = (rps > 0.0).then_some(rps);
+        }
+        if let Some(c) = self.qualys_concurrency {
+            opts.concurrency = (c > 0).then_some(c);
+        }
+        opts.observer = Some(stats.clone());
+        opts
+    }
+}
+
+fn read_password_file(path: &Path) -> anyhow::Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--password-file {}: cannot read", path.display()))?;
+    // The first line, without its line ending: `echo secret > file` must work.
+    let first = text.lines().next().unwrap_or_default();
+    if first.is_empty() {
+        bail!(
+            "--password-file {}: the first line is empty",
+            path.display()
+        );
+    }
+    Ok(Secret::new(first))
+}
+
+/// The connection a `spec.connectionRef` Secret of the input describes (keys `gatewayUrl`,
+/// `username`, `password`, optional `caBundle`). Errors name the Secret and the key, never a
+/// value.
+pub fn secret_connection(
+    inputs: &Inputs,
+    namespace: &str,
+    name: &str,
+) -> Result<Connection, String> {
+    let data = inputs
+        .secrets
+        .get(&(namespace.to_string(), name.to_string()))
+        .ok_or_else(|| {
+            format!(
+                "spec.connectionRef: Secret {namespace}/{name} is not in the input (give its manifest \
+                 with -f; a missing Secret never falls back to another connection)"
+            )
+        })?;
+    let text = |key: &str, required: bool| -> Result<Option<String>, String> {
+        match data.get(key) {
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) if !s.trim().is_empty() => {
+                    Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                Ok(_) if required => Err(format!(
+                    "spec.connectionRef: Secret {namespace}/{name}: key {key:?} is empty"
+                )),
+                Ok(_) => Ok(None),
+                Err(_) => Err(format!(
+                    "spec.connectionRef: Secret {namespace}/{name}: key {key:?} is not UTF-8 text"
+                )),
+            },
+            None if required => Err(format!(
+                "spec.connectionRef: Secret {namespace}/{name} has no key {key:?} (it needs gatewayUrl, username and password)"
+            )),
+            None => Ok(None),
+        }
+    };
+    let gateway = text("gatewayUrl", true)?.unwrap_or_default();
+    let username = text("username", true)?.unwrap_or_default();
+    let password = text("password", true)?.unwrap_or_default();
+    let mut conn = Connection::new(gateway.trim(), username.trim(), password);
+    conn.ca_bundle = data.get("caBundle").filter(|b| !b.is_empty()).cloned();
+    Ok(conn)
+}
+
+/// One connection of a run.
+pub struct Conn {
+    pub client: Client,
+    /// Shared by every resource of this connection (one listing per platform per run).
+    pub directory: Directory,
+    /// The gateway URL, or `embedded-simulator`.
+    pub target: String,
+    /// The key of this connection in the state file: `<gateway url> <username>`, or
+    /// `embedded:<canonical --sim-state path>`.
+    pub state_key: String,
+    /// Where the CLI remembers job ids for this connection (in memory for an embedded
+    /// simulator without `--sim-state`, whose jobs vanish at exit).
+    pub state: StateFile,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("identity", self.client.identity())
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connections of one run, and the embedded simulator when one is running.
+pub struct Session {
+    pub stats: Arc<Stats>,
+    args: ConnectionArgs,
+    state: StateFile,
+    default: Option<DefaultConnection>,
+    default_conn: Option<Arc<Conn>>,
+    by_identity: HashMap<ConnectionId, Arc<Conn>>,
+    sim: Option<SimHandle>,
+}
+
+impl Session {
+    /// A session whose resources remember their jobs in `state`. No connection is made yet.
+    pub fn new(args: &ConnectionArgs, state: StateFile) -> anyhow::Result<Self> {
+        let default = args.default_connection()?;
+        if matches!(default, DefaultConnection::Gateway(_)) && args.sim_state.is_some() {
+            eprintln!("warning: --sim-state is ignored: a gateway is configured");
+        }
+        Ok(Session {
+            stats: Arc::new(Stats::new()),
+            args: args.clone(),
+            state,
+            default: Some(default),
+            default_conn: None,
+            by_identity: HashMap::new(),
+            sim: None,
+        })
+    }
+
+    /// The target of resources without connectionRef, as plan output names it.
+    pub fn default_target(&self) -> String {
+        match (&self.default_conn, &self.default) {
+            (Some(c), _) => c.target.clone(),
+            (None, Some(DefaultConnection::Gateway(c))) => gateway_target(&c.identity()),
+            _ => EMBEDDED_TARGET.to_string(),
+        }
+    }
+
+    /// The connection of resources without `spec.connectionRef`: the configured gateway, or
+    /// the embedded simulator (started on first use, announced on stderr).
+    pub async fn default_conn(&mut self) -> anyhow::Result<Arc<Conn>> {
+        if let Some(c) = &self.default_conn {
+            return Ok(c.clone());
+        }
+        let conn = match self.default.take() {
+            Some(DefaultConnection::Gateway(conn)) => self.gateway(conn)?,
+            Some(DefaultConnection::Embedded) | None => self.embedded().await?,
+        };
+        self.default_conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The connection of a resource: its connectionRef Secret from the input, or the default.
+    pub async fn conn_for(
+        &mut self,
+        inputs: &Inputs,
+        namespace: &str,
+        connection_ref: Option<&str>,
+    ) -> anyhow::Result<Arc<Conn>> {
+        match connection_ref {
+            Some(name) => {
+                let conn = secret_connection(inputs, namespace, name).map_err(|e| anyhow!(e))?;
+                self.gateway(conn)
+                    .with_context(|| format!("Secret {namespace}/{name}"))
+            }
+            None => self.default_conn().await,
+        }
+    }
+
+    fn gateway(&mut self, conn: Connection) -> anyhow::Result<Arc<Conn>> {
+        let identity = conn.identity();
+        if let Some(c) = self.by_identity.get(&identity) {
+            return Ok(c.clone());
+        }
+        let opts = self.args.client_options(false, &self.stats);
+        let client = Client::new(conn, opts)?;
+        let c = Arc::new(Conn {
+            target: gateway_target(&identity),
+            state_key: format!("{} {}", identity.gateway_url(), identity.username()),
+            state: self.state.clone(),
+            client,
+            directory: Directory::new(),
+        });
+        self.by_identity.insert(identity, c.clone());
+        Ok(c)
+    }
+
+    async fn embedded(&mut self) -> anyhow::Result<Arc<Conn>> {
+        let state_file = self.args.sim_state.clone();
+        let sim = sim::start(SimConfig {
+            state_file: state_file.clone(),
+            ..SimConfig::default()
+        })
+        .await
+        .context("cannot start the embedded Qualys simulator")?;
+        let shown = state_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "in memory".to_string());
+        eprintln!("using the embedded Qualys simulator (no gateway configured); state: {shown}");
+        let (state_key, state) = match &state_file {
+            Some(path) => (
+                format!("embedded:{}", canonical(path).display()),
+                self.state.clone(),
+            ),
+            // Its jobs vanish at exit: remembering their ids would only mislead the next run.
+            None => ("embedded:".to_string(), StateFile::in_memory()),
+        };
+        let opts = self.args.client_options(true, &self.stats);
+        let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts)?;
+        self.sim = Some(sim);
+        let c = Arc::new(Conn {
+            client,
+            directory: Directory::new(),
+            target: EMBEDDED_TARGET.to_string(),
+            state_key,
+            state,
+        });
+        self.by_identity
+            .insert(c.client.identity().clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Stop the embedded simulator (writing its `--sim-state`). Call it once the clients are
+    /// no longer needed.
+    pub async fn close(mut self) {
+        self.default_conn = None;
+        self.by_identity.clear();
+        if let Some(sim) = self.sim.take() {
+            sim.shutdown().await;
+        }
+    }
+}
+
+fn gateway_target(identity: &ConnectionId) -> String {
+    identity.gateway_url().to_string()
+}
+
+/// An absolute, symlink-free form of a path that may not exist yet (the state file of a first
+/// run): the same file always gets the same state key.
+pub fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or(absolute.clone()),
+        _ => absolute,
+    }
+}
+
+/// `--state`'s default: `$XDG_STATE_HOME/qpm-operator/state.json`, else
+/// `~/.local/state/qpm-operator/state.json`; `None` when neither can be found.
+pub fn default_state_path() -> Option<PathBuf> {
+    let base = env_var("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| env_var("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))?;
+    Some(base.join("qpm-operator").join("state.json"))
+}
+
+/// Open the `--state` file (or its default).
+pub fn open_state(flag: Option<&Path>) -> anyhow::Result<StateFile> {
+    let path = match flag {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let found = default_state_path();
+            if found.is_none() {
+                eprintln!(
+                    "warning: neither XDG_STATE_HOME nor HOME is set: the CLI's state is kept in memory (give --state FILE)"
+                );
+            }
+            found
+        }
+    };
+    StateFile::open(path.as_deref()).map_err(|e| anyhow!(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn inputs_with_secret(data: &[(&str, &str)]) -> Inputs {
+        let mut inputs = Inputs::default();
+        let map: BTreeMap<String, Vec<u8>> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        inputs.secrets.insert(("ns".into(), "qualys".into()), map);
+        inputs
+    }
+
+    #[test]
+    fn a_secret_connection_needs_its_three_keys_and_never_shows_a_value() {
+        let ok = inputs_with_secret(&[
+            ("gatewayUrl", "https://gw.example\n"),
+            ("username", "u"),
+            ("password", "hunter2\n"),
+        ]);
+        let conn = secret_connection(&ok, "ns", "qualys").unwrap();
+        assert_eq!(conn.gateway_url, "https://gw.example");
+        assert_eq!(conn.password.expose(), "hunter2");
+
+        let missing = inputs_with_secret(&[("gatewayUrl", "https://gw"), ("username", "u")]);
+        assert_eq!(
+            secret_connection(&missing, "ns", "qualys").unwrap_err(),
+            "spec.connectionRef: Secret ns/qualys has no key \"password\" (it needs gatewayUrl, username and password)"
+        );
+        assert_eq!(
+            secret_connection(&ok, "ns", "other").unwrap_err(),
+            "spec.connectionRef: Secret ns/other is not in the input (give its manifest with -f; a missing Secret never falls back to another connection)"
+        );
+    }
+
+    #[test]
+    fn rates_parse_and_zero_lifts_the_limit() {
+        assert_eq!(parse_rps("0.5"), Ok(0.5));
+        assert!(parse_rps("-1").is_err());
+        assert!(parse_rps("fast").is_err());
+        let args = ConnectionArgs {
+            qualys_rps: Some(0.0),
+            qualys_concurrency: Some(3),
+            ..Default::default()
+        };
+        let stats = Arc::new(Stats::new());
+        let opts = args.client_options(false, &stats);
+        assert_eq!(opts.rps, None);
+        assert_eq!(opts.concurrency, Some(3));
+        let gateway = ConnectionArgs::default().client_options(false, &stats);
+        assert_eq!((gateway.rps, gateway.concurrency), (Some(1.0), Some(2)));
+        let embedded = ConnectionArgs::default().client_options(true, &stats);
+        assert_eq!((embedded.rps, embedded.concurrency), (None, None));
+    }
+
+    #[test]
+    fn a_path_that_does_not_exist_yet_is_made_absolute() {
+        let p = canonical(Path::new("no-such-file-here.json"));
+        assert!(p.is_absolute());
+        assert!(p.ends_with("no-such-file-here.json"));
+    }
+}
