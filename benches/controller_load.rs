@@ -120,7 +120,11 @@ async fn main() -> anyhow::Result<()> {
 
     println!("controller load: {n} DeploymentJobs, --qualys-rps {rps}, --poll-interval {poll}s");
     // QPM_LOAD_WRAP runs the operator under another program (e.g. valgrind's massif).
-    let wrap: Vec<String> = std::env::var("QPM_LOAD_WRAP").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let wrap: Vec<String> = std::env::var("QPM_LOAD_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let mut command = match wrap.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -148,7 +152,10 @@ async fn main() -> anyhow::Result<()> {
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
-        .env("MALLOC_ARENA_MAX", std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()))
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -241,7 +248,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // SIGTERM first: a graceful stop (and lets a wrapping profiler write its report).
-    let _ = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(60);
     while operator.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

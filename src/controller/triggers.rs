@@ -29,35 +29,31 @@ pub async fn poll_summaries(ctx: Arc<Ctx>) {
 
 /// One pass over every connection in use.
 pub async fn poll_once(ctx: &Ctx) {
-    for (id, client, directory) in ctx.connections.active() {
-        let summaries = match client.list_all_summaries().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(connection = %id, error = %e, "cannot list job summaries");
-                continue;
-            }
-        };
-        ctx.metrics.polled(&id.to_string());
-        let mut by_platform: HashMap<String, Vec<crate::qualys::JobSummary>> = HashMap::new();
+    'connections: for (id, client, directory) in ctx.connections.active() {
+        // One platform at a time, so only one platform's listing is in memory at once.
         let mut listing = HashMap::new();
-        for s in summaries {
-            if let Some(job_id) = s.id.get() {
-                let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
-                    a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
-                };
-                listing.insert(
-                    job_id.clone(),
-                    date(&s.updated).max(date(&s.created)).unwrap_or_default(),
-                );
-            }
-            by_platform
-                .entry(s.platform.get().cloned().unwrap_or_default())
-                .or_default()
-                .push(s);
-        }
         for platform in crate::qualys::values::PLATFORMS {
-            directory.replace(platform, by_platform.remove(platform).unwrap_or_default());
+            let summaries = match client.list_summaries(platform).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "cannot list job summaries");
+                    continue 'connections;
+                }
+            };
+            let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
+                a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
+            };
+            for s in &summaries {
+                if let Some(job_id) = s.id.get() {
+                    listing.insert(
+                        job_id.clone(),
+                        date(&s.updated).max(date(&s.created)).unwrap_or_default(),
+                    );
+                }
+            }
+            directory.replace(platform, summaries);
         }
+        ctx.metrics.polled(&id.to_string());
         let changed: HashSet<String> = ctx.advance_cursor(&id, &listing).into_iter().collect();
         for dj in ctx.store.state() {
             let key = key_of(&dj);

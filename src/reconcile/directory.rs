@@ -2,15 +2,44 @@
 //! reconcile of one connection. Name lookups (NameConflict, the CLI's "identify by name",
 //! pending-create recovery) read it; the controller's poller refreshes it; a create adds to it.
 
-use crate::qualys::{Client, Error, JobSummary};
+use crate::qualys::{Audit, Client, Error, Field, JobSummary};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// What a name lookup needs of a listed job — kept small, since a listing of 10,000 jobs is
+/// held for the whole run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    /// The user who created it.
+    pub created_by: Option<String>,
+    /// When it was created (epoch ms).
+    pub created_ms: Option<i64>,
+}
+
+impl Listed {
+    pub fn from_summary(s: &JobSummary) -> Option<Listed> {
+        Some(Listed {
+            id: s.id.get()?.clone(),
+            created_by: audit_user(&s.created),
+            created_ms: audit_ms(&s.created),
+        })
+    }
+}
+
+fn audit_user(a: &Field<Audit>) -> Option<String> {
+    a.get()?.user.get()?.name.get().cloned()
+}
+
+fn audit_ms(a: &Field<Audit>) -> Option<i64> {
+    a.get()?.date.get()?.as_i64()
+}
+
 #[derive(Default)]
 struct Listing {
     fetched: Option<Instant>,
-    by_name: HashMap<String, Vec<JobSummary>>,
+    by_name: HashMap<String, Vec<Listed>>,
 }
 
 /// Job summaries by platform and name. One per connection.
@@ -34,7 +63,7 @@ impl Directory {
         platform: &str,
         name: &str,
         max_age: Duration,
-    ) -> Result<Vec<JobSummary>, Error> {
+    ) -> Result<Vec<Listed>, Error> {
         let requested = Instant::now();
         if let Some(found) = self.lookup(platform, name, requested, max_age) {
             return Ok(found);
@@ -57,7 +86,7 @@ impl Directory {
         name: &str,
         requested: Instant,
         max_age: Duration,
-    ) -> Option<Vec<JobSummary>> {
+    ) -> Option<Vec<Listed>> {
         let platforms = self.platforms.lock().ok()?;
         let listing = platforms.get(platform)?;
         let fetched = listing.fetched?;
@@ -72,10 +101,16 @@ impl Directory {
     }
 
     fn replace_at(&self, platform: &str, jobs: Vec<JobSummary>, at: Instant) {
-        let mut by_name: HashMap<String, Vec<JobSummary>> = HashMap::new();
-        for job in jobs {
-            let name = job.name.get().cloned().unwrap_or_default();
-            by_name.entry(name).or_default().push(job);
+        let mut by_name: HashMap<String, Vec<Listed>> = HashMap::with_capacity(jobs.len());
+        for job in &jobs {
+            let (Some(name), Some(listed)) = (job.name.get(), Listed::from_summary(job)) else {
+                continue;
+            };
+            // Almost every name is unique: an exact-size Vec, not the default growth of four.
+            let entry = by_name
+                .entry(name.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
+            entry.push(listed);
         }
         if let Ok(mut platforms) = self.platforms.lock() {
             platforms.insert(
@@ -89,17 +124,16 @@ impl Directory {
     }
 
     /// Add a job this process just created, so a stale listing still knows it.
-    pub fn remember(&self, platform: &str, summary: JobSummary) {
+    pub fn remember(&self, platform: &str, name: &str, listed: Listed) {
         let Ok(mut platforms) = self.platforms.lock() else {
             return;
         };
         let Some(listing) = platforms.get_mut(platform) else {
             return;
         };
-        let name = summary.name.get().cloned().unwrap_or_default();
-        let entry = listing.by_name.entry(name).or_default();
-        entry.retain(|s| s.id != summary.id);
-        entry.push(summary);
+        let entry = listing.by_name.entry(name.to_string()).or_default();
+        entry.retain(|s| s.id != listed.id);
+        entry.push(listed);
     }
 
     /// Drop a job that was deleted.
@@ -109,7 +143,7 @@ impl Directory {
         };
         for listing in platforms.values_mut() {
             for jobs in listing.by_name.values_mut() {
-                jobs.retain(|s| s.id.get().map(String::as_str) != Some(id));
+                jobs.retain(|s| s.id != id);
             }
         }
     }

@@ -6,6 +6,7 @@
 use super::diff::{FieldChange, diff};
 use super::digest::value_digest;
 use super::directory::Directory;
+use super::directory::Listed;
 use super::normalise::{normalise_desired, normalise_live};
 use super::render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
 use super::state::{EngineState, StateStore};
@@ -14,7 +15,7 @@ use crate::api::{
     DeletionPolicy, DeploymentJobSpec, DriftPolicy, JobState, LiveJobSummary, PendingCreate,
     Reason, RecreatePolicy, ScheduleType,
 };
-use crate::qualys::{self, Client, Error as QError, JobBody, JobSummary};
+use crate::qualys::{self, Client, Error as QError, JobBody};
 use jiff::Timestamp;
 use serde_json::Value;
 use std::time::Duration;
@@ -397,22 +398,24 @@ async fn find_live(
             })?;
         let since = pending_start(pending).map(|t| t - CLOCK_SKEW);
         let username = ctx.client.identity().username().to_string();
-        let mine: Vec<&JobSummary> = candidates
+        let mine: Vec<&Listed> = candidates
             .iter()
-            .filter(|s| created_by(s).is_none_or(|u| u == username))
-            .filter(|s| match (since, created_at(s)) {
-                (Some(since), Some(at)) => at >= since,
-                _ => true,
-            })
+            .filter(|s| s.created_by.as_ref().is_none_or(|u| *u == username))
             .filter(|s| {
-                s.id.get()
-                    .is_some_and(|id| ctx.claims.claimed_by(id).is_none())
+                let at = s
+                    .created_ms
+                    .and_then(|ms| Timestamp::from_millisecond(ms).ok());
+                match (since, at) {
+                    (Some(since), Some(at)) => at >= since,
+                    _ => true,
+                }
             })
+            .filter(|s| ctx.claims.claimed_by(&s.id).is_none())
             .collect();
         return match mine.as_slice() {
             [] => Ok((None, IdentifiedBy::Nothing, false, false)),
             [one] => {
-                let id = one.id.get().cloned().unwrap_or_default();
+                let id = one.id.clone();
                 match ctx.client.get_job(&id).await {
                     Ok(live) => Ok((Some(live), IdentifiedBy::PendingCreate, false, false)),
                     Err(QError::NotFound { .. }) => Ok((None, IdentifiedBy::Nothing, false, false)),
@@ -433,11 +436,11 @@ async fn find_live(
         .named(ctx.client, platform, name, ctx.listing_max_age)
         .await
         .map_err(|e| api_failure(&e, "looking up jobs by name"))?;
-    let existing: Vec<&JobSummary> = existing.iter().collect();
+    let existing: Vec<&Listed> = existing.iter().collect();
     match (ctx.mode, existing.as_slice()) {
         (_, []) => Ok((None, IdentifiedBy::Nothing, false, false)),
         (Mode::Cli, [one]) => {
-            let id = one.id.get().cloned().unwrap_or_default();
+            let id = one.id.clone();
             match ctx.client.get_job(&id).await {
                 Ok(live) => Ok((Some(live), IdentifiedBy::Name, false, false)),
                 Err(QError::NotFound { .. }) => Ok((None, IdentifiedBy::Nothing, false, false)),
@@ -454,11 +457,8 @@ async fn find_live(
     }
 }
 
-fn name_conflict(name: &str, platform: &str, found: &[&JobSummary], how: &str) -> Outcome {
-    let ids: Vec<&str> = found
-        .iter()
-        .filter_map(|s| s.id.get().map(String::as_str))
-        .collect();
+fn name_conflict(name: &str, platform: &str, found: &[&Listed], how: &str) -> Outcome {
+    let ids: Vec<&str> = found.iter().map(|s| s.id.as_str()).collect();
     let hint = match ids.as_slice() {
         [one] => format!("set spec.jobId: {one} to adopt it, or choose another name"),
         _ => "set spec.jobId to the one to adopt, or choose another name".to_string(),
@@ -475,15 +475,6 @@ fn name_conflict(name: &str, platform: &str, found: &[&JobSummary], how: &str) -
 
 fn pending_start(p: &PendingCreate) -> Option<Timestamp> {
     p.started_at.parse().ok()
-}
-
-fn created_by(s: &JobSummary) -> Option<String> {
-    s.created.get()?.user.get()?.name.get().cloned()
-}
-
-fn created_at(s: &JobSummary) -> Option<Timestamp> {
-    let ms = s.created.get()?.date.get()?.as_i64()?;
-    Timestamp::from_millisecond(ms).ok()
 }
 
 fn is_recurring(spec: &DeploymentJobSpec, live: &JobBody) -> bool {
@@ -609,8 +600,10 @@ async fn create<S: StateStore>(
     state.last_write_time = Some(Timestamp::now());
     state.adopted_generation = None;
     let saved = store.save(state).await;
-    ctx.directory
-        .remember(spec.job.platform.as_str(), summary_of(&created));
+    if let Some(listed) = listed_of(&created) {
+        ctx.directory
+            .remember(spec.job.platform.as_str(), &spec.job.name, listed);
+    }
 
     let verb = if obs.recreating {
         "re-created"
@@ -1049,13 +1042,20 @@ pub fn live_summary(live: &JobBody) -> LiveJobSummary {
     }
 }
 
-/// A summary of a job just created, for the directory.
-fn summary_of(job: &JobBody) -> JobSummary {
-    JobSummary {
-        id: job.id.clone(),
-        name: job.name.clone(),
-        platform: job.platform.clone(),
-        created: job.created_by.clone(),
-        ..Default::default()
-    }
+/// A job just created, for the directory.
+fn listed_of(job: &JobBody) -> Option<Listed> {
+    Some(Listed {
+        id: job.id.get()?.clone(),
+        created_by: job
+            .created_by
+            .get()
+            .and_then(|a| a.user.get())
+            .and_then(|u| u.name.get())
+            .cloned(),
+        created_ms: job
+            .created_by
+            .get()
+            .and_then(|a| a.date.get())
+            .and_then(|d| d.as_i64()),
+    })
 }
