@@ -14,7 +14,7 @@ use qpm_operator::reconcile::import::spec_from_live;
 use qpm_operator::reconcile::render::NoScripts;
 use qpm_operator::reconcile::{
     Directory, EngineState, MemoryStore, Mode, NoClaims, RenderInputs, ScriptResolver, diff,
-    normalise_desired, normalise_live, render,
+    normalise_desired, normalise_live_managed, render,
 };
 use qpm_operator::sim::{self, SimConfig};
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +43,7 @@ fn decide(case: &Case, scripts: &dyn ScriptResolver) -> usize {
     };
     let rendered = render(&case.spec, &inputs).expect("the case renders");
     let desired = normalise_desired(&rendered);
-    let live = normalise_live(&case.live, &case.recorded);
+    let live = normalise_live_managed(&case.live, &case.recorded, &desired);
     diff(&desired, &live).len()
 }
 
@@ -217,7 +217,7 @@ fn bench(c: &mut Criterion) {
     };
     let rendered = render(&case.spec, &inputs).expect("renders");
     let desired = normalise_desired(&rendered);
-    let live = normalise_live(&case.live, &case.recorded);
+    let live = normalise_live_managed(&case.live, &case.recorded, &desired);
     let mut steps = c.benchmark_group("diff-steps/seed-03");
     steps.bench_function("render", |b| {
         b.iter(|| render(black_box(&case.spec), &inputs))
@@ -226,9 +226,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| normalise_desired(black_box(&rendered)))
     });
     steps.bench_function("normalise_live", |b| {
-        b.iter(|| normalise_live(black_box(&case.live), &case.recorded))
+        b.iter(|| normalise_live_managed(black_box(&case.live), &case.recorded, &desired))
     });
     steps.bench_function("diff", |b| b.iter(|| diff(black_box(&desired), &live)));
+    steps.bench_function("to_value(live)", |b| {
+        b.iter(|| serde_json::to_value(black_box(&case.live)))
+    });
+    steps.bench_function("clone(live value)", |b| {
+        let v = serde_json::to_value(&case.live).unwrap();
+        b.iter(|| black_box(&v).clone())
+    });
     steps.finish();
 }
 

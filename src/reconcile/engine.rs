@@ -7,7 +7,7 @@ use super::diff::{FieldChange, diff};
 use super::digest::value_digest;
 use super::directory::Directory;
 use super::directory::Listed;
-use super::normalise::{normalise_desired, normalise_live};
+use super::normalise::{normalise_desired, normalise_live_managed};
 use super::render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
 use super::state::{EngineState, StateStore};
 use super::update::{create_body, update_body};
@@ -318,7 +318,7 @@ pub async fn observe(
         recreating,
     };
     if let Some(live) = &obs.live {
-        let live_norm = normalise_live(live, &state.digests.scripts);
+        let live_norm = normalise_live_managed(live, &state.digests.scripts, &obs.desired);
         obs.changes = diff(&obs.desired, &live_norm)
             .into_iter()
             .filter(|c| c.path != "status")
@@ -738,7 +738,7 @@ async fn converge<S: StateStore>(
         state.last_write_time = Some(Timestamp::now());
         let after = diff(
             &obs.desired,
-            &normalise_live(&answer, &state.digests.scripts),
+            &normalise_live_managed(&answer, &state.digests.scripts, &obs.desired),
         );
         let stuck: Vec<String> = after
             .iter()

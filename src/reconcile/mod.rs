@@ -18,7 +18,7 @@ pub use directory::Directory;
 pub use engine::{
     Claims, Context, Event, EventType, IdentifiedBy, Mode, NoClaims, Observation, Outcome,
 };
-pub use normalise::{normalise, normalise_desired, normalise_live};
+pub use normalise::{normalise, normalise_desired, normalise_live, normalise_live_managed};
 pub use render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
 pub use state::{EngineState, MemoryStore, StateStore, StoreError};
 pub use update::{create_body, update_body};

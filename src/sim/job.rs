@@ -578,10 +578,8 @@ pub fn parse_start(text: &str) -> Option<jiff::civil::DateTime> {
         .map(|ts| ts.to_zoned(jiff::tz::TimeZone::UTC).datetime())
 }
 
-/// The gateway's format: month not padded, day padded, 12-hour clock.
-pub fn format_start(dt: jiff::civil::DateTime) -> String {
-    dt.strftime("%Y-%-m-%d %I:%M:%S %p").to_string()
-}
+/// The gateway's format (month not padded, day padded, 12-hour clock) is the operator's too.
+pub use crate::qualys::schedule::format_start;
 
 #[cfg(test)]
 mod tests {
