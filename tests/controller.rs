@@ -888,8 +888,7 @@ async fn with_two_instances_only_the_leader_writes() {
 }
 
 #[tokio::test]
-async fn a_referenced_configmap_change_is_applied_and_a_requested_reconcile_retries_a_stalled_resource()
- {
+async fn a_referenced_configmap_change_re_queues_its_readers_and_is_applied() {
     let env = Env::start().await;
     let op = env.operator().await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
@@ -999,5 +998,25 @@ async fn the_default_connection_serves_only_allowed_namespaces() {
             .contains("--default-connection-namespaces")
     );
     assert_eq!(env.sim.counters().total(), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_requested_reconcile_re_evaluates_a_stalled_resource() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("first", spec("contested name")).await;
+    let first = job_id(&env.wait_reason("first", "Created").await);
+    env.create("second", spec("contested name")).await;
+    env.wait_reason("second", "NameConflict").await;
+    // The conflict goes away in Qualys; a stalled resource waits for a person to say so.
+    assert!(env.sim.console_delete(&first));
+    env.patch_spec(
+        "second",
+        json!({"metadata": {"annotations": {api::ANNOTATION_RECONCILE_REQUESTED_AT: "2026-11-26T14:00:00Z"}}}),
+    )
+    .await;
+    let dj = env.wait_reason("second", "Created").await;
+    assert_ne!(job_id(&dj), first);
     op.shutdown().await;
 }
