@@ -11,7 +11,6 @@ use super::manifests::{InputScripts, Inputs, JobManifest};
 use crate::api::Reason;
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
 use clap::Args;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,37 +129,13 @@ pub async fn apply(
     parallel: usize,
     mut report: impl FnMut(&Applied),
 ) -> anyhow::Result<Vec<Applied>> {
-    // Every client is built before the first write: a bad connection stops the run early.
-    let mut conns = Vec::with_capacity(inputs.jobs.len());
-    for j in &inputs.jobs {
-        let r = j.job.spec.connection_ref.as_ref().map(|r| r.name.as_str());
-        conns.push(session.conn_for(inputs, &j.namespace, r).await?);
-    }
+    let conns = common::connect_all(inputs, session).await?;
     let claims = InputClaims::new(inputs, &conns);
-    let (parents, depths) = common::parents_and_depths(inputs);
-    let mut applied: Vec<Option<Applied>> = vec![None; inputs.jobs.len()];
-    let max_depth = depths.iter().copied().max().unwrap_or(0);
-    for depth in 0..=max_depth {
-        let level: Vec<usize> = (0..inputs.jobs.len())
-            .filter(|i| depths[*i] == depth)
-            .collect();
-        let done = &applied;
-        let mut results: Vec<(usize, Applied)> = futures::stream::iter(level)
-            .map(|i| {
-                let parent = parents[i].and_then(|p| done[p].as_ref());
-                let (job, conn, claims) = (&inputs.jobs[i], &conns[i], &claims);
-                async move { (i, apply_one(inputs, job, conn, claims, parent).await) }
-            })
-            .buffer_unordered(parallel.max(1))
-            .collect()
-            .await;
-        results.sort_by_key(|(i, _)| *i);
-        for (i, a) in results {
-            report(&a);
-            applied[i] = Some(a);
-        }
-    }
-    Ok(applied.into_iter().flatten().collect())
+    let (conns, claims) = (&conns, &claims);
+    let one = |i: usize, parent: Option<Applied>| async move {
+        apply_one(inputs, &inputs.jobs[i], &conns[i], claims, parent.as_ref()).await
+    };
+    Ok(common::by_levels(inputs, parallel, one, |a| report(a)).await)
 }
 
 async fn apply_one(

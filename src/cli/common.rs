@@ -44,6 +44,58 @@ pub fn load_inputs(args: &FileArgs) -> Option<Inputs> {
     }
 }
 
+/// Connect every job of the input — before the first write, so a bad connection stops the
+/// run before anything changed.
+pub async fn connect_all(
+    inputs: &Inputs,
+    session: &mut super::connect::Session,
+) -> anyhow::Result<Vec<std::sync::Arc<Conn>>> {
+    let mut conns = Vec::with_capacity(inputs.jobs.len());
+    for j in &inputs.jobs {
+        let r = j.job.spec.connection_ref.as_ref().map(|r| r.name.as_str());
+        conns.push(session.conn_for(inputs, &j.namespace, r).await?);
+    }
+    Ok(conns)
+}
+
+/// Run `one` for every job, parents first: each level of the linkedJobRef forest runs
+/// concurrently (at most `parallel` at a time) and gets its parent's result; `each` sees the
+/// results in input order as a level finishes. Returns them in input order.
+pub async fn by_levels<T, F, Fut>(
+    inputs: &Inputs,
+    parallel: usize,
+    one: F,
+    mut each: impl FnMut(&T),
+) -> Vec<T>
+where
+    T: Clone,
+    F: Fn(usize, Option<T>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    use futures::StreamExt;
+    let (parents, depths) = parents_and_depths(inputs);
+    let mut done: Vec<Option<T>> = vec![None; inputs.jobs.len()];
+    let max_depth = depths.iter().copied().max().unwrap_or(0);
+    for depth in 0..=max_depth {
+        let level: Vec<(usize, Option<T>)> = (0..inputs.jobs.len())
+            .filter(|i| depths[*i] == depth)
+            .map(|i| (i, parents[i].and_then(|p| done[p].clone())))
+            .collect();
+        let one = &one;
+        let mut results: Vec<(usize, T)> = futures::stream::iter(level)
+            .map(|(i, parent)| async move { (i, one(i, parent).await) })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        for (i, r) in results {
+            each(&r);
+            done[i] = Some(r);
+        }
+    }
+    done.into_iter().flatten().collect()
+}
+
 /// The depth of each job in the linkedJobRef forest (0 = no parent in the input), and the
 /// index of its parent. `inputs.jobs` is ordered parents first, so one pass suffices.
 pub fn parents_and_depths(inputs: &Inputs) -> (Vec<Option<usize>>, Vec<usize>) {

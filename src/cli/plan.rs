@@ -9,7 +9,6 @@ use super::connect::{self, Conn, ConnectionArgs, Session};
 use super::manifests::{InputScripts, Inputs, JobManifest};
 use crate::reconcile::engine;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -206,37 +205,17 @@ pub async fn plan(
     session: &mut Session,
     parallel: usize,
 ) -> anyhow::Result<PlanDocument> {
-    let mut conns = Vec::with_capacity(inputs.jobs.len());
-    for j in &inputs.jobs {
-        let r = j.job.spec.connection_ref.as_ref().map(|r| r.name.as_str());
-        conns.push(session.conn_for(inputs, &j.namespace, r).await?);
-    }
+    let conns = common::connect_all(inputs, session).await?;
     let claims = InputClaims::new(inputs, &conns);
-    let (parents, depths) = common::parents_and_depths(inputs);
-    let mut planned: Vec<Option<PlannedResource>> = vec![None; inputs.jobs.len()];
-    let max_depth = depths.iter().copied().max().unwrap_or(0);
-    for depth in 0..=max_depth {
-        let level: Vec<usize> = (0..inputs.jobs.len())
-            .filter(|i| depths[*i] == depth)
-            .collect();
-        let done = &planned;
-        let results: Vec<(usize, PlannedResource)> = futures::stream::iter(level)
-            .map(|i| {
-                let parent = parents[i].and_then(|p| done[p].as_ref());
-                let (job, conn, claims) = (&inputs.jobs[i], &conns[i], &claims);
-                async move { (i, plan_one(inputs, job, conn, claims, parent).await) }
-            })
-            .buffer_unordered(parallel.max(1))
-            .collect()
-            .await;
-        for (i, r) in results {
-            planned[i] = Some(r);
-        }
-    }
+    let (conns, claims) = (&conns, &claims);
+    let one = |i: usize, parent: Option<PlannedResource>| async move {
+        plan_one(inputs, &inputs.jobs[i], &conns[i], claims, parent.as_ref()).await
+    };
+    let planned = common::by_levels(inputs, parallel, one, |_| {}).await;
     Ok(PlanDocument {
         api_version: PLAN_API_VERSION,
         target: session.default_target(),
-        resources: planned.into_iter().flatten().collect(),
+        resources: planned,
     })
 }
 

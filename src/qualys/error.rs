@@ -214,86 +214,11 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-/// Top-level keys of a job document (and the request-only `chainedJobRule`): a word of an error
-/// message that starts with one of them names the field at fault.
-const JOB_FIELDS: &[&str] = &[
-    "customerId",
-    "id",
-    "schemaVersion",
-    "name",
-    "type",
-    "status",
-    "assetIds",
-    "assetTagIds",
-    "matchAllTagIds",
-    "exclusionTagIds",
-    "exclusionAssetIds",
-    "coAuthorUserIds",
-    "approvedPatches",
-    "disabledPatches",
-    "patchCount",
-    "scheduleType",
-    "startDateTime",
-    "recurring",
-    "recurringWeekDays",
-    "dayOfMonth",
-    "recurringDayOfMonth",
-    "recurringWeekDayOfMonth",
-    "timezoneType",
-    "timezone",
-    "timeout",
-    "timeoutUnit",
-    "preDeployment",
-    "duringDeployment",
-    "postDeployment",
-    "description",
-    "createdBy",
-    "updatedBy",
-    "deletedBy",
-    "assetCount",
-    "opportunisticDownloads",
-    "filterType",
-    "exclusionFilterType",
-    "taggedAssetCount",
-    "minimizeWindow",
-    "dynamicPatchesQQL",
-    "isDynamicPatchesQQL",
-    "dynamicQQLType",
-    "platform",
-    "continueOnPatchFailure",
-    "preDeployActions",
-    "postDeployActions",
-    "applicableAssetCount",
-    "monthlyRecurringType",
-    "patchTuesdayPlusXDays",
-    "recurringLastDayOfMonth",
-    "jobCategory",
-    "jobTriggerStatus",
-    "completionPercent",
-    "totalAssetCount",
-    "assetResultReceivedCount",
-    "jobSource",
-    "readOnly",
-    "notification",
-    "linkedJobId",
-    "chainedJobRule",
-    "linkedToJob",
-    "linkedJobs",
-    "jobStartCountdown",
-    "passwordAction",
-    "subCategory",
-    "additionalDynamicQQLType",
-    "additionalDynamicPatchesQQL",
-    "downloadRandomizeTime",
-    "downloadRandomizeTimeUnit",
-    "customPatchURLId",
-    "isVulnContext",
-    "remediationQids",
-    "isAssetImported",
-    "ids",
-    "pageSize",
-    "pageNumber",
-];
+/// A word of an error message that starts with a top-level key of a job document (or the
+/// request-only `chainedJobRule`) names the field at fault.
+fn is_job_field(word: &str) -> bool {
+    word == "chainedJobRule" || super::model::CANONICAL_KEYS.contains(&word)
+}
 
 /// The first word of `message` that is a job field or a path into one
 /// (`preDeployActions[0].script`, `postDeployment.rebootCountdown.interval`).
@@ -321,7 +246,7 @@ fn find_field(message: &str) -> Option<String> {
         let word =
             raw.trim_matches(|c: char| matches!(c, '\'' | '"' | '`' | ':' | '.' | '!' | '?'));
         let head = word.split(['.', '[']).next().unwrap_or_default();
-        if !JOB_FIELDS.contains(&head) || !word.chars().all(path_char) {
+        if !is_job_field(head) || !word.chars().all(path_char) {
             continue;
         }
         let is_path = word.len() > head.len();
