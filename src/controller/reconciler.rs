@@ -181,16 +181,7 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
         store: &ctx.store,
         me: &dj,
     };
-    let engine_ctx = Context {
-        client: &conn.client,
-        directory: &conn.directory,
-        claims: &claims,
-        scripts: &scripts,
-        linked_job_id: linked.as_deref(),
-        mode: Mode::Controller,
-        generation: dj.metadata.generation,
-        listing_max_age: ctx.settings.listing_max_age,
-    };
+    let engine_ctx = engine_context(ctx, &dj, &conn, &claims, &scripts, linked.as_deref());
     let mut state = EngineState::from_status(dj.status.as_ref());
     let outcome = engine::apply(&dj.spec, &mut state, &mut writer, &engine_ctx).await;
     if !matches!(outcome.reason, Reason::Unauthorized | Reason::Forbidden) {
@@ -332,16 +323,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
                 store: &ctx.store,
                 me: &dj,
             };
-            let engine_ctx = Context {
-                client: &conn.client,
-                directory: &conn.directory,
-                claims: &claims,
-                scripts: &scripts,
-                linked_job_id: None,
-                mode: Mode::Controller,
-                generation: dj.metadata.generation,
-                listing_max_age: ctx.settings.listing_max_age,
-            };
+            let engine_ctx = engine_context(ctx, &dj, conn, &claims, &scripts, None);
             engine::cleanup(&dj.spec, &mut state, &mut writer, &engine_ctx, &options).await
         }
         None if orphan
@@ -387,6 +369,27 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
             message: outcome.message.clone(),
             retry_after: outcome.retry_after,
         })),
+    }
+}
+
+/// The engine's view of one reconcile of `dj` through `conn`.
+fn engine_context<'a>(
+    ctx: &Ctx,
+    dj: &DeploymentJob,
+    conn: &'a Resolved,
+    claims: &'a dyn Claims,
+    scripts: &'a dyn ScriptResolver,
+    linked_job_id: Option<&'a str>,
+) -> Context<'a> {
+    Context {
+        client: &conn.client,
+        directory: &conn.directory,
+        claims,
+        scripts,
+        linked_job_id,
+        mode: Mode::Controller,
+        generation: dj.metadata.generation,
+        listing_max_age: ctx.settings.listing_max_age,
     }
 }
 

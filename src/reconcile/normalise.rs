@@ -41,7 +41,11 @@ pub fn normalise_desired(rendered: &Rendered) -> Value {
 /// The live body in comparable form; `recorded` holds the script digests last written.
 pub fn normalise_live(live: &JobBody, recorded: &BTreeMap<String, String>) -> Value {
     let mut v = serde_json::to_value(live).unwrap_or(Value::Null);
-    lift_chained_rules(&mut v);
+    if let Value::Object(o) = &mut v
+        && o.get("chainedJobRule").is_none_or(Value::is_null)
+    {
+        o.insert("chainedJobRule".into(), Value::Array(linked_rules(live)));
+    }
     tokenise_live(&mut v, recorded);
     normalise(&mut v);
     v
@@ -304,8 +308,10 @@ fn tokenise_scripts(v: &mut Value, mut token: impl FnMut(ScriptKey, &str) -> Val
     }
 }
 
-/// `linkedToJob[].chainedJobRule` in request form, read from the typed job.
-fn linked_rules(live: &JobBody) -> Vec<Value> {
+/// The live job reports `chainedJobRule` only under `linkedToJob[]`, with the parent's details:
+/// the rules in request form (`field`, `threshold`, `actionIds`, `condition`), read from the
+/// typed job.
+pub(crate) fn linked_rules(live: &JobBody) -> Vec<Value> {
     let mut out = Vec::new();
     for parent in live.linked_to_job.get().into_iter().flatten() {
         for r in parent.chained_job_rule.get().into_iter().flatten() {
@@ -334,32 +340,6 @@ fn linked_rules(live: &JobBody) -> Vec<Value> {
         }
     }
     out
-}
-
-/// The live job reports `chainedJobRule` only under `linkedToJob[]`, with the parent's details;
-/// bring the rules back to the top level in request form.
-fn lift_chained_rules(v: &mut Value) {
-    let Some(obj) = v.as_object_mut() else { return };
-    if obj.get("chainedJobRule").is_some_and(|r| !r.is_null()) {
-        return;
-    }
-    let mut rules = Vec::new();
-    if let Some(Value::Array(linked)) = obj.get("linkedToJob") {
-        for parent in linked {
-            if let Some(Value::Array(rs)) = parent.get("chainedJobRule") {
-                for r in rs {
-                    let mut out = Map::new();
-                    for key in ["field", "threshold", "actionIds", "condition"] {
-                        if let Some(x) = r.get(key) {
-                            out.insert(key.to_string(), x.clone());
-                        }
-                    }
-                    rules.push(Value::Object(out));
-                }
-            }
-        }
-    }
-    obj.insert("chainedJobRule".to_string(), Value::Array(rules));
 }
 
 /// The value-level rules shared by both sides. Idempotent.

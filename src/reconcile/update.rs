@@ -32,7 +32,7 @@ pub fn update_body(
         // The state changes only through the status endpoint; send the live one back.
         desired_obj.remove("status");
         // The server reports the rule under linkedToJob; a request carries it at the top level.
-        let live_rules = request_rules_from_linked(base_obj);
+        let live_rules = super::normalise::linked_rules(live);
         base_obj.remove("linkedToJob");
         base_obj.remove("linkedJobs");
         if !desired_obj.contains_key("chainedJobRule") && !live_rules.is_empty() {
@@ -112,25 +112,4 @@ fn merge_actions(
         out.push(action);
     }
     Value::Array(out)
-}
-
-/// `linkedToJob[].chainedJobRule` in request form (`field`, `actionIds`, `threshold`, `condition`).
-fn request_rules_from_linked(obj: &Map<String, Value>) -> Vec<Value> {
-    let mut rules = Vec::new();
-    if let Some(Value::Array(linked)) = obj.get("linkedToJob") {
-        for parent in linked {
-            if let Some(Value::Array(rs)) = parent.get("chainedJobRule") {
-                for r in rs {
-                    let mut out = Map::new();
-                    for key in ["field", "actionIds", "threshold", "condition"] {
-                        if let Some(x) = r.get(key) {
-                            out.insert(key.to_string(), x.clone());
-                        }
-                    }
-                    rules.push(Value::Object(out));
-                }
-            }
-        }
-    }
-    rules
 }
