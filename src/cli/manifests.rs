@@ -345,42 +345,29 @@ fn read_document(
             message: format!("document {} has no apiVersion and kind", index + 1),
         }),
         ("ConfigMap", "v1") => {
-            let mut data = BTreeMap::new();
-            for (k, v) in doc.get("data").and_then(Value::as_object).into_iter().flatten() {
-                data.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
-            }
-            for (k, v) in doc.get("binaryData").and_then(Value::as_object).into_iter().flatten() {
-                match BASE64.decode(v.as_str().unwrap_or_default()) {
-                    Ok(bytes) => {
-                        data.insert(k.clone(), bytes);
-                    }
-                    Err(_) => errors.push(InputError {
-                        file: shown.clone(),
-                        resource: Some(resource.clone()),
-                        message: format!("binaryData.{k}: not valid base64"),
-                    }),
-                }
+            let mut data = plain_entries(&doc, "data");
+            let (binary, bad) = base64_entries(&doc, "binaryData");
+            data.extend(binary);
+            for k in bad {
+                errors.push(InputError {
+                    file: shown.clone(),
+                    resource: Some(resource.clone()),
+                    message: format!("binaryData.{k}: not valid base64"),
+                });
             }
             inputs.config_maps.insert((namespace, name), data);
         }
         ("Secret", "v1") => {
-            let mut data = BTreeMap::new();
-            for (k, v) in doc.get("data").and_then(Value::as_object).into_iter().flatten() {
-                match BASE64.decode(v.as_str().unwrap_or_default()) {
-                    Ok(bytes) => {
-                        data.insert(k.clone(), bytes);
-                    }
-                    // Never echo a Secret's value, not even a broken one.
-                    Err(_) => errors.push(InputError {
-                        file: shown.clone(),
-                        resource: Some(resource.clone()),
-                        message: format!("data.{k}: not valid base64 (use stringData for plain text)"),
-                    }),
-                }
+            let (mut data, bad) = base64_entries(&doc, "data");
+            // Never echo a Secret's value, not even a broken one: only its key is named.
+            for k in bad {
+                errors.push(InputError {
+                    file: shown.clone(),
+                    resource: Some(resource.clone()),
+                    message: format!("data.{k}: not valid base64 (use stringData for plain text)"),
+                });
             }
-            for (k, v) in doc.get("stringData").and_then(Value::as_object).into_iter().flatten() {
-                data.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
-            }
+            data.extend(plain_entries(&doc, "stringData"));
             inputs.secrets.insert((namespace, name), data);
         }
         ("ConfigMap" | "Secret", _) => errors.push(InputError {
@@ -390,6 +377,41 @@ fn read_document(
         }),
         _ => inputs.warnings.push(format!("{shown}: skipping {kind} {namespace}/{name} ({api_version}): not a DeploymentJob, ConfigMap or Secret")),
     }
+}
+
+/// The string entries of `doc[field]` as bytes.
+fn plain_entries(doc: &Value, field: &str) -> BTreeMap<String, Vec<u8>> {
+    doc.get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().unwrap_or_default().as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// The base64 entries of `doc[field]`, decoded, and the keys whose value is not base64.
+fn base64_entries(doc: &Value, field: &str) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let mut data = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (k, v) in doc
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        match BASE64.decode(v.as_str().unwrap_or_default()) {
+            Ok(bytes) => {
+                data.insert(k.clone(), bytes);
+            }
+            Err(_) => bad.push(k.clone()),
+        }
+    }
+    (data, bad)
 }
 
 fn check_duplicates(jobs: &[JobManifest], errors: &mut Vec<InputError>) {
