@@ -632,6 +632,45 @@ pub struct ScriptSource {
     pub secret_key_ref: Option<KeyRef>,
 }
 
+/// Where a [`ScriptSource`] points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScriptStore {
+    ConfigMap,
+    Secret,
+}
+
+impl ScriptStore {
+    pub fn kind(self) -> &'static str {
+        match self {
+            ScriptStore::ConfigMap => "ConfigMap",
+            ScriptStore::Secret => "Secret",
+        }
+    }
+}
+
+impl ScriptSource {
+    /// The object and key this source names (`None` only for a source the schema refuses).
+    pub fn target(&self) -> Option<(ScriptStore, &KeyRef)> {
+        match (&self.config_map_key_ref, &self.secret_key_ref) {
+            (Some(r), _) => Some((ScriptStore::ConfigMap, r)),
+            (None, Some(r)) => Some((ScriptStore::Secret, r)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl JobSpec {
+    /// Every `scriptFrom` and `detectionScriptFrom` of the pre- and post-deploy actions.
+    pub fn script_sources(&self) -> impl Iterator<Item = &ScriptSource> {
+        self.pre_deploy_actions
+            .iter()
+            .flatten()
+            .chain(self.post_deploy_actions.iter().flatten())
+            .flat_map(|a| [a.script_from.as_ref(), a.detection_script_from.as_ref()])
+            .flatten()
+    }
+}
+
 /// A key of a ConfigMap or Secret in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct KeyRef {

@@ -7,7 +7,8 @@ use super::context::Ctx;
 use super::status::{StatusWriter, compose, paused};
 use crate::api::{
     ANNOTATION_FORCE_ORPHAN, ANNOTATION_PAUSED, DeletionPolicy, DeploymentJob, DriftPolicy,
-    FINALIZER, KeyRef, Reason, ScriptSource, validate::UnknownFields, validate_manifest_with,
+    FINALIZER, KeyRef, Reason, ScriptSource, ScriptStore, validate::UnknownFields,
+    validate_manifest_with,
 };
 use crate::reconcile::engine::{self, CleanupOptions};
 use crate::reconcile::{Claims, Context, EngineState, EventType, Mode, Outcome, ScriptResolver};
@@ -401,17 +402,15 @@ impl ScriptResolver for NoScriptsNeeded {
 }
 
 /// Scripts read from the cluster before the engine runs (the engine's resolver is synchronous).
-struct FetchedScripts(HashMap<(bool, KeyRef), Result<Vec<u8>, String>>);
+struct FetchedScripts(HashMap<(ScriptStore, KeyRef), Result<Vec<u8>, String>>);
 
 impl ScriptResolver for FetchedScripts {
     fn resolve(&self, source: &ScriptSource) -> Result<Vec<u8>, String> {
-        let key = match (&source.config_map_key_ref, &source.secret_key_ref) {
-            (Some(r), _) => (false, r.clone()),
-            (None, Some(r)) => (true, r.clone()),
-            (None, None) => return Err("names neither a ConfigMap nor a Secret".into()),
-        };
+        let (store, r) = source
+            .target()
+            .ok_or("names neither a ConfigMap nor a Secret")?;
         self.0
-            .get(&key)
+            .get(&(store, r.clone()))
             .cloned()
             .unwrap_or_else(|| Err("was not read".into()))
     }
@@ -423,26 +422,18 @@ async fn fetch_scripts(
     dj: &DeploymentJob,
 ) -> Result<FetchedScripts, Error> {
     let mut out = HashMap::new();
-    let job = &dj.spec.job;
     // Collected first: an iterator of closures held across an await defeats the Send check.
-    let sources: Vec<ScriptSource> = job
-        .pre_deploy_actions
-        .iter()
-        .flatten()
-        .chain(job.post_deploy_actions.iter().flatten())
-        .flat_map(|a| [a.script_from.clone(), a.detection_script_from.clone()])
-        .flatten()
+    let targets: Vec<(ScriptStore, KeyRef)> = dj
+        .spec
+        .job
+        .script_sources()
+        .filter_map(|s| s.target().map(|(store, r)| (store, r.clone())))
         .collect();
-    for source in &sources {
-        let (secret, r) = match (&source.config_map_key_ref, &source.secret_key_ref) {
-            (Some(r), _) => (false, r),
-            (None, Some(r)) => (true, r),
-            (None, None) => continue,
-        };
-        if out.contains_key(&(secret, r.clone())) {
+    for (store, r) in targets {
+        if out.contains_key(&(store, r.clone())) {
             continue;
         }
-        let value = if secret {
+        let value = if store == ScriptStore::Secret {
             let api: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
             match api.get_opt(&r.name).await? {
                 None => Err(format!("Secret {:?} does not exist", r.name)),
@@ -468,7 +459,7 @@ async fn fetch_scripts(
                     .ok_or_else(|| format!("ConfigMap {:?} has no key {:?}", r.name, r.key)),
             }
         };
-        out.insert((secret, r.clone()), value);
+        out.insert((store, r), value);
     }
     Ok(FetchedScripts(out))
 }

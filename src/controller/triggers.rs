@@ -4,7 +4,7 @@
 
 use super::context::Ctx;
 use super::reconciler::key_of;
-use crate::api::{DeploymentJob, DriftPolicy};
+use crate::api::{DeploymentJob, DriftPolicy, ScriptStore};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -120,11 +120,7 @@ fn secret_references(
         if let Some(c) = &dj.spec.connection_ref {
             names.insert(c.name.clone());
         }
-        for (kind_secret, r) in script_refs(&dj) {
-            if kind_secret {
-                names.insert(r);
-            }
-        }
+        names.extend(script_refs(&dj, ScriptStore::Secret).map(String::from));
         for name in names {
             out.entry((ns.clone(), name))
                 .or_default()
@@ -134,21 +130,13 @@ fn secret_references(
     out
 }
 
-/// (is a Secret, name) of every scriptFrom of a resource.
-fn script_refs(dj: &DeploymentJob) -> Vec<(bool, String)> {
-    let job = &dj.spec.job;
-    job.pre_deploy_actions
-        .iter()
-        .flatten()
-        .chain(job.post_deploy_actions.iter().flatten())
-        .flat_map(|a| [a.script_from.as_ref(), a.detection_script_from.as_ref()])
-        .flatten()
-        .filter_map(|s| match (&s.config_map_key_ref, &s.secret_key_ref) {
-            (Some(r), _) => Some((false, r.name.clone())),
-            (None, Some(r)) => Some((true, r.name.clone())),
-            _ => None,
-        })
-        .collect()
+/// The names of the objects of `store` kind a resource reads scripts from.
+fn script_refs(dj: &DeploymentJob, store: ScriptStore) -> impl Iterator<Item = &str> {
+    dj.spec.job.script_sources().filter_map(move |s| {
+        s.target()
+            .filter(|(kind, _)| *kind == store)
+            .map(|(_, r)| r.name.as_str())
+    })
 }
 
 /// The resources that read a ConfigMap (for the metadata-only ConfigMap watch).
@@ -162,11 +150,7 @@ pub fn configmap_readers(
         .state()
         .iter()
         .filter(|dj| dj.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|dj| {
-            script_refs(dj)
-                .iter()
-                .any(|(secret, n)| !secret && *n == name)
-        })
+        .filter(|dj| script_refs(dj, ScriptStore::ConfigMap).any(|n| n == name))
         .map(|dj| ObjectRef::from_obj(dj.as_ref()))
         .collect()
 }

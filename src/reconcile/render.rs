@@ -50,14 +50,14 @@ pub struct NoScripts;
 
 impl ScriptResolver for NoScripts {
     fn resolve(&self, source: &ScriptSource) -> Result<Vec<u8>, String> {
-        let (kind, r) = match (&source.config_map_key_ref, &source.secret_key_ref) {
-            (Some(r), _) => ("ConfigMap", r),
-            (None, Some(r)) => ("Secret", r),
-            (None, None) => return Err("names neither a ConfigMap nor a Secret".into()),
-        };
+        let (store, r) = source
+            .target()
+            .ok_or("names neither a ConfigMap nor a Secret")?;
         Err(format!(
-            "{kind} {:?} key {:?} is not available",
-            r.name, r.key
+            "{} {:?} key {:?} is not available",
+            store.kind(),
+            r.name,
+            r.key
         ))
     }
 }
