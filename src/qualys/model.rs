@@ -17,8 +17,14 @@ pub use super::field::{Field, LooseInt};
 
 /// Declares a wire struct: camelCase keys, every member optional and tri-state, unknown keys
 /// kept in `extra`. One place for the attributes means no member can forget them.
+///
+/// `lean` declares a read-only document the operator never sends back: unknown keys are
+/// dropped, which keeps a 10,000-job listing small in memory.
 macro_rules! wire_struct {
-    (
+    (lean $($rest:tt)*) => {
+        wire_struct!(@emit [] $($rest)*);
+    };
+    (@emit [$($extra:tt)*]
         $(#[$meta:meta])*
         pub struct $name:ident {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty, )*
@@ -33,30 +39,15 @@ macro_rules! wire_struct {
                 #[serde(default, skip_serializing_if = "Field::is_absent")]
                 pub $field: Field<$ty>,
             )*
+            $($extra)*
+        }
+    };
+    ($($rest:tt)*) => {
+        wire_struct!(@emit [
             /// Keys this version does not know; kept so nothing is lost on a round trip.
             #[serde(flatten)]
             pub extra: Map<String, Value>,
-        }
-    };
-    // Read-only documents the operator never sends back: unknown keys are dropped, which keeps
-    // a 10,000-job listing small in memory.
-    (
-        lean
-        $(#[$meta:meta])*
-        pub struct $name:ident {
-            $( $(#[$fmeta:meta])* $field:ident : $ty:ty, )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        pub struct $name {
-            $(
-                $(#[$fmeta])*
-                #[serde(default, skip_serializing_if = "Field::is_absent")]
-                pub $field: Field<$ty>,
-            )*
-        }
+        ] $($rest)*);
     };
 }
 
