@@ -6,12 +6,15 @@ use super::connections::{Connections, Resolved};
 use super::metrics::Metrics;
 use crate::api::{DeploymentJob, Reason};
 use crate::qualys::ConnectionId;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 /// Timers of the controller.
 #[derive(Clone, Debug)]
@@ -34,7 +37,8 @@ pub struct Ctx {
     pub recorder: Recorder,
     pub settings: Settings,
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
-    backoff: Mutex<HashMap<String, u32>>,
+    /// Per resource: the retry delays still to come (exponential, jittered, capped).
+    backoff: Mutex<HashMap<String, ExponentialBackoff>>,
     reasons: Mutex<HashMap<String, Reason>>,
     /// Per connection: job id → last change (ms) already seen, by a poll or a reconcile.
     cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
@@ -69,14 +73,23 @@ impl Ctx {
         let _ = self.trigger.unbounded_send(r);
     }
 
-    pub fn next_attempt(&self, key: &str) -> u32 {
+    /// The next retry delay of a failing resource: 1 s doubling to 5 min, with jitter.
+    pub fn next_retry_delay(&self, key: &str) -> Duration {
         let Ok(mut m) = self.backoff.lock() else {
-            return 0;
+            return MAX_RETRY_DELAY;
         };
-        let n = m.entry(key.to_string()).or_insert(0);
-        let current = *n;
-        *n = n.saturating_add(1);
-        current
+        m.entry(key.to_string())
+            .or_insert_with(|| {
+                ExponentialBuilder::new()
+                    .with_min_delay(Duration::from_secs(1))
+                    .with_max_delay(MAX_RETRY_DELAY)
+                    .with_factor(2.0)
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(MAX_RETRY_DELAY)
     }
 
     pub fn reset_backoff(&self, key: &str) {

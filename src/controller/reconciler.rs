@@ -113,11 +113,8 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Ctx>) -> Result<Action
 /// Retries with per-resource exponential backoff and jitter, capped; honours Retry-After.
 pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let key = key_of(&dj);
-    let attempt = ctx.next_attempt(&key);
-    let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(attempt.min(9)));
-    let capped = base.min(Duration::from_secs(300));
-    let jittered = capped.mul_f64(rand::random_range(0.8..1.2));
-    let delay = error.retry_after().map_or(jittered, |r| r.max(jittered));
+    let backoff = ctx.next_retry_delay(&key);
+    let delay = error.retry_after().map_or(backoff, |r| r.max(backoff));
     tracing::warn!(resource = %key, error = %error, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
