@@ -780,12 +780,11 @@ async fn converge<S: StateStore>(
                 format!("updated job {id}: {}", updated_fields.join(", ")),
             ));
         }
-    } else if !spec_unchanged && state.digests.body.is_some() {
-        // The spec changed but the live job already matched: remember the new spec.
+    } else {
+        // Nothing was written, yet the live job matches: it matches this spec (a spec change
+        // the job already had, or a first look at an adopted job), so remember it as written.
         state.digests.body = Some(obs.desired_digest.clone());
         state.digests.scripts.extend(obs.rendered.scripts.clone());
-    } else if state.digests.body.is_none() {
-        state.digests.body = Some(obs.desired_digest.clone());
     }
 
     let mut note = None;
