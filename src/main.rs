@@ -1,7 +1,7 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
-use qpm_operator::{cli, controller, sim};
+use qpm_operator::{cli, controller, probe, sim};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -31,6 +31,8 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Verify a connection: credentials, PM.API.ACCESS, and each endpoint the operator uses.
     Check(cli::check::CheckArgs),
+    /// Record how a gateway behaves (paging, rate limits, errors, deletes) as a JSON report.
+    Probe(probe::ProbeArgs),
 }
 
 fn print_crd() -> anyhow::Result<()> {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             Command::Apply(args) => cli::apply::run(args).await,
             Command::Import(args) => cli::import::run(args).await,
             Command::Check(args) => cli::check::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
         }
     });
     match result {

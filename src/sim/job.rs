@@ -49,6 +49,8 @@ pub struct Ctx<'a> {
     pub caller: &'a Caller,
     pub now_ms: i64,
     pub new_id: &'a mut dyn FnMut() -> String,
+    /// See `SimConfig::accept_unset_timeout`.
+    pub accept_unset_timeout: bool,
 }
 
 /// A job ready to store, and the script writes that go with it.
@@ -311,8 +313,19 @@ fn finish(
         out.job.patch_tuesday_plus_x_days = Field::Value(number);
     }
     on_complete(&mut out.job, new_format);
+    for field in [&mut out.job.filter_type, &mut out.job.exclusion_filter_type] {
+        canonical_case(field, &["Any", "All"]);
+    }
     start_date_time(&mut out.job, ctx.now_ms, &mut errors);
-    validate::job(&out.job, store, create, &mut errors);
+    validate::job(
+        &out.job,
+        store,
+        validate::Options {
+            create,
+            accept_unset_timeout: ctx.accept_unset_timeout,
+        },
+        &mut errors,
+    );
     if errors.is_empty() {
         Ok(())
     } else {
@@ -417,6 +430,16 @@ fn script(
         Err(_) => errors.push(format!(
             "{at}.{name}: not valid base64 (send the script content base64-encoded, or this action's storage path)"
         )),
+    }
+}
+
+/// qualysdk documents `filterType` as `"any"`/`"all"` and sends it as given; the gateway's
+/// values are `Any`/`All`. Any case is read, the gateway's spelling is stored.
+fn canonical_case(field: &mut Field<String>, allowed: &[&str]) {
+    if let Field::Value(value) = field
+        && let Some(canonical) = allowed.iter().find(|a| a.eq_ignore_ascii_case(value))
+    {
+        *value = (*canonical).to_string();
     }
 }
 

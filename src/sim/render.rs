@@ -273,7 +273,7 @@ impl<'a> Summary<'a> {
                 .is_some_and(|v| !matches!(v, LooseInt::Text(s) if s.is_empty())),
             mitigation_action_count: 0,
             is_priority_job: false,
-            deleted: false,
+            deleted: super::state::is_deleted(job),
             schema_version: &job.schema_version,
             is_vuln_context: &job.is_vuln_context,
             is_asset_imported: &job.is_asset_imported,

@@ -196,8 +196,24 @@ impl Check<'_> {
     }
 }
 
+/// How strict a check is.
+pub struct Options {
+    /// A create (status may be set) rather than an update.
+    pub create: bool,
+    /// `"timeout": -1` without a `timeoutUnit` passes (qualysdk's `create_job` sends it when the
+    /// caller gives no timeout).
+    pub accept_unset_timeout: bool,
+}
+
+/// qualysdk's "no timeout": `-1` and no unit.
+fn unset_timeout(job: &JobBody) -> bool {
+    job.timeout.get().and_then(LooseInt::as_i64) == Some(-1)
+        && job.timeout_unit.get().is_none_or(|u| u.is_empty())
+}
+
 /// Check a job document about to be stored.
-pub fn job(job: &JobBody, store: &StoreView<'_>, create: bool, errors: &mut Vec<String>) {
+pub fn job(job: &JobBody, store: &StoreView<'_>, opts: Options, errors: &mut Vec<String>) {
+    let create = opts.create;
     let mut c = Check { errors };
     c.required(&job.name, "name");
     c.required_one_of(&job.r#type, "type", &[values::INSTALL, values::ROLLBACK]);
@@ -218,13 +234,17 @@ pub fn job(job: &JobBody, store: &StoreView<'_>, create: bool, errors: &mut Vec<
         &["Any", "All"],
     );
 
-    let timeout = c.duration(
-        &job.timeout,
-        &job.timeout_unit,
-        "timeout",
-        "timeoutUnit",
-        &TIMEOUT,
-    );
+    let timeout = if opts.accept_unset_timeout && unset_timeout(job) {
+        None
+    } else {
+        c.duration(
+            &job.timeout,
+            &job.timeout_unit,
+            "timeout",
+            "timeoutUnit",
+            &TIMEOUT,
+        )
+    };
     let randomize = c.duration(
         &job.download_randomize_time,
         &job.download_randomize_time_unit,
