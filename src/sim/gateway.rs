@@ -84,6 +84,17 @@ pub(crate) async fn gateway(
                 .insert(super::fault::IgnoredFields(fields.clone()));
         }
         let mut response = next.run(req).await;
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // axum's body limit answers in plain text; the gateway answers in its own shape.
+            response = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body exceeds the limit of {} bytes",
+                    super::BODY_LIMIT
+                ),
+            )
+            .into_response();
+        }
         if let (Some(remaining), Some(limit), RateLimitHeaders::Standard) = (
             remaining,
             st.config.rate_limit,
