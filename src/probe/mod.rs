@@ -61,9 +61,16 @@ pub struct ProbeArgs {
     /// PEM certificates to trust besides the system's [env: QUALYS_CA_BUNDLE_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Probe a simulator started for the purpose instead of a gateway, with these `sim` flags
-    /// (e.g. --sim "--max-page-size 50 --delete soft").
-    #[arg(long, value_name = "SIM-FLAGS", num_args = 0..=1, default_missing_value = "")]
+    /// Probe a simulator started for the purpose instead of a gateway, optionally with `sim`
+    /// flags (e.g. --sim="--max-page-size 50 --delete soft").
+    #[arg(
+        long,
+        value_name = "SIM-FLAGS",
+        num_args = 0..=1,
+        require_equals = true,
+        allow_hyphen_values = true,
+        default_missing_value = ""
+    )]
     pub sim: Option<String>,
     /// Also create, edit and delete one throwaway Disabled On-demand job.
     #[arg(long)]
@@ -177,8 +184,8 @@ pub async fn probe_until(
         result = prober.run(opts) => result,
         () = interrupted => {
             let job = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(id) = job {
-                cleanup.delete(&id).await;
+            if let Some(job) = job {
+                cleanup.remove(job).await;
                 bail!("interrupted: the throwaway job was deleted");
             }
             bail!("interrupted")
@@ -227,6 +234,14 @@ impl Reply {
     }
 }
 
+/// The throwaway job: its id once the create answered.
+#[derive(Clone, Debug)]
+struct Throwaway {
+    name: String,
+    platform: String,
+    id: Option<String>,
+}
+
 /// What the interrupt path needs to delete the throwaway job.
 #[derive(Clone)]
 struct Cleanup {
@@ -236,20 +251,62 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    async fn delete(&self, id: &str) {
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let token = self
             .token
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|t| t.expose().to_string());
-        let mut req = self
-            .http
-            .delete(format!("{}/pm/v1/deploymentjobs", self.base))
-            .json(&json!({"ids": [id]}));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
+        req
+    }
+
+    /// Delete the throwaway job; when its create never answered, find it by name first.
+    async fn remove(&self, job: Throwaway) {
+        let id = match job.id {
+            Some(id) => Some(id),
+            None => self.find(&job.name, &job.platform).await,
+        };
+        match id {
+            Some(id) => self.delete(&id).await,
+            None => eprintln!(
+                "probe: the throwaway job {} was not found; if it exists, delete it in the console",
+                job.name
+            ),
+        }
+    }
+
+    async fn find(&self, name: &str, platform: &str) -> Option<String> {
+        for page in 0..MAX_LOOKUP_PAGES {
+            let path = format!(
+                "/pm/v1/deploymentjobs/summary?platform={platform}&pageNumber={page}&pageSize=10000"
+            );
+            let items: Vec<Value> = self
+                .request(Method::GET, &path)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            if items.is_empty() {
+                return None;
+            }
+            if let Some(found) = items.iter().find(|s| s["name"] == json!(name)) {
+                return found["id"].as_str().map(String::from);
+            }
+        }
+        None
+    }
+
+    async fn delete(&self, id: &str) {
+        let req = self
+            .request(Method::DELETE, "/pm/v1/deploymentjobs")
+            .json(&json!({"ids": [id]}));
         match req.send().await {
             Ok(r) if r.status().is_success() => {
                 eprintln!("probe: deleted the throwaway job {id}")
@@ -271,8 +328,8 @@ struct Prober {
     username: String,
     password: Secret,
     token: Arc<Mutex<Option<Secret>>>,
-    /// The throwaway job while it exists.
-    pending: Arc<Mutex<Option<String>>>,
+    /// The throwaway job from just before its create until it is gone.
+    pending: Arc<Mutex<Option<Throwaway>>>,
     report: Report,
     headers: BTreeSet<String>,
 }
@@ -580,9 +637,11 @@ impl Prober {
         if second_len.is_some_and(|n| n > 0) {
             self.report.paging.max_page_size = Some(big.len());
         }
+        let mut reference = big.clone();
+        reference.extend(second.array().cloned().unwrap_or_default());
 
-        // Stability: pages 0-2 at pageSize 10 against the large page.
-        if big.len() > size_10.len() && !size_10.is_empty() {
+        // Stability: pages 0-2 at pageSize 10 against the two large pages.
+        if reference.len() > size_10.len() && !size_10.is_empty() {
             let mut paged = size_10.clone();
             for page in 1..3 {
                 let reply = self.list(platform, page, 10).await?;
@@ -598,9 +657,9 @@ impl Prober {
                     .map(|s| s["id"].as_str().unwrap_or_default().to_string())
                     .collect()
             };
-            let n = paged.len().min(big.len());
+            let n = paged.len().min(reference.len());
             self.report.paging.stable_across_pages =
-                Some(ids(&paged[..n]) == ids(&big[..n]) && no_repeats(&ids(&paged)));
+                Some(ids(&paged[..n]) == ids(&reference[..n]) && no_repeats(&ids(&paged)));
         }
         self.report.paging.order = consistent_orders(&big);
         self.report.paging.deleted_listed = big
@@ -640,7 +699,21 @@ impl Prober {
         if opts.allow_writes {
             let writes = self.writes(platform).await;
             match writes {
-                Ok(w) => self.report.writes = Some(w),
+                Ok(w) => {
+                    let left = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(job) = left {
+                        self.report.problems.push(
+                            "the throwaway job was still there after its delete; deleted it once more"
+                                .into(),
+                        );
+                        self.cleanup_handle().remove(job).await;
+                    }
+                    self.report.writes = Some(w);
+                }
                 Err(e) => {
                     self.report.problems.push(format!("{e:#}"));
                     let job = self
@@ -648,8 +721,8 @@ impl Prober {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take();
-                    if let Some(id) = job {
-                        self.cleanup_handle().delete(&id).await;
+                    if let Some(job) = job {
+                        self.cleanup_handle().remove(job).await;
                     }
                 }
             }
@@ -673,6 +746,11 @@ impl Prober {
             "scheduleType": "On-demand",
             "status": "Disabled",
         });
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Throwaway {
+            name: name.clone(),
+            platform: platform.to_string(),
+            id: None,
+        });
         let created = self
             .call(Method::POST, CREATE, "/pm/v1/deploymentjob", Some(&body))
             .await?;
@@ -684,9 +762,27 @@ impl Prober {
             .and_then(|j| j["id"].as_str())
             .map(String::from)
         else {
-            return Ok(w);
+            if (400..500).contains(&created.status) {
+                // Refused: nothing was created.
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                return Ok(w);
+            }
+            bail!(
+                "POST /pm/v1/deploymentjob answered {}: whether the throwaway job exists is unknown",
+                created.status
+            );
         };
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+        if let Some(job) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            job.id = Some(id.clone());
+        }
         let job_path = format!("/pm/v1/deploymentjob/{id}");
         let update_path = format!("/pm/v1/deploymentjob/update/{id}");
 

@@ -261,6 +261,11 @@ impl SimHandle {
         self.state.clear_faults();
     }
 
+    /// The faults still active (a fault with `times` leaves once used up).
+    pub fn faults(&self) -> Vec<Fault> {
+        self.state.faults()
+    }
+
     /// Invalidate every token issued so far.
     pub fn expire_tokens(&self) {
         self.state.expire_tokens();
