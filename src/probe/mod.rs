@@ -115,7 +115,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<std::process::ExitCode> {
             };
             match connection.default_connection()? {
                 DefaultConnection::Gateway(conn) => conn,
-                DefaultConnection::Embedded => bail!(
+                // The embedded simulator (or none at all): the probe asks for `--sim` instead.
+                _ => bail!(
                     "no gateway to probe: set QUALYS_GATEWAY_URL (or --gateway-url), or give --sim to probe a simulator"
                 ),
             }
