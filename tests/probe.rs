@@ -22,6 +22,7 @@ const PASSWORD: &str = "pw-Probe-s3cret-7731";
 const WRITES: ProbeOptions = ProbeOptions {
     allow_writes: true,
     include_names: false,
+    budget: None,
 };
 
 fn config(edit: impl FnOnce(&mut SimConfig)) -> SimConfig {
@@ -246,6 +247,7 @@ async fn the_report_holds_no_secret_and_names_only_when_asked() {
         ProbeOptions {
             allow_writes: false,
             include_names: true,
+            budget: None,
         },
     )
     .await;
@@ -371,5 +373,43 @@ fn the_probe_command_writes_a_report_against_a_simulator() {
     let report: Report = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(report.calls, 18);
     assert!(writes(&report).deleted_by_after_delete);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_probe_keeps_to_its_call_budget() {
+    let dir = std::env::temp_dir().join(format!("qpm-probe-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("r.json");
+    let run = |sim: &str, budget: &str| -> Report {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_qpm-operator"))
+            .args([
+                "probe",
+                sim,
+                "--allow-writes",
+                "--qualys-budget",
+                budget,
+                "-o",
+            ])
+            .arg(&out)
+            .env_remove("QUALYS_GATEWAY_URL")
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    };
+    // Paced to the gateway's limit: no 429, every step done.
+    let paced = run("--sim=--rate-limit 6/1 --rate-limit-headers none", "6/1s");
+    assert!(!paced.rate_limit.throttled, "{:?}", paced.timings);
+    assert!(paced.timings.iter().all(|t| t.status != 429));
+    assert!(writes(&paced).cleaned_up);
+    // The default budget (300 per hour) is more than this gateway allows; a 429 on the
+    // throwaway job's delete is waited out (Retry-After: 1 s here), the job still goes.
+    let unpaced = run("--sim=--rate-limit 6/1", "300/1h");
+    assert!(unpaced.rate_limit.throttled);
     std::fs::remove_dir_all(&dir).unwrap();
 }

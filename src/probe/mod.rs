@@ -81,6 +81,43 @@ pub struct ProbeArgs {
     /// Write the report here instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Calls per rolling window the probe allows itself, e.g. 300/1h or 20/30s; a call that
+    /// would exceed it waits. `/auth` is exempt, as at the gateway.
+    #[arg(long, value_name = "CALLS/DURATION", default_value = "300/1h", value_parser = parse_budget)]
+    pub qualys_budget: Budget,
+}
+
+/// At most `calls` calls per rolling `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub calls: usize,
+    pub window: Duration,
+}
+
+impl Default for Budget {
+    /// The gateway documentation's example limit.
+    fn default() -> Self {
+        Budget {
+            calls: 300,
+            window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `CALLS/DURATION`, e.g. `300/1h`, `20/30s`.
+pub fn parse_budget(s: &str) -> Result<Budget, String> {
+    let (calls, window) = s
+        .split_once('/')
+        .ok_or_else(|| "expected CALLS/DURATION, e.g. 300/1h or 20/30s".to_string())?;
+    let calls: usize = calls
+        .trim()
+        .parse()
+        .map_err(|_| format!("{calls:?} is not a whole number of calls"))?;
+    let window = sim::parse_duration(window)?;
+    if calls == 0 || window.is_zero() {
+        return Err("both CALLS and DURATION must be more than zero".into());
+    }
+    Ok(Budget { calls, window })
 }
 
 /// What to ask.
@@ -88,6 +125,8 @@ pub struct ProbeArgs {
 pub struct ProbeOptions {
     pub allow_writes: bool,
     pub include_names: bool,
+    /// `None`: no pacing (tests against a simulator).
+    pub budget: Option<Budget>,
 }
 
 /// `qpm-operator probe`.
@@ -125,6 +164,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<std::process::ExitCode> {
     let opts = ProbeOptions {
         allow_writes: args.allow_writes,
         include_names: args.include_names,
+        budget: Some(args.qualys_budget),
     };
     let interrupted = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -178,7 +218,7 @@ pub async fn probe_until(
     opts: ProbeOptions,
     interrupted: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
-    let mut prober = Prober::new(conn)?;
+    let mut prober = Prober::new(conn, opts.budget)?;
     let pending = prober.pending.clone();
     let cleanup = prober.cleanup_handle();
     tokio::select! {
@@ -304,21 +344,42 @@ impl Cleanup {
         None
     }
 
+    /// Delete the throwaway job; a 429 is waited out (its `Retry-After` or
+    /// `X-RateLimit-ToWait-Sec`, else 15 s), up to three more times: leaving the job behind
+    /// is worse than waiting.
     async fn delete(&self, id: &str) {
-        let req = self
-            .request(Method::DELETE, "/pm/v1/deploymentjobs")
-            .json(&json!({"ids": [id]}));
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                eprintln!("probe: deleted the throwaway job {id}")
+        for attempt in 0..4 {
+            let req = self
+                .request(Method::DELETE, "/pm/v1/deploymentjobs")
+                .json(&json!({"ids": [id]}));
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    eprintln!("probe: deleted the throwaway job {id}");
+                    return;
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && attempt < 3 => {
+                    let secs = ["retry-after", "x-ratelimit-towait-sec"]
+                        .iter()
+                        .find_map(|h| r.headers().get(*h)?.to_str().ok()?.trim().parse().ok())
+                        .unwrap_or(15u64)
+                        .min(300);
+                    eprintln!("probe: rate limited; deleting the throwaway job again in {secs}s");
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                }
+                Ok(r) => {
+                    eprintln!(
+                        "probe: could not delete the throwaway job {id} ({}); delete it in the console",
+                        r.status()
+                    );
+                    return;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "probe: could not reach the gateway to delete the throwaway job {id}; delete it in the console"
+                    );
+                    return;
+                }
             }
-            Ok(r) => eprintln!(
-                "probe: could not delete the throwaway job {id} ({}); delete it in the console",
-                r.status()
-            ),
-            Err(_) => eprintln!(
-                "probe: could not reach the gateway to delete the throwaway job {id}; delete it in the console"
-            ),
         }
     }
 }
@@ -333,6 +394,9 @@ struct Prober {
     pending: Arc<Mutex<Option<Throwaway>>>,
     report: Report,
     headers: BTreeSet<String>,
+    budget: Option<Budget>,
+    /// When the calls of the current window were sent.
+    sent: std::collections::VecDeque<Instant>,
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -346,7 +410,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 }
 
 impl Prober {
-    fn new(conn: &Connection) -> anyhow::Result<Self> {
+    fn new(conn: &Connection, budget: Option<Budget>) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = conn.gateway_url.trim().trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
@@ -401,7 +465,40 @@ impl Prober {
                 ..Default::default()
             },
             headers: BTreeSet::new(),
+            budget,
+            sent: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Wait until one more call fits the budget, then count it.
+    async fn pace(&mut self) {
+        let Some(budget) = self.budget else { return };
+        loop {
+            let now = Instant::now();
+            while self
+                .sent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= budget.window)
+            {
+                self.sent.pop_front();
+            }
+            match self.sent.front() {
+                Some(oldest) if self.sent.len() >= budget.calls => {
+                    // A little margin: the gateway counts a call when it arrives, not when sent.
+                    let wait = budget.window.saturating_sub(now.duration_since(*oldest))
+                        + Duration::from_millis(250);
+                    eprintln!(
+                        "probe: waiting {}s for the call budget ({}/{}s)",
+                        wait.as_secs().max(1),
+                        budget.calls,
+                        budget.window.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break,
+            }
+        }
+        self.sent.push_back(Instant::now());
     }
 
     fn cleanup_handle(&self) -> Cleanup {
@@ -436,6 +533,7 @@ impl Prober {
         if let Some(body) = body {
             req = req.json(body);
         }
+        self.pace().await;
         let started = Instant::now();
         self.report.calls += 1;
         let response = req.send().await.map_err(|e| {
@@ -694,7 +792,16 @@ impl Prober {
             )
             .await?;
         self.report.errors.unknown_job = reply.answer();
-        let reply = self.list(platform, 10, 1_000).await?;
+        // The first page that starts at the 10,000th record, counted in the real page size.
+        let real = self
+            .report
+            .paging
+            .max_page_size
+            .unwrap_or(1_000)
+            .clamp(1, 1_000);
+        let reply = self
+            .list(platform, 10_000usize.div_ceil(real), 1_000)
+            .await?;
         self.report.errors.beyond_cap = reply.answer();
 
         if opts.allow_writes {
@@ -936,6 +1043,21 @@ mod tests {
         ];
         assert_eq!(consistent_orders(&page), vec!["created", "updated", "name"]);
         assert!(consistent_orders(&page[..1]).is_empty());
+    }
+
+    #[test]
+    fn budgets_parse_as_calls_per_duration() {
+        assert_eq!(
+            parse_budget("20/30s"),
+            Ok(Budget {
+                calls: 20,
+                window: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(parse_budget("300/1h"), Ok(Budget::default()));
+        assert!(parse_budget("300").is_err());
+        assert!(parse_budget("0/1h").is_err());
+        assert!(parse_budget("5/0s").is_err());
     }
 
     #[test]

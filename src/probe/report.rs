@@ -112,7 +112,8 @@ pub struct RateLimitFinding {
 pub struct ErrorFindings {
     /// `GET /pm/v1/deploymentjob/<random uuid>`.
     pub unknown_job: Answer,
-    /// A list page past the 10,000-record cap (pageNumber 10, pageSize 1,000).
+    /// A list page past the 10,000-record cap (pageSize 1,000, at the page that starts at the
+    /// 10,000th record in the real page size).
     pub beyond_cap: Answer,
 }
 
