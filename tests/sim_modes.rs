@@ -35,6 +35,14 @@ async fn create(api: &Api, body: &Value) -> String {
     a.body["id"].as_str().expect("an id").to_string()
 }
 
+async fn enable(api: &Api, id: &str) -> sim_support::Answer {
+    api.post(
+        "/pm/v1/deploymentjobs/update/status/Enabled",
+        &json!({"ids": [id]}),
+    )
+    .await
+}
+
 async fn page(api: &Api, number: usize, size: usize) -> Vec<String> {
     let a = api
         .get(&format!(
@@ -100,6 +108,14 @@ async fn list_orders_differ_from_creation_order() {
     assert_eq!(listed.len(), 3);
 }
 
+fn assert_no_rate_limit_headers(a: &sim_support::Answer) {
+    let names: Vec<&str> = a.headers.keys().map(|k| k.as_str()).collect();
+    assert!(
+        !names.iter().any(|k| k.starts_with("x-ratelimit")),
+        "{names:?}"
+    );
+}
+
 #[tokio::test]
 async fn without_rate_limit_headers_a_429_is_bare() {
     let (sim, api) = sim_and_api(SimConfig {
@@ -114,24 +130,12 @@ async fn without_rate_limit_headers_a_429_is_bare() {
     for _ in 0..2 {
         let a = api.get(&format!("{SUMMARY}?platform=Windows")).await;
         assert_eq!(a.status, 200);
-        assert!(
-            !a.headers
-                .keys()
-                .any(|k| k.as_str().starts_with("x-ratelimit")),
-            "{:?}",
-            a.headers
-        );
+        assert_no_rate_limit_headers(&a);
     }
     let a = api.get(&format!("{SUMMARY}?platform=Windows")).await;
     assert_eq!(a.status, 429);
     assert!(a.header("retry-after").is_none());
-    assert!(
-        !a.headers
-            .keys()
-            .any(|k| k.as_str().starts_with("x-ratelimit")),
-        "{:?}",
-        a.headers
-    );
+    assert_no_rate_limit_headers(&a);
     assert_eq!(a.error().0, "429");
     // The injected rate-limit fault follows the mode too.
     sim.set_fault(qpm_operator::sim::Fault::always(
@@ -192,12 +196,7 @@ async fn a_soft_delete_marks_the_job_and_keeps_it_listed() {
             .status,
         404
     );
-    let a = api
-        .post(
-            "/pm/v1/deploymentjobs/update/status/Enabled",
-            &json!({"ids": [child]}),
-        )
-        .await;
+    let a = enable(&api, &child).await;
     assert_eq!(a.body[0]["status"], "failure");
     let a = api.delete(DELETE, &json!({"ids": [child]})).await;
     assert_eq!(a.body[0]["status"], "failure");
@@ -258,12 +257,7 @@ async fn with_scope_own_a_user_sees_and_edits_only_its_own_jobs() {
         bob.delete(DELETE, &json!({"ids": [a_job]})).await.status,
         403
     );
-    let a = bob
-        .post(
-            "/pm/v1/deploymentjobs/update/status/Enabled",
-            &json!({"ids": [a_job]}),
-        )
-        .await;
+    let a = enable(&bob, &a_job).await;
     assert_eq!(a.status, 403);
     // Nothing happened to alice's job.
     let got = alice.job(&a_job).await;
@@ -294,12 +288,7 @@ async fn strict_enabled_edits_refuse_updates_of_enabled_one_shot_jobs() {
         })
         .await;
         let id = create(&api, &schedule).await;
-        let a = api
-            .post(
-                "/pm/v1/deploymentjobs/update/status/Enabled",
-                &json!({"ids": [id]}),
-            )
-            .await;
+        let a = enable(&api, &id).await;
         assert_eq!(a.body[0]["status"], "success");
         let a = api.update(&id, &json!({"description": "edited"})).await;
         let stored = sim.job(&id).expect("the job")["description"].clone();
@@ -426,12 +415,7 @@ async fn the_bodies_qualysdk_builds_are_accepted() {
         "ops@example.com"
     );
     // delete_job and change_job_status send {"ids": [...]} as JSON.
-    let a = api
-        .post(
-            "/pm/v1/deploymentjobs/update/status/Enabled",
-            &json!({"ids": [id]}),
-        )
-        .await;
+    let a = enable(&api, &id).await;
     assert_eq!(a.body[0]["status"], "success", "{:?}", a.body);
     let a = api.delete(DELETE, &json!({"ids": [id]})).await;
     assert_eq!(a.body[0]["status"], "success", "{:?}", a.body);

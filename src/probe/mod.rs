@@ -292,6 +292,7 @@ struct Cleanup {
 }
 
 impl Cleanup {
+    /// A request with the current token (the probe's calls and the cleanup share it).
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let token = self
             .token
@@ -299,7 +300,10 @@ impl Cleanup {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|t| t.expose().to_string());
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("accept", "application/json");
         if let Some(token) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -517,45 +521,18 @@ impl Prober {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("accept", "application/json");
-        let token = self
-            .token
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|t| t.expose().to_string());
-        if let Some(token) = token {
-            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let mut req = self.cleanup_handle().request(method, path);
         if let Some(body) = body {
             req = req.json(body);
         }
         self.pace().await;
         let started = Instant::now();
         self.report.calls += 1;
-        let response = req.send().await.map_err(|e| {
-            anyhow!(
-                "{route}: no answer ({})",
-                if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "cannot connect"
-                } else {
-                    "transport error"
-                }
-            )
-        })?;
+        let response = req.send().await.map_err(|e| no_answer(route, &e))?;
         let status = response.status().as_u16();
         self.note_headers(response.headers(), status);
         let bytes = response.bytes().await.unwrap_or_default();
-        self.report.timings.push(Timing {
-            route: route.to_string(),
-            status,
-            ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        });
+        self.timed(route, status, started);
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         let body_kind = match &json {
             _ if bytes.is_empty() => "empty",
@@ -568,6 +545,14 @@ impl Prober {
             json,
             body_kind,
         })
+    }
+
+    fn timed(&mut self, route: &str, status: u16, started: Instant) {
+        self.report.timings.push(Timing {
+            route: route.to_string(),
+            status,
+            ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
     }
 
     fn note_headers(&mut self, headers: &HeaderMap, status: u16) {
@@ -617,16 +602,7 @@ impl Prober {
             ])
             .send()
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "POST /auth: no answer ({})",
-                    if e.is_connect() {
-                        "cannot connect"
-                    } else {
-                        "transport error"
-                    }
-                )
-            })?;
+            .map_err(|e| no_answer(AUTH, &e))?;
         let status = response.status().as_u16();
         self.note_headers(response.headers(), status);
         self.report.token.status = status;
@@ -636,11 +612,7 @@ impl Prober {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
         let text = response.text().await.unwrap_or_default();
-        self.report.timings.push(Timing {
-            route: AUTH.into(),
-            status,
-            ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        });
+        self.timed(AUTH, status, started);
         if !(200..300).contains(&status) {
             bail!("POST /auth answered {status}: check the gateway URL, username and password");
         }
@@ -923,14 +895,7 @@ impl Prober {
             .await?;
         w.update_unset_timeout = Some(unset.answer());
 
-        let deleted = self
-            .call(
-                Method::DELETE,
-                DELETE,
-                "/pm/v1/deploymentjobs",
-                Some(&json!({"ids": [id]})),
-            )
-            .await?;
+        let deleted = self.delete_one(&id).await?;
         w.delete = Some(deleted.answer());
         w.delete_item_status = item_status(&deleted, &id);
         let after = self.call(Method::GET, GET_JOB, &job_path, None).await?;
@@ -955,17 +920,17 @@ impl Prober {
         w.cleaned_up = gone;
 
         let random = uuid::Uuid::new_v4().to_string();
-        let unknown = self
-            .call(
-                Method::DELETE,
-                DELETE,
-                "/pm/v1/deploymentjobs",
-                Some(&json!({"ids": [random]})),
-            )
-            .await?;
+        let unknown = self.delete_one(&random).await?;
         w.delete_unknown = Some(unknown.answer());
         w.delete_unknown_item_status = item_status(&unknown, &random);
         Ok(w)
+    }
+
+    /// `DELETE /pm/v1/deploymentjobs` of one id.
+    async fn delete_one(&mut self, id: &str) -> anyhow::Result<Reply> {
+        let body = json!({"ids": [id]});
+        self.call(Method::DELETE, DELETE, "/pm/v1/deploymentjobs", Some(&body))
+            .await
     }
 
     /// The summary of `id` in the list (`Some(None)`: the whole list was read and it is not
@@ -990,6 +955,18 @@ impl Prober {
         }
         Ok(None)
     }
+}
+
+/// A call without an answer, in words (never the error's own text, which may quote a URL).
+fn no_answer(route: &str, e: &reqwest::Error) -> anyhow::Error {
+    let why = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "transport error"
+    };
+    anyhow!("{route}: no answer ({why})")
 }
 
 fn no_repeats(ids: &[String]) -> bool {
