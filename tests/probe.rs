@@ -413,3 +413,45 @@ fn the_probe_keeps_to_its_call_budget() {
     assert!(unpaced.rate_limit.throttled);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ctrl_c_deletes_the_throwaway_job_before_the_probe_exits() {
+    let dir = std::env::temp_dir().join(format!("qpm-probe-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("sim.json");
+    // Slow calls, and the embedded simulator's state file shows what exists (saved about once a
+    // second and at exit).
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_qpm-operator"))
+        .arg("probe")
+        .arg(format!(
+            "--sim=--latency-ms 800 --state {}",
+            state.display()
+        ))
+        .args(["--allow-writes", "-o"])
+        .arg(dir.join("r.json"))
+        .env_remove("QUALYS_GATEWAY_URL")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("qpm-probe-")) {
+        assert!(
+            Instant::now() < deadline,
+            "the throwaway job never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("deleted the throwaway job"), "{stderr}");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(!saved.contains("qpm-probe-"), "{saved}");
+    assert!(!dir.join("r.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

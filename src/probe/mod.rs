@@ -135,10 +135,15 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<std::process::ExitCode> {
     let conn = match &args.sim {
         Some(flags) => {
             let config = sim_flags(flags)?.resolve()?;
+            // The probe acts as the simulator's first user (`sim`/`sim` unless --user says).
+            let user = config
+                .users
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("--sim: the simulator has no user"))?;
             let sim = sim::start(config)
                 .await
                 .context("cannot start the simulator to probe")?;
-            let user = sim::SimConfig::default().users.remove(0);
             let conn = Connection::new(sim.base_url(), user.name, user.password);
             eprintln!("probing a simulator at {}", sim.base_url());
             sim_handle = Some(sim);
