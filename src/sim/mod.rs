@@ -502,6 +502,67 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
     }
 
+    #[derive(clap::Parser)]
+    struct SimCommand {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<SimConfig, String> {
+        use clap::Parser as _;
+        let argv = std::iter::once("sim").chain(args.iter().copied());
+        SimCommand::try_parse_from(argv)
+            .map(|c| c.sim.to_config())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mode_flags_fill_the_config_and_default_to_the_old_behaviour() {
+        let c = flags(&[]).unwrap();
+        let d = SimConfig::default();
+        assert_eq!(
+            (c.max_page_size, c.list_order, c.rate_limit_headers),
+            (d.max_page_size, d.list_order, d.rate_limit_headers)
+        );
+        assert_eq!(
+            (c.delete_mode, c.delete_unknown, c.scope),
+            (d.delete_mode, d.delete_unknown, d.scope)
+        );
+        assert!(!c.strict_enabled_edits && c.accept_unset_timeout);
+        assert_eq!((c.token_ttl, c.idle_timeout), (d.token_ttl, d.idle_timeout));
+
+        let c = flags(&[
+            "--max-page-size",
+            "200",
+            "--list-order",
+            "updated",
+            "--rate-limit-headers",
+            "none",
+            "--delete",
+            "soft",
+            "--delete-unknown",
+            "not-found",
+            "--scope",
+            "own",
+            "--strict-enabled-edits",
+            "--refuse-unset-timeout",
+            "--idle-timeout",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(c.max_page_size, Some(200));
+        assert_eq!(c.list_order, ListOrder::Updated);
+        assert_eq!(c.rate_limit_headers, RateLimitHeaders::None);
+        assert_eq!(c.delete_mode, DeleteMode::Soft);
+        assert_eq!(c.delete_unknown, DeleteUnknown::NotFound);
+        assert_eq!(c.scope, Scope::Own);
+        assert!(c.strict_enabled_edits && !c.accept_unset_timeout);
+        assert_eq!(c.idle_timeout, Duration::ZERO);
+        assert!(flags(&["--max-page-size", "0"]).is_err());
+        assert!(flags(&["--max-page-size", "10001"]).is_err());
+        assert!(flags(&["--delete", "maybe"]).is_err());
+    }
+
     #[test]
     fn rate_limits_and_error_rates_parse() {
         assert_eq!(
