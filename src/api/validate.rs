@@ -4,8 +4,8 @@
 //! It runs what the API server runs at admission, in the same order, against the same generated
 //! document ([`super::openapi_schema`]):
 //! 1. the OpenAPI schema: apiVersion/kind, unknown fields (the Rust types tolerate them, see
-//!    DESIGN.md "The CRD", so they are found here), types, required fields, enums, ranges,
-//!    lengths, item counts, patterns, nulls, int-or-string, set uniqueness;
+//!    ARCHITECTURE.md, "Unknown is kept", so they are found here), types, required fields,
+//!    enums, ranges, lengths, item counts, patterns, nulls, int-or-string, set uniqueness;
 //! 2. deserialisation into [`DeploymentJob`];
 //! 3. the CEL rules (`x-kubernetes-validations`), evaluated by kube's `cel` feature from the
 //!    schema itself, so there is one rule set and no Rust copy of it.

@@ -1,4 +1,4 @@
-//! The job transformations of the gateway (qualys-pm-api.md §7 and §7.4), on create and update.
+//! The job transformations of the gateway (docs/simulator.md, "What the server does to a job"), on create and update.
 //!
 //! A request is turned into the document the server stores: server-managed fields keep the
 //! server's values, actions get ids, scripts become storage paths, numbers sent as strings are
