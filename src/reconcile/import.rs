@@ -262,14 +262,14 @@ fn action(
     platform: Platform,
     e: &mut EnumReader<'_>,
 ) -> Result<ActionSpec, String> {
-    if let Some(key) = a.unreadable_keys().next() {
-        return Err(format!("has a {key:?} member this version cannot read"));
-    }
     let kind = match a.kind() {
-        None => return Err("has no action kind".to_string()),
+        None => return Err("has no readable action kind".to_string()),
         Some(k) => ActionKind::from_wire(k)
             .ok_or_else(|| format!("is a {k:?} action, a kind this version does not know"))?,
     };
+    if let Some(key) = a.unreadable_keys().next() {
+        return Err(format!("has a {key:?} member this version cannot read"));
+    }
     let registry = kind == ActionKind::ChangeRegistryKey;
     let uninstall = kind == ActionKind::UninstallSoftware;
     if registry && platform != Platform::Windows {
