@@ -319,3 +319,29 @@ fn render_gives_each_new_kind_its_wire_shape() {
     );
     assert!(rendered.scripts.is_empty());
 }
+
+#[test]
+fn the_registry_and_uninstall_example_in_the_docs_is_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/crd.md")).unwrap();
+    let block = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("Change Registry Key"))
+        .expect("the docs show both kinds");
+    let manifest = format!(
+        "apiVersion: pm.qualys.io/v1alpha1\nkind: DeploymentJob\nmetadata:\n  name: kinds\n  namespace: default\n\
+         spec:\n  job:\n    name: kinds\n    platform: Windows\n    scheduleType: On-demand\n{block}"
+    );
+    let docs = yaml_documents(&manifest).expect("YAML");
+    let job = validate_manifest(&docs[0]).unwrap_or_else(|p| panic!("{p:?}"));
+    let kinds: Vec<&str> = job
+        .spec
+        .job
+        .post_deploy_actions
+        .iter()
+        .flatten()
+        .map(|a| a.action.as_str())
+        .collect();
+    assert_eq!(kinds, ["Change Registry Key", "Uninstall Software"]);
+}
