@@ -381,3 +381,115 @@ fn chained_rules(live: &JobBody) -> Option<Vec<ChainedJobRuleSpec>> {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(platform: &str, pre: serde_json::Value) -> JobBody {
+        serde_json::from_value(json!({
+            "id": "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b", "name": "j", "platform": platform,
+            "scheduleType": "On-demand",
+            "preDeployActions": pre,
+            "postDeployActions": [{"action": "Run Script", "scriptType": "sh",
+                                   "params": {"actionItem": "post"}}]
+        }))
+        .unwrap()
+    }
+
+    fn registry(params: serde_json::Value) -> serde_json::Value {
+        json!({"action": "Change Registry Key", "params": params})
+    }
+
+    /// The pre-deploy list is left unmanaged with exactly this note; the post list stays managed.
+    fn left_unmanaged(live: &JobBody, why: &str) {
+        let (spec, notes) = spec_from_live(live).unwrap();
+        assert_eq!(spec.pre_deploy_actions, None);
+        assert_eq!(spec.post_deploy_actions.map(|l| l.len()), Some(1));
+        assert_eq!(
+            notes,
+            [format!(
+                "preDeployActions[0] {why}; preDeployActions left unmanaged (the job keeps its actions as they are)"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_registry_action_in_another_spelling_is_left_unmanaged() {
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([registry(json!({"regKey": "HKLM\\X", "op": 1}))]),
+            ),
+            "is a Change Registry Key action without a readable params.registryKey and params.registryAction",
+        );
+        // A registry action with a value type this version does not know: its list too.
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([registry(
+                    json!({"registryKey": "HKLM\\X", "registryAction": "Rename"})
+                )]),
+            ),
+            "is a Change Registry Key action without a readable params.registryKey and params.registryAction",
+        );
+    }
+
+    #[test]
+    fn actions_that_a_valid_spec_cannot_hold_leave_their_list_unmanaged() {
+        left_unmanaged(
+            &job(
+                "Linux",
+                json!([registry(
+                    json!({"registryKey": "HKLM\\X", "registryAction": "Delete"})
+                )]),
+            ),
+            "is a Change Registry Key action of a Linux job",
+        );
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([{"action": "Uninstall Software", "params": {"uninstallCommand": "x"}}]),
+            ),
+            "is an Uninstall Software action without params.softwareName",
+        );
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([{"action": "Install Software", "params": {"timeout": true}}]),
+            ),
+            "has a \"params\" member this version cannot read",
+        );
+        left_unmanaged(
+            &job("Windows", json!([{"action": 3}])),
+            "has no readable action kind",
+        );
+    }
+
+    #[test]
+    fn the_new_kinds_import_with_only_their_own_fields() {
+        let live = job(
+            "Windows",
+            json!([
+                registry(json!({"registryKey": "HKLM\\X", "registryAction": "Create",
+                                "valueName": "v", "valueType": "REG_SZ", "valueData": "",
+                                "softwareName": "stray"})),
+                {"action": "Uninstall Software",
+                 "params": {"softwareName": "Acme", "valueName": "stray"}}
+            ]),
+        );
+        let (spec, notes) = spec_from_live(&live).unwrap();
+        assert_eq!(notes, Vec::<String>::new());
+        let pre = spec.pre_deploy_actions.unwrap();
+        assert_eq!(
+            serde_json::to_value(&pre).unwrap(),
+            json!([
+                {"action": "Change Registry Key",
+                 "params": {"registryKey": "HKLM\\X", "registryAction": "Create",
+                            "valueName": "v", "valueType": "REG_SZ", "valueData": ""}},
+                {"action": "Uninstall Software", "params": {"softwareName": "Acme"}}
+            ])
+        );
+    }
+}
