@@ -1033,12 +1033,17 @@ mod tests {
             problems(|d| set(d, "/spec/job/name", json!("x".repeat(257)))),
             ["spec.job.name: must be at most 256 characters long; got 257"]
         );
-        let actions: Vec<Value> = (0..21)
+        // The console's limit: 5 pre- and 5 post-deploy actions.
+        let actions: Vec<Value> = (0..6)
             .map(|_| json!({"action": "Install Software"}))
             .collect();
         assert_eq!(
             problems(|d| set(d, "/spec/job/postDeployActions", json!(actions))),
-            ["spec.job.postDeployActions: must have at most 20 items; got 21"]
+            ["spec.job.postDeployActions: must have at most 5 items; got 6"]
+        );
+        assert_eq!(
+            problems(|d| set(d, "/spec/job/preDeployActions", json!(actions[..5]))),
+            Vec::<String>::new()
         );
     }
 
