@@ -3,6 +3,7 @@
 
 use super::connect::Conn;
 use super::manifests::{self, Inputs, JobManifest};
+use super::output;
 use crate::reconcile::{Claims, Context, Mode, ScriptResolver};
 use clap::Args;
 use std::collections::HashMap;
@@ -27,18 +28,18 @@ pub fn load_inputs(args: &FileArgs) -> Option<Inputs> {
     match manifests::load(&args.files, args.recursive) {
         Ok(inputs) => {
             for w in &inputs.warnings {
-                eprintln!("warning: {w}");
+                output::err_line(&format!("warning: {w}"));
             }
             Some(inputs)
         }
         Err(errors) => {
             for e in &errors {
-                eprintln!("error: {e}");
+                output::err_line(&format!("error: {e}"));
             }
-            eprintln!(
+            output::err_line(&format!(
                 "{} problem(s) in the input; nothing was planned or applied",
                 errors.len()
-            );
+            ));
             None
         }
     }
