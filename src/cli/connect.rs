@@ -7,6 +7,7 @@
 use super::manifests::Inputs;
 use super::state_file::StateFile;
 use super::stats::Stats;
+use crate::api::validate::{MAX_PASSWORD_BYTES, password_problem};
 use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret};
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
@@ -117,7 +118,11 @@ impl ConnectionArgs {
             None => std::env::var("QUALYS_PASSWORD")
                 .ok()
                 .filter(|p| !p.is_empty())
-                .map(Secret::new)
+                .map(|p| match password_problem(p.as_bytes()) {
+                    Some(problem) => Err(anyhow!("QUALYS_PASSWORD: {problem}")),
+                    None => Ok(Secret::new(p)),
+                })
+                .transpose()?
                 .ok_or_else(|| {
                     anyhow!(
                         "no password for the gateway: set QUALYS_PASSWORD or give --password-file \
@@ -160,10 +165,25 @@ impl ConnectionArgs {
 }
 
 fn read_password_file(path: &Path) -> anyhow::Result<Secret> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    // Bounded: a wrong path (a log file, /dev/zero) must not be read to the end.
+    let limit = (MAX_PASSWORD_BYTES + 2) as u64;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_end(&mut bytes))
         .with_context(|| format!("--password-file {}: cannot read", path.display()))?;
     // The first line, without its line ending: `echo secret > file` must work.
-    let first = text.lines().next().unwrap_or_default();
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    if let Some(problem) = password_problem(first) {
+        bail!("--password-file {}: {problem}", path.display());
+    }
+    let Ok(first) = std::str::from_utf8(first) else {
+        bail!(
+            "--password-file {}: the first line is not UTF-8 text",
+            path.display()
+        );
+    };
     if first.is_empty() {
         bail!(
             "--password-file {}: the first line is empty",
@@ -212,6 +232,11 @@ pub fn secret_connection(
     };
     let gateway = text("gatewayUrl", true)?.unwrap_or_default();
     let username = text("username", true)?.unwrap_or_default();
+    if let Some(problem) = data.get("password").and_then(|p| password_problem(p)) {
+        return Err(format!(
+            "spec.connectionRef: Secret {namespace}/{name}: {problem}"
+        ));
+    }
     let password = text("password", true)?.unwrap_or_default();
     let mut conn = Connection::new(gateway.trim(), username.trim(), password);
     conn.ca_bundle = data.get("caBundle").filter(|b| !b.is_empty()).cloned();
