@@ -714,7 +714,11 @@ fn quote(s: &str) -> String {
     const MAX: usize = 64;
     if s.chars().count() > MAX {
         let head: String = s.chars().take(MAX).collect();
-        format!("\"{}…\" ({} characters)", head.escape_debug(), s.chars().count())
+        format!(
+            "\"{}…\" ({} characters)",
+            head.escape_debug(),
+            s.chars().count()
+        )
     } else {
         format!("{s:?}")
     }
@@ -888,7 +892,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1311,9 +1315,17 @@ mod tests {
         let many = "a: 1\n---\n".repeat(1_100);
         assert_eq!(yaml_documents(&many).unwrap().len(), 1_100);
 
-        let mut laughs = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
-            laughs.push_str(&format!("{next}: &{next} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+        let mut laughs = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            laughs.push_str(&format!(
+                "{next}: &{next} [{}]\n",
+                vec![format!("*{prev}"); 9].join(",")
+            ));
         }
         let message = yaml_error_message(&yaml_documents(&laughs).unwrap_err());
         assert!(message.starts_with("refused: "), "{message}");

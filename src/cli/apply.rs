@@ -10,15 +10,15 @@ use super::connect::{self, Conn, ConnectionArgs, Session};
 use super::manifests::{InputScripts, Inputs, JobManifest};
 use super::state_file::{self, StateFile};
 use super::{lock, output};
-use anyhow::anyhow;
-use std::time::Duration;
 use crate::api::Reason;
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
+use anyhow::anyhow;
 use clap::Args;
 use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// `qpm-operator apply`.
 #[derive(Args, Debug, Clone)]

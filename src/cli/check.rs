@@ -8,8 +8,8 @@
 //! when all pass, 1 otherwise.
 
 use super::common;
-use super::output;
 use super::connect::{ConnectionArgs, Session};
+use super::output;
 use super::state_file::StateFile;
 use crate::qualys::{Client, Endpoint, Error, JobBody, JobState, values};
 use clap::Args;

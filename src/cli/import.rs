@@ -8,8 +8,8 @@
 //! `linkedJobRef`, and the parent's post-deploy actions by `actionItem` (`actionRefs`).
 
 use super::common;
-use super::output;
 use super::connect::{ConnectionArgs, Session};
+use super::output;
 use crate::api::validate::validate_manifest;
 use crate::api::{ActionRef, DeploymentJobRef, JobSpec};
 use crate::cli::manifests::parse_documents;

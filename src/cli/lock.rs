@@ -144,7 +144,10 @@ mod tests {
         let written: Holder =
             serde_json::from_str(&std::fs::read_to_string(lock_path(&state)).unwrap()).unwrap();
         assert_eq!(written.pid, std::process::id());
-        let err = acquire(&state, Duration::ZERO).await.unwrap_err().to_string();
+        let err = acquire(&state, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("is locked by pid {} on ", std::process::id())),
             "{err}"

@@ -517,7 +517,13 @@ fn names_are_valid(doc: &Value, file: &str, resource: &str, errors: &mut Vec<Inp
         .and_then(Value::as_str)
         .filter(|ns| !ns.is_empty());
     let problems = [
-        ("metadata.name", name.map_or_else(|| Some("required field is missing".to_string()), name_problem)),
+        (
+            "metadata.name",
+            name.map_or_else(
+                || Some("required field is missing".to_string()),
+                name_problem,
+            ),
+        ),
         ("metadata.namespace", namespace.and_then(namespace_problem)),
     ];
     let mut valid = true;

@@ -156,7 +156,10 @@ mod tests {
         let v = serde_json::json!({"name": "a\u{9b}b\u{1b}c\u{2066}", "n": 1});
         let text = serde_json::to_string_pretty(&v).unwrap();
         let safe = json_safe(&text);
-        assert!(!safe.chars().any(|c| c != '\n' && needs_escape(c)), "{safe}");
+        assert!(
+            !safe.chars().any(|c| c != '\n' && needs_escape(c)),
+            "{safe}"
+        );
         assert_eq!(serde_json::from_str::<serde_json::Value>(&safe).unwrap(), v);
     }
 }

@@ -132,10 +132,7 @@ impl PlanDocument {
                 }
                 Action::Update => {
                     update += 1;
-                    let _ = writeln!(
-                        out,
-                        "~ {resource}: update job {id} (identified by {how})"
-                    );
+                    let _ = writeln!(out, "~ {resource}: update job {id} (identified by {how})");
                     for c in &r.changes {
                         let _ = writeln!(
                             out,

@@ -199,7 +199,9 @@ pub fn remove_stale_temporaries(path: &Path) {
     let (Some(name), dir) = (path.file_name(), path.parent()) else {
         return;
     };
-    let dir = dir.filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut prefix = name.to_os_string();
     prefix.push(".tmp");
     let prefix = prefix.to_string_lossy().into_owned();
@@ -209,9 +211,9 @@ pub fn remove_stale_temporaries(path: &Path) {
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        let is_temporary = file_name.strip_prefix(prefix.as_str()).is_some_and(|pid| {
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
-        });
+        let is_temporary = file_name
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
         if is_temporary && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -312,7 +314,12 @@ mod tests {
         let path = temp("temporaries");
         let dir = path.parent().unwrap().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["state.json.tmp123", "state.json.tmp9", "state.json.tmpx", "other.tmp1"] {
+        for name in [
+            "state.json.tmp123",
+            "state.json.tmp9",
+            "state.json.tmpx",
+            "other.tmp1",
+        ] {
             std::fs::write(dir.join(name), "x").unwrap();
         }
         std::fs::write(&path, "{}").unwrap();
