@@ -95,7 +95,7 @@ pub struct PlannedResource {
 #[serde(rename_all = "camelCase")]
 pub struct PlanDocument {
     pub api_version: &'static str,
-    /// The gateway URL of resources without connectionRef, or `embedded-simulator`.
+    /// The gateway URL of resources without connectionRef, `embedded-simulator`, or `none`.
     pub target: String,
     pub resources: Vec<PlannedResource>,
 }
