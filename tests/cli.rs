@@ -60,6 +60,16 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     fn lines(&self) -> Vec<&str> {
         self.stdout.lines().collect()
@@ -80,11 +90,7 @@ async fn qpm(args: &[&str], env: &[(&str, &str)]) -> Run {
         .await
         .unwrap()
         .expect("the binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// [`qpm`] for a run that used to hang: killed (by its pid) and failed when it has not ended
@@ -98,14 +104,7 @@ async fn qpm_guarded(args: &[&str], env: &[(&str, &str)]) -> Run {
     let pid = child.id();
     let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
     match tokio::time::timeout(GUARD, waiting).await {
-        Ok(out) => {
-            let out = out.unwrap().unwrap();
-            Run {
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        }
+        Ok(out) => Run::from(out.unwrap().unwrap()),
         Err(_) => {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
