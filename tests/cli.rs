@@ -1354,10 +1354,18 @@ async fn an_unreachable_gateway_fails_the_run_once() {
             errors[0].ends_with("; nothing was planned or applied"),
             "{command}: {run:?}"
         );
-        // The client's own retries of one /auth (4 attempts), not one sequence per job.
+        // One /auth with the client's own retries (at most its 4 attempts), not one sequence
+        // per job (20 jobs used to make hundreds).
+        let total: u64 = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("  total "))
+            .and_then(|t| t.strip_suffix(", writes 0"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{command}: no totals: {run:?}"));
         assert!(
-            run.stderr.contains("  total 4, writes 0\n"),
-            "{command}: {run:?}"
+            (1..=4).contains(&total),
+            "{command}: {total} calls: {run:?}"
         );
     }
 }
