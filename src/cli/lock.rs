@@ -80,7 +80,8 @@ pub async fn acquire(state: &Path, timeout: Duration) -> anyhow::Result<StateLoc
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    let deadline = Instant::now() + timeout;
+    // A timeout too large for the clock waits for ever.
+    let deadline = Instant::now().checked_add(timeout);
     let mut announced = false;
     loop {
         match file.try_lock() {
@@ -91,7 +92,7 @@ pub async fn acquire(state: &Path, timeout: Duration) -> anyhow::Result<StateLoc
             }
         }
         let holder = Holder::describe(read_holder(&mut file).as_ref());
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!(
                 "state file {} is locked by {holder}: another apply is using it; run again when \
                  it has finished, or wait longer with --lock-timeout SECONDS (now {}s)",
@@ -107,7 +108,8 @@ pub async fn acquire(state: &Path, timeout: Duration) -> anyhow::Result<StateLoc
             ));
             announced = true;
         }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let left = deadline.map_or(POLL, |d| d.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(POLL.min(left)).await;
     }
     write_holder(&mut file, &Holder::me())
         .with_context(|| format!("cannot write {}", path.display()))?;
