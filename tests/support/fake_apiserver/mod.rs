@@ -61,6 +61,7 @@ mod error;
 mod http;
 mod log;
 mod registry;
+mod schema;
 mod selector;
 mod ssa;
 mod store;
@@ -91,6 +92,10 @@ pub struct FakeOptions {
     pub watch_buffer: usize,
     /// Keep the request log (turn off for long benchmark runs, where it only grows).
     pub record_requests: bool,
+    /// Serve reads from a lagging watch cache: lists at `resourceVersion=0` show the state of
+    /// this long ago, and watches deliver each event this long after it happened (see
+    /// [`FakeApiServer::set_lag`]). `None`: every read is current.
+    pub read_lag: Option<Duration>,
 }
 
 impl Default for FakeOptions {
@@ -100,6 +105,7 @@ impl Default for FakeOptions {
             bookmark_interval: Duration::from_secs(1),
             watch_buffer: 4096,
             record_requests: true,
+            read_lag: None,
         }
     }
 }
@@ -141,8 +147,10 @@ impl FakeApiServer {
             .local_addr()
             .expect("a bound listener has a local address");
         let (stop, shutdown) = signal::channel(false);
+        let mut state = State::new(opts.history_limit, opts.watch_buffer);
+        state.lag = opts.read_lag;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(opts.history_limit, opts.watch_buffer)),
+            state: Mutex::new(state),
             opts,
             shutdown: shutdown.clone(),
             address: addr.to_string(),
@@ -196,6 +204,17 @@ impl FakeApiServer {
             serde_json::to_value(crd).map_err(|e| format!("the CRD does not serialize: {e}"))?;
         ResourceType::from_crd(&value)?;
         self.shared.lock().put_crd(value).map_err(|e| e.message)
+    }
+
+    /// Starts (`Some`) or stops (`None`) serving reads from a lagging cache; watches opened
+    /// before keep the lag they started with.
+    pub fn set_lag(&self, lag: Option<Duration>) {
+        self.shared.lock().lag = lag;
+    }
+
+    /// The `openAPIV3Schema` writes of this type are admitted against, if any.
+    pub fn schema_of(&self, group: &str, plural: &str) -> Option<Value> {
+        self.shared.lock().schema_root(group, plural)
     }
 
     /// Registers any other resource type (a built-in kind the fake does not carry).
