@@ -3,12 +3,13 @@
 //! and `null`s of non-nullable fields, apply defaults, validate the structure, then run the
 //! `x-kubernetes-validations` CEL rules (with the stored object as `oldSelf`).
 //!
-//! The structural checks are the operator's own ([`qpm_operator::api::validate::schema_problems`])
-//! and the CEL rules run on kube's `cel` feature — the same code paths the CLI uses, fed the
-//! schema of whichever CRD the test installed.
+//! Pruning is the operator's own (`controller::crd_check::prune`, which it uses to compare
+//! status as the server keeps it), the structural checks are the CLI's
+//! (`api::validate::schema_problems`) and the CEL rules run on kube's `cel` feature — the same
+//! code paths, fed the schema of whichever CRD the test installed.
 
 use kube::core::cel::{CompiledSchema, apply_defaults, compile_schema, validate_compiled};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One CRD's schema (the storage version's `openAPIV3Schema`), with its CEL rules compiled.
 pub struct CrdSchema {
@@ -89,7 +90,7 @@ impl CrdSchema {
                     continue;
                 }
                 if let Some(node) = child(Some(&self.root), key) {
-                    prune(node, value);
+                    qpm_operator::controller::crd_check::prune(node, value);
                 }
             }
             let declared = self.root.get("properties").and_then(Value::as_object);
@@ -144,50 +145,5 @@ fn server_wording(message: &str) -> String {
         format!("Duplicate value: {message}")
     } else {
         format!("Invalid value: {message}")
-    }
-}
-
-/// Drops what the schema does not declare, and `null`s of fields that are not nullable.
-pub fn prune(node: &Value, value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            if node.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
-                return;
-            }
-            let preserve =
-                node.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-            let additional = node.get("additionalProperties");
-            let properties = node.get("properties").and_then(Value::as_object);
-            if properties.is_none() && additional.is_none() && preserve {
-                return;
-            }
-            let mut kept = Map::new();
-            for (key, mut child_value) in std::mem::take(map) {
-                let declared = properties.and_then(|p| p.get(&key));
-                let schema = declared.or_else(|| additional.filter(|a| a.is_object()));
-                match schema {
-                    Some(s) => {
-                        if child_value.is_null() && s.get("nullable") != Some(&Value::Bool(true)) {
-                            continue;
-                        }
-                        prune(s, &mut child_value);
-                        kept.insert(key, child_value);
-                    }
-                    None if preserve || additional == Some(&Value::Bool(true)) => {
-                        kept.insert(key, child_value);
-                    }
-                    None => {}
-                }
-            }
-            *map = kept;
-        }
-        Value::Array(list) => {
-            if let Some(item_schema) = node.get("items") {
-                for item in list.iter_mut() {
-                    prune(item_schema, item);
-                }
-            }
-        }
-        _ => {}
     }
 }
