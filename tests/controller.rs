@@ -106,6 +106,28 @@ impl Env {
             .expect("operator starts")
     }
 
+    /// Resources "deleted" (deletionPolicy Delete) and "orphaned" (Orphan), once Created:
+    /// their job ids.
+    async fn one_of_each_deletion_policy(&self) -> (String, String) {
+        self.create("deleted", spec("delete me")).await;
+        let mut orphan = spec("keep me");
+        orphan["deletionPolicy"] = json!("Orphan");
+        self.create("orphaned", orphan).await;
+        (
+            job_id(&self.wait_reason("deleted", "Created").await),
+            job_id(&self.wait_reason("orphaned", "Created").await),
+        )
+    }
+
+    /// An operator that resyncs every resource every `every`.
+    async fn operator_resyncing(&self, every: Duration) -> Operator {
+        let mut config = self.config("op-1");
+        config.settings.resync = every;
+        controller::start(self.operator_client(), config)
+            .await
+            .expect("operator starts")
+    }
+
     /// A client for an operator instance (its own connection pool, its own User-Agent).
     fn operator_client(&self) -> kube::Client {
         match self.cluster.fake() {
@@ -1070,11 +1092,7 @@ async fn an_older_crd_stops_creates_without_a_loop_until_it_is_upgraded() {
         return;
     };
     fake.register_crd(&older_crd()).expect("the older CRD");
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("early", spec("installed too early")).await;
     let dj = env.wait_reason("early", "CrdMismatch").await;
     let message = &condition(&dj, "Ready").unwrap().message;
@@ -1115,11 +1133,7 @@ async fn an_older_crd_stops_creates_without_a_loop_until_it_is_upgraded() {
 #[tokio::test]
 async fn a_condition_of_another_manager_is_kept_and_causes_no_write() {
     let env = Env::start().await;
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("audited", spec("audited")).await;
     env.wait_reason("audited", "Created").await;
     let foreign = env
@@ -1170,12 +1184,7 @@ async fn a_condition_of_another_manager_is_kept_and_causes_no_write() {
 async fn a_namespace_deleted_while_the_operator_is_stopped_ends_each_resource_clearly() {
     let env = Env::start().await;
     let op = env.operator().await;
-    env.create("deleted", spec("delete me")).await;
-    let mut orphan = spec("keep me");
-    orphan["deletionPolicy"] = json!("Orphan");
-    env.create("orphaned", orphan).await;
-    let deleted = job_id(&env.wait_reason("deleted", "Created").await);
-    let orphaned = job_id(&env.wait_reason("orphaned", "Created").await);
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
     op.shutdown().await;
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.cluster.client());
@@ -1225,12 +1234,7 @@ async fn deleting_the_crd_deletes_or_orphans_each_job_per_its_policy() {
         return;
     }
     let op = env.operator().await;
-    env.create("deleted", spec("delete me")).await;
-    let mut orphan = spec("keep me");
-    orphan["deletionPolicy"] = json!("Orphan");
-    env.create("orphaned", orphan).await;
-    let deleted = job_id(&env.wait_reason("deleted", "Created").await);
-    let orphaned = job_id(&env.wait_reason("orphaned", "Created").await);
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
     let crds: Api<
         k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     > = Api::all(env.cluster.client());
@@ -1379,11 +1383,7 @@ async fn a_status_write_refused_with_422_stops_that_resource_without_retrying() 
     }]);
     fake.register_crd(&serde_json::from_value(crd).unwrap())
         .expect("the stricter CRD");
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("refused", spec("refused")).await;
     env.create("fine", spec("fine")).await;
     let dj = env.wait_reason("refused", "CrdMismatch").await;

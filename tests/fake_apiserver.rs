@@ -1736,8 +1736,8 @@ async fn an_older_crd_prunes_the_status_fields_it_lacks() {
         .unwrap();
     let pending =
         json!({"name": "Weekly", "platform": "Windows", "bodyDigest": "d", "startedAt": "t"});
-    let first = api
-        .patch_status(
+    let write_pending = || async {
+        api.patch_status(
             "a",
             &PatchParams::apply("op").force(),
             &Patch::Apply(json!({
@@ -1746,35 +1746,29 @@ async fn an_older_crd_prunes_the_status_fields_it_lacks() {
             })),
         )
         .await
-        .unwrap();
+        .unwrap()
+    };
+    let first = write_pending().await;
     assert!(first.data["status"].get("pendingCreate").is_none());
     // Writing it again changes nothing: no new resourceVersion.
-    let again = api
-        .patch_status(
-            "a",
-            &PatchParams::apply("op").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
-                "status": {"observedGeneration": 1, "pendingCreate": pending},
-            })),
-        )
-        .await
-        .unwrap();
+    let again = write_pending().await;
     assert_eq!(again.resource_version(), first.resource_version());
     // After the upgrade the field is kept.
     fake.register_crd(&qpm_operator::api::crd()).unwrap();
-    let upgraded = api
-        .patch_status(
-            "a",
-            &PatchParams::apply("op").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
-                "status": {"observedGeneration": 1, "pendingCreate": pending},
-            })),
+    let upgraded = write_pending().await;
+    assert_eq!(upgraded.data["status"]["pendingCreate"], pending);
+}
+
+/// Removes every finalizer of a widget, as its controllers would when done.
+async fn release(widgets: &Api<Widget>, name: &str) {
+    widgets
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
         )
         .await
         .unwrap();
-    assert_eq!(upgraded.data["status"]["pendingCreate"], pending);
 }
 
 fn condition(ty: &str, status: &str) -> serde_json::Value {
@@ -1918,14 +1912,7 @@ async fn deleting_a_namespace_terminates_it_and_cascades() {
         refused.message
     );
     // Once the finalizer goes, the object and then the namespace go.
-    widgets
-        .patch(
-            "held",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    release(&widgets, "held").await;
     wait_for(
         Duration::from_secs(120),
         "the namespace to be gone",
@@ -1975,14 +1962,7 @@ async fn deleting_a_crd_deletes_its_objects_then_itself() {
             .await,
     );
     assert_eq!(refused.code, 405);
-    widgets
-        .patch(
-            "held",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    release(&widgets, "held").await;
     assert!(
         crds.get_opt("widgets.fake.qpm.test")
             .await

@@ -1562,43 +1562,19 @@ impl State {
         }
         let rt = t.rt.clone();
         let key = t.key();
-        if is_namespace_type(&rt) {
-            if is_deleting(&old.obj) || dry_run {
-                return Ok(old.obj);
-            }
-            let mut new = old.obj.clone();
-            new["metadata"]["deletionTimestamp"] = json!(now());
-            new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            new["status"] = json!({"phase": "Terminating"});
-            let rv = self.next_rv();
-            Self::finish(&mut new, &old.managers, Some(rv));
-            self.objects.entry(t.type_key()).or_default().insert(
-                key.clone(),
-                Stored {
-                    obj: new.clone(),
-                    managers: old.managers.clone(),
-                },
-            );
-            self.publish(Change {
-                rv,
-                group: rt.group.clone(),
-                plural: rt.plural.clone(),
-                namespace: String::new(),
-                kind: ChangeType::Modified,
-                old: Some(old.obj),
-                object: new.clone(),
-                at: Instant::now(),
-            });
-            self.sweep_namespace(t.name());
-            return Ok(new);
-        }
-        if !finalizers(&old.obj).is_empty() {
+        // A namespace always waits for its content (its `spec.finalizers` hold it), as does
+        // anything with finalizers.
+        let namespace = is_namespace_type(&rt);
+        if namespace || !finalizers(&old.obj).is_empty() {
             if is_deleting(&old.obj) {
                 return Ok(old.obj);
             }
             let mut new = old.obj.clone();
             new["metadata"]["deletionTimestamp"] = json!(now());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if namespace {
+                new["status"] = json!({"phase": "Terminating"});
+            }
             if rt.tracks_generation {
                 // The real server bumps generation when it marks an object for deletion, which is
                 // how generation-filtered controllers still see the deletion.
@@ -1631,10 +1607,13 @@ impl State {
                 object: new.clone(),
                 at: Instant::now(),
             });
+            if namespace {
+                self.sweep_namespace(t.name());
+            }
             if is_crd_type(&rt) {
                 self.sweep_type(&new);
             }
-            return Ok(new);
+            return Ok(self.stored(t).map(|s| s.obj).unwrap_or(new));
         }
         if dry_run {
             return Ok(old.obj);
