@@ -608,10 +608,40 @@ async fn a_foreign_job_with_the_same_name_is_a_conflict_and_a_claimed_job_is_not
 #[tokio::test]
 async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
     let env = Env::start().await;
-    let op = env.operator().await;
     let mut bad = spec("invalid");
     bad["job"]["timeoutUnit"] = json!("MINUTES");
     bad["job"]["timeout"] = json!(20000);
+    // The API server refuses it at admission, naming the field.
+    let dj: DeploymentJob = serde_json::from_value(json!({
+        "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+        "metadata": {"name": "invalid"}, "spec": bad
+    }))
+    .unwrap();
+    match env.jobs.create(&PostParams::default(), &dj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("spec.job.timeout"), "{}", e.message);
+        }
+        other => panic!("the API server admits an invalid spec: {other:?}"),
+    }
+    // The operator checks again, for what a looser (older, edited) CRD lets through.
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("the rest is skipped on a real cluster: it would install a looser CRD");
+        return;
+    };
+    let mut looser = api::crd_value();
+    let job = looser
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/job")
+        .and_then(Value::as_object_mut)
+        .expect("spec.job in the schema");
+    job.remove("x-kubernetes-validations");
+    job["properties"]["timeout"]
+        .as_object_mut()
+        .expect("spec.job.timeout in the schema")
+        .remove("maximum");
+    fake.register_crd(&serde_json::from_value(looser).unwrap())
+        .expect("the looser CRD");
+    let op = env.operator().await;
     env.create("invalid", bad).await;
     let dj = env.wait_reason("invalid", "InvalidSpec").await;
     let message = &condition(&dj, "Ready").unwrap().message;
