@@ -106,6 +106,28 @@ impl Env {
             .expect("operator starts")
     }
 
+    /// Resources "deleted" (deletionPolicy Delete) and "orphaned" (Orphan), once Created:
+    /// their job ids.
+    async fn one_of_each_deletion_policy(&self) -> (String, String) {
+        self.create("deleted", spec("delete me")).await;
+        let mut orphan = spec("keep me");
+        orphan["deletionPolicy"] = json!("Orphan");
+        self.create("orphaned", orphan).await;
+        (
+            job_id(&self.wait_reason("deleted", "Created").await),
+            job_id(&self.wait_reason("orphaned", "Created").await),
+        )
+    }
+
+    /// An operator that resyncs every resource every `every`.
+    async fn operator_resyncing(&self, every: Duration) -> Operator {
+        let mut config = self.config("op-1");
+        config.settings.resync = every;
+        controller::start(self.operator_client(), config)
+            .await
+            .expect("operator starts")
+    }
+
     /// A client for an operator instance (its own connection pool, its own User-Agent).
     fn operator_client(&self) -> kube::Client {
         match self.cluster.fake() {
@@ -262,12 +284,19 @@ impl Drop for Env {
             .iter()
             .filter(|r| r.verb != support::Verb::Discovery && !r.resource.is_empty())
             .filter(|r| {
-                !install.allows(
+                // RBAC reads a list's or watch's `metadata.name` field selector as its name.
+                let selected = r.query.split('&').find_map(|kv| {
+                    let v = kv.strip_prefix("fieldSelector=")?;
+                    let v = v.replace("%3D", "=").replace("%3d", "=");
+                    v.strip_prefix("metadata.name=").map(str::to_string)
+                });
+                !install.allows_named(
                     &r.group,
                     &r.resource,
                     r.subresource.as_deref(),
                     &r.verb.to_string(),
                     r.namespace.as_deref(),
+                    r.name.as_deref().or(selected.as_deref()),
                 )
             })
             .map(|r| r.to_string())
@@ -579,10 +608,40 @@ async fn a_foreign_job_with_the_same_name_is_a_conflict_and_a_claimed_job_is_not
 #[tokio::test]
 async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
     let env = Env::start().await;
-    let op = env.operator().await;
     let mut bad = spec("invalid");
     bad["job"]["timeoutUnit"] = json!("MINUTES");
     bad["job"]["timeout"] = json!(20000);
+    // The API server refuses it at admission, naming the field.
+    let dj: DeploymentJob = serde_json::from_value(json!({
+        "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+        "metadata": {"name": "invalid"}, "spec": bad
+    }))
+    .unwrap();
+    match env.jobs.create(&PostParams::default(), &dj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("spec.job.timeout"), "{}", e.message);
+        }
+        other => panic!("the API server admits an invalid spec: {other:?}"),
+    }
+    // The operator checks again, for what a looser (older, edited) CRD lets through.
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("the rest is skipped on a real cluster: it would install a looser CRD");
+        return;
+    };
+    let mut looser = api::crd_value();
+    let job = looser
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/job")
+        .and_then(Value::as_object_mut)
+        .expect("spec.job in the schema");
+    job.remove("x-kubernetes-validations");
+    job["properties"]["timeout"]
+        .as_object_mut()
+        .expect("spec.job.timeout in the schema")
+        .remove("maximum");
+    fake.register_crd(&serde_json::from_value(looser).unwrap())
+        .expect("the looser CRD");
+    let op = env.operator().await;
     env.create("invalid", bad).await;
     let dj = env.wait_reason("invalid", "InvalidSpec").await;
     let message = &condition(&dj, "Ready").unwrap().message;
@@ -1018,5 +1077,366 @@ async fn a_requested_reconcile_re_evaluates_a_stalled_resource() {
     .await;
     let dj = env.wait_reason("second", "Created").await;
     assert_ne!(job_id(&dj), first);
+    op.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What only a real cluster does: an older CRD, another manager's condition, namespace and CRD
+// deletion, a lagging cache.
+
+/// The generated CRD without the status fields an older operator version did not have.
+fn older_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = api::crd_value();
+    let status = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
+        .and_then(Value::as_object_mut)
+        .expect("the CRD has status properties");
+    status.remove("pendingCreate");
+    status.remove("lastEnabledTime");
+    serde_json::from_value(crd).expect("still a CRD")
+}
+
+fn reconciles(op: &Operator) -> f64 {
+    op.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_reconciles_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn gauge(op: &Operator, name: &str) -> Option<f64> {
+    op.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn an_older_crd_stops_creates_without_a_loop_until_it_is_upgraded() {
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: it would install an older CRD cluster-wide");
+        return;
+    };
+    fake.register_crd(&older_crd()).expect("the older CRD");
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("early", spec("installed too early")).await;
+    let dj = env.wait_reason("early", "CrdMismatch").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(
+        message.contains("status.pendingCreate") && message.contains("status.lastEnabledTime"),
+        "{message}"
+    );
+    assert_eq!(
+        env.sim.count(CREATE),
+        0,
+        "no create whose record would be pruned"
+    );
+    assert_eq!(gauge(&op, "qpm_crd_missing_fields"), Some(2.0));
+    assert!(op.is_ready(), "/readyz stays ready so deletion still works");
+    // No loop: further reconciles write nothing.
+    let writes = op.metrics.status_writes.get();
+    let before = reconciles(&op);
+    wait_for(WAIT, "five more reconciles", || async {
+        (reconciles(&op) >= before + 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(op.metrics.status_writes.get(), writes);
+    assert_eq!(
+        env.get("early").await.resource_version(),
+        dj.resource_version()
+    );
+    assert_eq!(env.sim.count(CREATE), 0);
+
+    // The CRD is upgraded: the operator notices by itself and creates the job, once.
+    fake.register_crd(&api::crd()).expect("the current CRD");
+    let dj = env.wait_reason("early", "Created").await;
+    assert!(dj.status.as_ref().unwrap().job_id.is_some());
+    assert_eq!(env.sim.count(CREATE), 1);
+    assert_eq!(gauge(&op, "qpm_crd_missing_fields"), Some(0.0));
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_condition_of_another_manager_is_kept_and_causes_no_write() {
+    let env = Env::start().await;
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("audited", spec("audited")).await;
+    env.wait_reason("audited", "Created").await;
+    let foreign = env
+        .jobs
+        .patch_status(
+            "audited",
+            &PatchParams::apply("auditor").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                "status": {"conditions": [{
+                    "type": "example.com/Audited", "status": "True", "reason": "Reviewed",
+                    "message": "reviewed by the audit controller",
+                    "lastTransitionTime": "2025-01-01T00:00:00Z"
+                }]},
+            })),
+        )
+        .await
+        .expect("another manager adds its condition");
+    assert!(
+        condition(&foreign, "Ready").is_some(),
+        "merged by type, not replaced"
+    );
+    let writes = op.metrics.status_writes.get();
+    let before = reconciles(&op);
+    wait_for(WAIT, "five more reconciles", || async {
+        (reconciles(&op) >= before + 5.0).then_some(())
+    })
+    .await;
+    let now = env.get("audited").await;
+    assert_eq!(now.resource_version(), foreign.resource_version());
+    assert_eq!(op.metrics.status_writes.get(), writes);
+    assert_eq!(
+        condition(&now, "example.com/Audited").unwrap().reason,
+        "Reviewed"
+    );
+    // A change of the operator's own keeps the other condition.
+    env.patch_spec("audited", json!({"spec": {"job": {"timeout": 7}}}))
+        .await;
+    let updated = env.wait_reason("audited", "Updated").await;
+    assert_eq!(
+        condition(&updated, "example.com/Audited").unwrap().reason,
+        "Reviewed"
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_namespace_deleted_while_the_operator_is_stopped_ends_each_resource_clearly() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
+    op.shutdown().await;
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.cluster.client());
+    namespaces
+        .delete(env.ns(), &DeleteParams::default())
+        .await
+        .expect("namespace deleted");
+    // The Secret goes with the namespace; the DeploymentJobs wait for their finalizer.
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    wait_for(WAIT, "the Secret to go with its namespace", || async {
+        matches!(secrets.get_opt("qualys").await, Ok(None)).then_some(())
+    })
+    .await;
+
+    let op = env.operator().await;
+    // Orphan: the finalizer goes, the job stays in Qualys.
+    env.wait_gone("orphaned").await;
+    assert!(env.sim.job(&orphaned).is_some());
+    // Delete, without credentials (a fresh process has none): a clear DeletionBlocked.
+    let dj = env.wait_reason("deleted", "DeletionBlocked").await;
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("force-orphan")
+    );
+    assert!(env.sim.job(&deleted).is_some());
+    env.patch_spec(
+        "deleted",
+        json!({"metadata": {"annotations": {api::ANNOTATION_FORCE_ORPHAN: "true"}}}),
+    )
+    .await;
+    env.wait_gone("deleted").await;
+    wait_for(WAIT, "the namespace to be gone", || async {
+        matches!(namespaces.get_opt(env.ns()).await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(env.sim.count(DELETE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_the_crd_deletes_or_orphans_each_job_per_its_policy() {
+    let env = Env::start().await;
+    if !env.cluster.is_fake() {
+        eprintln!("skipped on a real cluster: it would delete the CRD cluster-wide");
+        return;
+    }
+    let op = env.operator().await;
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(env.cluster.client());
+    crds.delete("deploymentjobs.pm.qualys.io", &DeleteParams::default())
+        .await
+        .expect("CRD deleted");
+    wait_for(WAIT, "the CRD to be gone", || async {
+        matches!(crds.get_opt("deploymentjobs.pm.qualys.io").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(env.sim.job(&deleted).is_none(), "Delete: deleted in Qualys");
+    assert!(env.sim.job(&orphaned).is_some(), "Orphan: left in Qualys");
+    assert_eq!(env.sim.count(DELETE), 1);
+    op.shutdown().await;
+}
+
+/// Reconciles that ended with `result` (a reason, `ok` or `error`); `None` counts every one.
+fn reconciled(op: &Operator, result: Option<&str>) -> f64 {
+    op.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_reconciles_total"))
+        .filter(|l| result.is_none_or(|r| l.contains(&format!("result=\"{r}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_lagging_cache_with_a_thousand_resources_creates_each_job_once() {
+    const N: usize = 1000;
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: the lag is the fake's");
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut config = env.config("op-1");
+    config.concurrency = 16;
+    config.settings.poll_interval = Duration::from_secs(60);
+    config.settings.secret_poll_interval = Duration::from_secs(60);
+    // The operator's cache is 300 ms late.
+    fake.set_lag(Some(Duration::from_millis(300)));
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    for i in 0..N {
+        env.create(&format!("job-{i:04}"), spec(&format!("job {i:04}")))
+            .await;
+    }
+    let created_in = started.elapsed();
+    wait_for(
+        Duration::from_secs(900),
+        "every resource Created",
+        || async { (reconciled(&op, Some("Created")) >= N as f64).then_some(()) },
+    )
+    .await;
+    let ready_in = started.elapsed();
+    let phase = |from: usize| {
+        // The operator's writes only (the other controller's are counted out).
+        let writes: Vec<_> = fake
+            .writes_to("deploymentjobs", Some("status"))
+            .into_iter()
+            .skip(from)
+            .filter(|r| r.user_agent.as_deref() == Some(OPERATOR_AGENT))
+            .collect();
+        (
+            writes.iter().filter(|r| r.status == 200).count(),
+            writes.iter().filter(|r| r.status == 409).count(),
+        )
+    };
+    let (ok1, conflicts1) = phase(0);
+    let all1 = fake.writes_to("deploymentjobs", Some("status")).len();
+    // One reconcile per edit ends well: Updated, or UpToDate when a retry after a conflict
+    // finds the job already updated.
+    let settled = || reconciled(&op, Some("Updated")) + reconciled(&op, Some("UpToDate"));
+    let settled_before = settled();
+
+    // Another controller writes status right after each spec edit. The operator learns of the
+    // edit only from its cache, 300 ms late, after that write: it acts on an old object, its
+    // status write meets 409, and it must retry without repeating the update in Qualys.
+    for i in 0..N {
+        let name = format!("job-{i:04}");
+        env.patch_spec(&name, json!({"spec": {"job": {"timeout": 7}}}))
+            .await;
+        env.jobs
+            .patch_status(
+                &name,
+                &PatchParams::apply("auditor").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                    "status": {"conditions": [{
+                        "type": "example.com/Audited", "status": "True", "reason": "Reviewed",
+                        "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"
+                    }]},
+                })),
+            )
+            .await
+            .expect("the other controller's status write");
+    }
+    wait_for(Duration::from_secs(900), "every edit applied", || async {
+        (settled() >= settled_before + N as f64).then_some(())
+    })
+    .await;
+    let (ok2, conflicts2) = phase(all1);
+    eprintln!(
+        "lagging cache (300 ms), {N} resources: created in {created_in:.1?}, all Created at \
+         {ready_in:.1?}, all edits applied at {:.1?}; creates: {ok1} status writes, {conflicts1} \
+         conflicts (409); spec edits racing another controller's status writes: {ok2} status \
+         writes, {conflicts2} conflicts; in Qualys: {} creates, {} updates",
+        started.elapsed(),
+        env.sim.count(CREATE),
+        env.sim.count(UPDATE)
+    );
+    let list = env.jobs.list(&Default::default()).await.unwrap().items;
+    let ids: std::collections::BTreeSet<String> = list.iter().map(job_id).collect();
+    assert_eq!(ids.len(), N, "each resource has its own job");
+    assert_eq!(env.sim.count(CREATE), N as u64, "no duplicate create");
+    assert_eq!(env.sim.count(UPDATE), N as u64, "no duplicate update");
+    assert!(conflicts2 > 0, "the conflict path ran");
+    assert!(
+        conflicts1 + conflicts2 <= 3 * N,
+        "conflicts are bounded: {conflicts1} + {conflicts2}"
+    );
+    for dj in &list {
+        assert_eq!(
+            condition(dj, "example.com/Audited").map(|c| c.reason.as_str()),
+            Some("Reviewed")
+        );
+    }
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_status_write_refused_with_422_stops_that_resource_without_retrying() {
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: it would install a stricter CRD cluster-wide");
+        return;
+    };
+    // A CRD that refuses a job id in the status of the resource named "refused" only.
+    let mut crd = api::crd_value();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = json!([{
+        "rule": "self.metadata.name != 'refused' || !has(self.status) || !has(self.status.jobId)",
+        "fieldPath": ".status.jobId",
+        "message": "this cluster refuses a job id here"
+    }]);
+    fake.register_crd(&serde_json::from_value(crd).unwrap())
+        .expect("the stricter CRD");
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("refused", spec("refused")).await;
+    env.create("fine", spec("fine")).await;
+    let dj = env.wait_reason("refused", "CrdMismatch").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(
+        message.contains("status.jobId") && message.contains("refuses a job id"),
+        "{message}"
+    );
+    env.wait_reason("fine", "Created").await;
+    let attempts = || {
+        fake.writes_to("deploymentjobs", Some("status"))
+            .iter()
+            .filter(|r| r.name.as_deref() == Some("refused"))
+            .count()
+    };
+    let before = attempts();
+    // Thirty resyncs of the other resource; the refused one is not retried meanwhile.
+    let start = reconciles(&op);
+    wait_for(WAIT, "thirty more reconciles", || async {
+        (reconciles(&op) >= start + 30.0).then_some(())
+    })
+    .await;
+    assert_eq!(attempts(), before, "no retry of the refused write");
+    assert_eq!(env.sim.count(CREATE), 2, "one create each, none repeated");
     op.shutdown().await;
 }

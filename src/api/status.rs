@@ -244,6 +244,9 @@ reasons! {
     JobMissing => [False, False, False, True],
     /// Deletion cannot reach Qualys (no usable credentials, or the job still has children).
     DeletionBlocked => [False, False, False, True],
+    /// The installed CRD does not keep or accept what the operator writes (an older CRD, or a
+    /// status write refused with 422); nothing is changed in Qualys until it is fixed.
+    CrdMismatch => [False, False, False, True],
     /// The pm.qualys.io/paused annotation is set.
     Paused => [Unchanged, Unchanged, False, False],
 }

@@ -817,6 +817,20 @@ pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
     serde_saphyr::from_multiple_with_options(text, options)
 }
 
+/// The structural-schema problems of `value` against any OpenAPI v3 `schema` node: the checks
+/// [`validate_manifest`] makes (types, enums, formats, ranges, lengths, item counts, required
+/// fields, list-set and list-map uniqueness) without the DeploymentJob specifics. Undeclared
+/// fields are skipped, as the API server prunes them before it validates. For a schema other
+/// than this binary's own, such as the CRD installed in a cluster.
+pub fn schema_problems(schema: &Value, value: &Value) -> Vec<SpecProblem> {
+    let mut check = Checker {
+        unknown: UnknownFields::Ignore,
+        problems: Vec::new(),
+    };
+    check.node(schema, value, "");
+    check.problems
+}
+
 /// A YAML error as one line of words: a budget refusal names the limit it hit (never the
 /// parser's Debug text); other errors are the parser's first line.
 pub fn yaml_error_message(error: &serde_saphyr::Error) -> String {

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// The installed CRD, as compared with this binary's.
+    pub crd: Arc<super::crd_check::InstalledCrd>,
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
     backoff: Mutex<HashMap<String, ExponentialBackoff>>,
@@ -61,11 +63,18 @@ impl Ctx {
             metrics,
             recorder,
             settings,
+            crd: super::crd_check::InstalledCrd::new(),
             trigger,
             backoff: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares what is known of the installed CRD.
+    pub fn with_crd(mut self, crd: Arc<super::crd_check::InstalledCrd>) -> Self {
+        self.crd = crd;
+        self
     }
 
     /// Ask for a reconcile of `r`.

@@ -13,6 +13,7 @@
 //! | `qpm_leader` | gauge | |
 //! | `qpm_last_successful_poll_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
+//! | `qpm_crd_missing_fields` | gauge | |
 
 use crate::qualys::{Endpoint, Observer, RateLimitInfo};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -69,6 +70,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub last_reconcile: Gauge<f64, AtomicU64>,
+    /// Status fields the operator writes that the installed CRD lacks (0 when it is current).
+    pub crd_missing_fields: Gauge,
     /// The Ready reason of each resource, for `qpm_managed_jobs`.
     reasons: Mutex<HashMap<String, String>>,
 }
@@ -98,6 +101,12 @@ impl Metrics {
         let leader = Gauge::default();
         let last_poll = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
         let last_reconcile = Gauge::<f64, AtomicU64>::default();
+        let crd_missing_fields = Gauge::default();
+        registry.register(
+            "crd_missing_fields",
+            "Status fields the operator writes that the installed CRD lacks (nothing is changed in Qualys while above 0)",
+            crd_missing_fields.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by result (condition reason)",
@@ -178,6 +187,7 @@ impl Metrics {
             leader,
             last_poll,
             last_reconcile,
+            crd_missing_fields,
             reasons: Mutex::new(HashMap::new()),
         }
     }

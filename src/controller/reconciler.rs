@@ -37,6 +37,10 @@ pub enum Error {
     },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The API server refused a status write (422): retrying the same write cannot help, so
+    /// the resource waits for a change (of its spec, or of the CRD).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -48,7 +52,19 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
                 _ => None,
             },
-            Error::Kube(_) => None,
+            Error::Kube(_) | Error::Refused(_) => None,
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        match self {
+            Error::Refused(_) => true,
+            Error::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::ApplyFailed(Error::Refused(_))
+                    | kube::runtime::finalizer::Error::CleanupFailed(Error::Refused(_))
+            ),
+            _ => false,
         }
     }
 }
@@ -113,6 +129,10 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Ctx>) -> Result<Action
 /// Retries with per-resource exponential backoff and jitter, capped; honours Retry-After.
 pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let key = key_of(&dj);
+    if error.is_refused() {
+        tracing::error!(resource = %key, error = %error, "status write refused; stopped until the resource or the CRD changes");
+        return Action::await_change();
+    }
     let backoff = ctx.next_retry_delay(&key);
     let delay = error.retry_after().map_or(backoff, |r| r.max(backoff));
     tracing::warn!(resource = %key, error = %error, retry_in = ?delay, "reconcile failed; retrying");
@@ -127,7 +147,7 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone());
+    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone()).checked(ctx.crd.clone());
     let previous = dj.status.clone().unwrap_or_default();
 
     if is_true(&dj, ANNOTATION_PAUSED) {
@@ -155,6 +175,10 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
             format!("spec.job.linkedJobRef: the links form a cycle ({cycle})"),
         )
         .await;
+    }
+
+    if let Some(why) = ctx.crd.blocked() {
+        return stalled(ctx, &dj, &mut writer, Reason::CrdMismatch, why).await;
     }
 
     let conn = match ctx.connections.resolve(&dj).await {
@@ -239,6 +263,11 @@ async fn write(
             message: format!("status changed while reconciling ({}); retrying", e.message),
             retry_after: Some(Duration::from_millis(500)),
         }),
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            let message = super::status::refusal(&e);
+            writer.refused(&message).await;
+            Err(Error::Refused(message))
+        }
         Err(e) => Err(Error::Kube(e)),
     }
 }
@@ -275,7 +304,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone());
+    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone()).checked(ctx.crd.clone());
     let force_orphan = is_true(&dj, ANNOTATION_FORCE_ORPHAN);
     let orphan = force_orphan || dj.spec.effective_deletion_policy() == DeletionPolicy::Orphan;
     if is_true(&dj, ANNOTATION_PAUSED) {
