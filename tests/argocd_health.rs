@@ -140,7 +140,7 @@ fn expected(reason: Reason, message: &str) -> (&'static str, String) {
     let described = format!("{reason}: {message}");
     match reason {
         Created | Updated | Adopted | UpToDate => ("Healthy", described),
-        Creating | Updating | Deleting | WaitingForLinkedJob | RateLimited | GatewayUnavailable => {
+        Creating | Deleting | WaitingForLinkedJob | RateLimited | GatewayUnavailable => {
             ("Progressing", described)
         }
         DriftDetected => (

@@ -29,7 +29,9 @@ pub async fn poll_summaries(ctx: Arc<Ctx>) {
 
 /// One pass over every connection in use.
 pub async fn poll_once(ctx: &Ctx) {
-    'connections: for (id, client, directory) in ctx.connections.active() {
+    let active = ctx.connections.active();
+    ctx.keep_cursors_of(active.iter().map(|(id, ..)| id));
+    'connections: for (id, client, directory) in active {
         // One platform at a time, so only one platform's listing is in memory at once.
         let mut listing = HashMap::new();
         for platform in crate::qualys::values::PLATFORMS {

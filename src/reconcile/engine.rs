@@ -118,6 +118,9 @@ pub struct Outcome {
     /// The live job's last-change date (epoch ms, as the summary list's `updated` reports it),
     /// so a poller does not mistake the operator's own write for a change.
     pub live_updated_ms: Option<i64>,
+    /// The gateway could not be reached at all (nothing answered): the controller then waits
+    /// once for the whole connection rather than once per resource.
+    pub gateway_unreachable: bool,
 }
 
 impl Outcome {
@@ -134,6 +137,7 @@ impl Outcome {
             wrote: false,
             finished: false,
             live_updated_ms: None,
+            gateway_unreachable: false,
         }
     }
 
@@ -191,7 +195,10 @@ impl IdentifiedBy {
 enum StateAction {
     Set(qualys::JobState),
     /// A difference the operator deliberately leaves alone, with why.
-    Leave(String),
+    Leave {
+        to: qualys::JobState,
+        why: String,
+    },
 }
 
 /// The read-only half of a reconcile: what exists and how it differs.
@@ -215,17 +222,33 @@ impl Observation {
     /// The status change, as a field change (`status`), when one is due.
     pub fn status_change(&self) -> Option<FieldChange> {
         match &self.state_action {
-            Some(StateAction::Set(s)) => Some(FieldChange {
-                path: "status".into(),
-                from: self
-                    .live
-                    .as_ref()
-                    .and_then(|l| l.status.get().cloned())
-                    .map(Value::String)
-                    .unwrap_or(Value::Null),
-                to: Value::String(s.as_str().into()),
-            }),
+            Some(StateAction::Set(s)) => Some(self.status_field_change(*s)),
             _ => None,
+        }
+    }
+
+    /// The live state differs from the spec's, whether or not the operator would change it,
+    /// with why it would not (Report mode shows both).
+    pub fn status_difference(&self) -> Option<(FieldChange, Option<&str>)> {
+        match &self.state_action {
+            Some(StateAction::Set(s)) => Some((self.status_field_change(*s), None)),
+            Some(StateAction::Leave { to, why }) => {
+                Some((self.status_field_change(*to), Some(why.as_str())))
+            }
+            None => None,
+        }
+    }
+
+    fn status_field_change(&self, to: qualys::JobState) -> FieldChange {
+        FieldChange {
+            path: "status".into(),
+            from: self
+                .live
+                .as_ref()
+                .and_then(|l| l.status.get().cloned())
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+            to: Value::String(to.as_str().into()),
         }
     }
 
@@ -502,13 +525,15 @@ fn state_action(
     let adopted_now = adopting
         || (state.adopted_generation.is_some() && state.adopted_generation == ctx.generation);
     match desired {
-        JobState::Enabled if adopted_now => Some(StateAction::Leave(
-            "the job is Disabled in Qualys; the operator never enables a job it adopts — change the spec to enable it".into(),
-        )),
+        JobState::Enabled if adopted_now => Some(StateAction::Leave {
+            to: qualys::JobState::Enabled,
+            why: "the job is Disabled in Qualys; the operator never enables a job it adopts — change the spec to enable it".into(),
+        }),
         JobState::Enabled if !is_recurring(spec, live) && state.last_enabled_time.is_some() => {
-            Some(StateAction::Leave(
-                "this non-recurring job was enabled once already; enabling it again would run it again, so the operator leaves it Disabled".into(),
-            ))
+            Some(StateAction::Leave {
+                to: qualys::JobState::Enabled,
+                why: "this non-recurring job was enabled once already; enabling it again would run it again, so the operator leaves it Disabled".into(),
+            })
         }
         JobState::Enabled => Some(StateAction::Set(qualys::JobState::Enabled)),
         JobState::Disabled => Some(StateAction::Set(qualys::JobState::Disabled)),
@@ -580,12 +605,18 @@ async fn create<S: StateStore>(
                 .push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
             return o;
         }
-        Err(e) => {
-            // Refused outright: nothing was created, so nothing needs recovering.
+        Err(e) if refused_outright(&e) => {
+            // Nothing was created, so nothing needs recovering.
             state.pending_create = None;
             let _ = store.save(state).await;
-            return api_failure(&e, "creating the job");
+            let doing = if matches!(e, QError::Unexpected { status: 413, .. }) {
+                "creating the job: the gateway refused the body as too large; make the job's scripts smaller"
+            } else {
+                "creating the job"
+            };
+            return api_failure(&e, doing);
         }
+        Err(e) => return api_failure(&e, "creating the job"),
     };
     let Some(id) = created.job_id().map(str::to_string) else {
         return Outcome::new(
@@ -683,30 +714,8 @@ async fn converge<S: StateStore>(
     }
 
     if report {
-        let mut all = obs.all_changes();
-        if let Some(StateAction::Leave(_)) = &obs.state_action {
-            all.extend(obs.status_change());
-        }
-        let mut o = if all.is_empty() {
-            Outcome::new(Reason::UpToDate, format!("job {id} matches the spec"))
-        } else {
-            let fields: Vec<String> = all.iter().map(|c| c.path.clone()).collect();
-            events.push(Event::warning(
-                "DriftDetected",
-                format!("job {id} differs from the spec in: {}", fields.join(", ")),
-            ));
-            let mut o = Outcome::new(
-                Reason::DriftDetected,
-                format!(
-                    "job {id} differs from the spec in {} field(s): {}; driftPolicy Report changes nothing",
-                    fields.len(),
-                    fields.join(", ")
-                ),
-            );
-            o.drift_fields = fields;
-            o.pending_changes = all;
-            o
-        };
+        let mut o = report_differences(&obs, &id);
+        events.append(&mut o.events);
         o.events = events;
         return with_live(o, &live);
     }
@@ -824,7 +833,7 @@ async fn converge<S: StateStore>(
                 return with_live(o, &current);
             }
         },
-        Some(StateAction::Leave(why)) => note = Some(why.clone()),
+        Some(StateAction::Leave { why, .. }) => note = Some(why.clone()),
         None => {}
     }
 
@@ -852,6 +861,38 @@ async fn converge<S: StateStore>(
     with_live(o, &current)
 }
 
+/// driftPolicy Report: every difference Correct mode would act on, the job's state included,
+/// and why a state difference would be left alone where a rule forbids changing it.
+fn report_differences(obs: &Observation, id: &str) -> Outcome {
+    let mut all = obs.changes.clone();
+    let mut not_acting = None;
+    if let Some((change, why)) = obs.status_difference() {
+        all.push(change);
+        not_acting = why;
+    }
+    if all.is_empty() {
+        return Outcome::new(Reason::UpToDate, format!("job {id} matches the spec"));
+    }
+    let fields: Vec<String> = all.iter().map(|c| c.path.clone()).collect();
+    let mut message = format!(
+        "job {id} differs from the spec in {} field(s): {}; driftPolicy Report changes nothing",
+        fields.len(),
+        fields.join(", ")
+    );
+    if let Some(why) = not_acting {
+        message.push_str(&format!(
+            "; status would not be changed with driftPolicy Correct either: {why}"
+        ));
+    }
+    let mut o = Outcome::new(Reason::DriftDetected, message).event(Event::warning(
+        "DriftDetected",
+        format!("job {id} differs from the spec in: {}", fields.join(", ")),
+    ));
+    o.drift_fields = fields;
+    o.pending_changes = all;
+    o
+}
+
 async fn set_state(ctx: &Context<'_>, id: &str, target: qualys::JobState) -> Result<(), QError> {
     let items = ctx.client.set_status(&[id.to_string()], target).await?;
     match items.into_iter().find(|i| i.id == id) {
@@ -873,8 +914,79 @@ pub struct CleanupOptions {
     pub children: Vec<String>,
 }
 
-/// The resource is being deleted: delete the Qualys job, or leave it (Orphan). `finished`
-/// says the finalizer may go.
+/// Which Qualys job a resource being deleted may delete. Ownership is recorded in the state's
+/// `job_id`, which is set only once the resource created the job or adopted it while no other
+/// resource claimed it (a JobClaimed or NameConflict resource never records one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Proven its own.
+    Owned(String),
+    /// A create may have reached Qualys: the job it made, if found, is this resource's.
+    PendingCreate,
+    /// Named (spec.jobId) or shared, but not proven this resource's own.
+    NotOwned { job_id: String, why: String },
+    /// No job at all.
+    Nothing,
+}
+
+/// What the resource has proven about its job (see [`Ownership`]).
+pub fn ownership(spec: &DeploymentJobSpec, state: &EngineState, claims: &dyn Claims) -> Ownership {
+    if let Some(id) = &state.job_id {
+        return match claims.claimed_by(id) {
+            Some(other) => Ownership::NotOwned {
+                job_id: id.clone(),
+                why: format!("DeploymentJob {other} manages it too"),
+            },
+            None => Ownership::Owned(id.clone()),
+        };
+    }
+    if state.pending_create.is_some() {
+        return Ownership::PendingCreate;
+    }
+    match &spec.job_id {
+        Some(id) => Ownership::NotOwned {
+            job_id: id.clone(),
+            why: match claims.claimed_by(id) {
+                Some(other) => format!("it is managed by DeploymentJob {other} (JobClaimed)"),
+                None => "this resource never adopted it (spec.jobId was never reconciled)".into(),
+            },
+        },
+        None => Ownership::Nothing,
+    }
+}
+
+/// The outcome of a deletion that needs no Qualys call — deletionPolicy Orphan,
+/// force-orphan, no job, or a job the resource has not proven its own — or `None` when the
+/// job must be deleted in Qualys.
+pub fn release_without_qualys(
+    spec: &DeploymentJobSpec,
+    state: &EngineState,
+    claims: &dyn Claims,
+    force_orphan: bool,
+) -> Option<Outcome> {
+    let orphan = force_orphan || spec.effective_deletion_policy() == DeletionPolicy::Orphan;
+    if orphan {
+        return Some(Outcome::finished_orphan(
+            state.job_id.clone().or_else(|| spec.job_id.clone()),
+            force_orphan,
+        ));
+    }
+    match ownership(spec, state, claims) {
+        Ownership::Owned(_) | Ownership::PendingCreate => None,
+        Ownership::Nothing => Some(finished("no job was created; nothing to delete")),
+        Ownership::NotOwned { job_id, why } => {
+            let mut o = finished(&format!(
+                "left job {job_id} in Qualys: {why}; a resource deletes only a job it created or adopted"
+            ));
+            o.events
+                .push(Event::normal("OrphanedNotOwned", o.message.clone()));
+            Some(o)
+        }
+    }
+}
+
+/// The resource is being deleted: delete the Qualys job it owns, or leave it (Orphan, or not
+/// proven its own). `finished` says the finalizer may go.
 pub async fn cleanup<S: StateStore>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
@@ -882,34 +994,18 @@ pub async fn cleanup<S: StateStore>(
     ctx: &Context<'_>,
     options: &CleanupOptions,
 ) -> Outcome {
-    let policy = if options.force_orphan {
-        DeletionPolicy::Orphan
-    } else {
-        spec.effective_deletion_policy()
-    };
-    let known = state.job_id.clone().or_else(|| spec.job_id.clone());
-    if policy == DeletionPolicy::Orphan {
-        let what = known
-            .map(|id| format!("job {id}"))
-            .unwrap_or_else(|| "no job".into());
-        let why = if options.force_orphan {
-            "pm.qualys.io/force-orphan"
-        } else {
-            "deletionPolicy Orphan"
-        };
-        let mut o = Outcome::new(Reason::Deleting, format!("left {what} in Qualys ({why})"));
-        o.finished = true;
-        o.events.push(Event::normal("Orphaned", o.message.clone()));
-        return o;
+    if let Some(done) = release_without_qualys(spec, state, ctx.claims, options.force_orphan) {
+        return done;
     }
-    let id = match known {
-        Some(id) => id,
-        None if state.pending_create.is_some() => match find_live(spec, state, ctx).await {
-            Ok((Some(live), ..)) => live.job_id().unwrap_or_default().to_string(),
-            Ok((None, ..)) => return finished("no job was created; nothing to delete"),
+    let id = match ownership(spec, state, ctx.claims) {
+        Ownership::Owned(id) => id,
+        _ => match find_live(spec, state, ctx).await {
+            Ok((Some(live), IdentifiedBy::PendingCreate, ..)) => {
+                live.job_id().unwrap_or_default().to_string()
+            }
+            Ok(_) => return finished("no job was created; nothing to delete"),
             Err(o) => return o,
         },
-        None => return finished("no job was created; nothing to delete"),
     };
     if !options.children.is_empty() {
         let msg = format!(
@@ -984,11 +1080,23 @@ pub fn api_failure(e: &QError, doing: &str) -> Outcome {
     if let QError::RateLimited { retry_after } = e {
         o.retry_after = *retry_after;
     }
+    o.gateway_unreachable = matches!(e, QError::Transport { .. });
     if reason.is_stalled() {
         o.events
             .push(Event::warning(reason.as_str(), o.message.clone()));
     }
     o
+}
+
+/// Whether a failed create certainly made nothing: it was never sent, or the gateway refused
+/// it (a 413 too large, any 4xx). A 408 or 409 may follow a create that took effect, and an
+/// unknown outcome may have too: their pending-create record stays, for recovery.
+fn refused_outright(e: &QError) -> bool {
+    match e {
+        QError::OutcomeUnknown { .. } => false,
+        QError::Unexpected { status, .. } => !matches!(status, 408 | 409),
+        _ => true,
+    }
 }
 
 /// The one mapping from a client error to a condition reason.
@@ -997,6 +1105,13 @@ pub fn reason_for(e: &QError) -> Reason {
         QError::Unauthorized { .. } => Reason::Unauthorized,
         QError::Forbidden { .. } => Reason::Forbidden,
         QError::Invalid { .. } | QError::Config { .. } => Reason::InvalidSpec,
+        // Any other refusal of the request itself (413 too large, 415, …): sending it again
+        // cannot help.
+        QError::Unexpected { status, .. }
+            if (400..500).contains(status) && !matches!(status, 408 | 409) =>
+        {
+            Reason::InvalidSpec
+        }
         QError::NotFound { .. } => Reason::JobMissing,
         QError::RateLimited { .. } => Reason::RateLimited,
         _ => Reason::GatewayUnavailable,
