@@ -100,9 +100,10 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router.clone();
     let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
+        let serve =
+            axum::serve(super::idle::IdleTimeout(listener), app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "the simulator stopped serving");
         }

@@ -19,6 +19,7 @@ mod error;
 mod fault;
 mod gateway;
 mod handle;
+mod idle;
 mod job;
 mod persist;
 mod render;
