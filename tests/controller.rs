@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{TestCluster, wait_for};
 
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
 const OPERATOR_AGENT: &str = "qpm-operator-under-test";
@@ -376,9 +376,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
         ids.push(job_id(&env.wait_reason(n, "Created").await));
     }
     // Let a poll pass record everything, then change one job in the "console".
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "a poll", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 2).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 2)
+            .then_some(())
     })
     .await;
     env.sim.reset_counters();
@@ -393,9 +398,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
     .await;
     env.wait_event("b", "DriftCorrected").await;
     // Let more polls pass: nothing else is read or written.
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "two more polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 4).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 4)
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -672,7 +682,7 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
         .counters()
         .0
         .iter()
-        .filter(|(r, _)| r.as_str() != "POST /auth")
+        .filter(|(r, _)| r.as_str() != qpm_operator::qualys::Endpoint::Auth.as_str())
         .flat_map(|(_, by)| by.iter().filter(|(s, _)| **s != 429).map(|(_, n)| *n))
         .sum();
     // The client learns the limit from the headers instead of hammering: few refusals.
@@ -817,9 +827,14 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
     );
     // Observed on every poll (two list calls each, one per platform); never written.
     let gets = env.sim.count(GET);
-    let lists = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let lists = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "three polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= lists + 6).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            >= lists + 6)
+            .then_some(())
     })
     .await;
     wait_for(WAIT, "a read per poll", || async {

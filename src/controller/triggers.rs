@@ -42,14 +42,12 @@ pub async fn poll_once(ctx: &Ctx) {
                     continue 'connections;
                 }
             };
-            let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
-                a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
-            };
             for s in &summaries {
                 if let Some(job_id) = s.id.get() {
                     listing.insert(
                         job_id.clone(),
-                        date(&s.updated).max(date(&s.created)).unwrap_or_default(),
+                        crate::reconcile::engine::later_date_ms(&s.created, &s.updated)
+                            .unwrap_or_default(),
                     );
                 }
             }

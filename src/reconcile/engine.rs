@@ -121,6 +121,10 @@ pub struct Outcome {
     /// The gateway could not be reached at all (nothing answered): the controller then waits
     /// once for the whole connection rather than once per resource.
     pub gateway_unreachable: bool,
+    /// The body fields an update wrote (a spec change or corrected drift).
+    pub updated_fields: Vec<String>,
+    /// The Enabled/Disabled state the operator set.
+    pub state_set: Option<qualys::JobState>,
 }
 
 impl Outcome {
@@ -138,6 +142,8 @@ impl Outcome {
             finished: false,
             live_updated_ms: None,
             gateway_unreachable: false,
+            updated_fields: Vec::new(),
+            state_set: None,
         }
     }
 
@@ -657,6 +663,7 @@ async fn create<S: StateStore>(
             Ok(()) => {
                 state.last_enabled_time = Some(Timestamp::now());
                 live.status = qualys::Field::Value(qualys::values::ENABLED.to_string());
+                outcome.state_set = Some(qualys::JobState::Enabled);
                 outcome
                     .events
                     .push(Event::normal("Enabled", format!("enabled job {id}")));
@@ -797,10 +804,12 @@ async fn converge<S: StateStore>(
     }
 
     let mut note = None;
+    let mut state_set = None;
     match &obs.state_action {
         Some(StateAction::Set(target)) => match set_state(ctx, &id, *target).await {
             Ok(()) => {
                 wrote = true;
+                state_set = Some(*target);
                 state.last_write_time = Some(Timestamp::now());
                 if *target == qualys::JobState::Enabled {
                     state.last_enabled_time = Some(Timestamp::now());
@@ -858,6 +867,8 @@ async fn converge<S: StateStore>(
     o.wrote = wrote;
     o.drift_fields = drift_fields;
     o.drift_corrected = drift_corrected;
+    o.updated_fields = updated_fields;
+    o.state_set = state_set;
     with_live(o, &current)
 }
 
@@ -1126,10 +1137,18 @@ fn with_live(mut o: Outcome, live: &JobBody) -> Outcome {
 
 /// The later of a job's creation and last update (what the summary list calls `updated`).
 pub fn last_change_ms(job: &JobBody) -> Option<i64> {
+    later_date_ms(&job.created_by, &job.updated_by)
+}
+
+/// The later of two audit dates (epoch ms): a job's last change, from a job or a summary.
+pub fn later_date_ms(
+    created: &qualys::Field<qualys::Audit>,
+    updated: &qualys::Field<qualys::Audit>,
+) -> Option<i64> {
     let date = |a: &qualys::Field<qualys::Audit>| {
         a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
     };
-    date(&job.updated_by).max(date(&job.created_by))
+    date(updated).max(date(created))
 }
 
 /// The brief of a live job kept in status.
