@@ -106,6 +106,15 @@ impl Env {
             .expect("operator starts")
     }
 
+    /// An operator that resyncs every resource every 100 ms.
+    async fn fast_resync_operator(&self) -> Operator {
+        let mut config = self.config("op-1");
+        config.settings.resync = Duration::from_millis(100);
+        controller::start(self.operator_client(), config)
+            .await
+            .expect("operator starts")
+    }
+
     /// A client for an operator instance (its own connection pool, its own User-Agent).
     fn operator_client(&self) -> kube::Client {
         match self.cluster.fake() {
@@ -851,11 +860,7 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
 #[tokio::test]
 async fn nothing_changing_means_no_status_write_over_many_resyncs() {
     let env = Env::start().await;
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.fast_resync_operator().await;
     env.create("steady", spec("steady")).await;
     let dj = env.wait_reason("steady", "Created").await;
     let writes = op.metrics.status_writes.get();
@@ -895,11 +900,7 @@ async fn nothing_changing_means_no_status_write_over_many_resyncs() {
 #[tokio::test]
 async fn managed_jobs_counts_the_ready_reason_a_resync_keeps() {
     let env = Env::start().await;
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.fast_resync_operator().await;
     env.create("kept", spec("kept")).await;
     env.wait_reason("kept", "Created").await;
     let metric = |name: &str| {

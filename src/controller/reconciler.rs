@@ -184,15 +184,7 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
             ),
         );
         outcome.retry_after = Some(wait);
-        let state = EngineState::from_status(dj.status.as_ref());
-        let status = compose(
-            &writer.current,
-            &state,
-            &outcome,
-            dj.metadata.generation,
-            false,
-        );
-        return finish(ctx, &dj, &mut writer, status, &outcome).await;
+        return without_engine(ctx, &dj, &mut writer, &outcome).await;
     }
     let scripts = fetch_scripts(ctx, &namespace, &dj).await?;
     let linked = parent_job_id(&ctx.store, &dj);
@@ -287,21 +279,31 @@ async fn stalled(
     reason: Reason,
     message: String,
 ) -> Result<Action, Error> {
-    let state = EngineState::from_status(dj.status.as_ref());
     let mut outcome = Outcome::new(reason, message.clone());
     outcome.events.push(crate::reconcile::Event {
         type_: EventType::Warning,
         reason: reason.as_str(),
         note: message,
     });
+    without_engine(ctx, dj, writer, &outcome).await
+}
+
+/// Report an outcome decided before the engine ran (its memory in status stays as it was).
+async fn without_engine(
+    ctx: &Ctx,
+    dj: &DeploymentJob,
+    writer: &mut StatusWriter,
+    outcome: &Outcome,
+) -> Result<Action, Error> {
+    let state = EngineState::from_status(dj.status.as_ref());
     let status = compose(
         &writer.current,
         &state,
-        &outcome,
+        outcome,
         dj.metadata.generation,
         false,
     );
-    finish(ctx, dj, writer, status, &outcome).await
+    finish(ctx, dj, writer, status, outcome).await
 }
 
 fn cleanup(dj: Arc<DeploymentJob>, ctx: &Ctx) -> BoxFuture<'_, Result<Action, Error>> {
