@@ -942,3 +942,60 @@ async fn every_example_and_seed_job_reports_exactly_the_field_that_changed() {
         assert_eq!(paths, expected, "{key}");
     }
 }
+
+/// The engine's logic without HTTP: the in-memory gateway behind the same seam.
+#[tokio::test]
+async fn the_engine_runs_against_an_in_memory_gateway() {
+    use qpm_operator::reconcile::MemoryGateway;
+    let gateway = MemoryGateway::new();
+    let directory = Directory::new();
+    let c = Context {
+        client: &gateway,
+        directory: &directory,
+        claims: &NoClaims,
+        scripts: &NoScripts,
+        linked_job_id: None,
+        mode: Mode::Controller,
+        generation: Some(1),
+        listing_max_age: Duration::ZERO,
+    };
+    let mut s = spec("in memory");
+    s.job.pre_deploy_actions = None;
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    let id = state.job_id.clone().unwrap();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    s.job.timeout = Some(9);
+    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(out.updated_fields, vec!["timeout"]);
+    assert_eq!((gateway.calls("create"), gateway.calls("update")), (1, 1));
+
+    // A resource that names the job but never adopted it deletes nothing.
+    let mut other = s.clone();
+    other.job_id = Some(id.clone());
+    other.deletion_policy = Some(qpm_operator::api::DeletionPolicy::Delete);
+    let before = gateway.total_calls();
+    let out = engine::cleanup(
+        &other,
+        &mut EngineState::default(),
+        &mut MemoryStore,
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert_eq!(out.events[0].reason, "OrphanedNotOwned");
+    assert_eq!(gateway.total_calls(), before);
+    let out = engine::cleanup(
+        &s,
+        &mut state,
+        &mut MemoryStore,
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished, "{}", out.message);
+    assert!(gateway.job(&id).is_none());
+}

@@ -5,6 +5,7 @@ use super::outcome::{Event, Outcome, api_failure, finished};
 use super::{Claims, Context};
 use crate::api::{DeletionPolicy, DeploymentJobSpec, Reason};
 use crate::qualys::Error as QError;
+use crate::reconcile::gateway::GatewayWrite;
 use crate::reconcile::state::{EngineState, StateStore};
 
 /// Options of a deletion.
@@ -90,11 +91,11 @@ pub fn release_without_qualys(
 
 /// The resource is being deleted: delete the Qualys job it owns, or leave it (Orphan, or not
 /// proven its own). `finished` says the finalizer may go.
-pub async fn cleanup<S: StateStore>(
+pub async fn cleanup<S: StateStore, Q: GatewayWrite + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
     store: &mut S,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
     options: &CleanupOptions,
 ) -> Outcome {
     if let Some(done) = release_without_qualys(spec, state, ctx.claims, options.force_orphan) {

@@ -7,16 +7,17 @@ use super::outcome::{Event, Outcome, api_failure, with_live};
 use crate::api::{DeploymentJobSpec, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
 use crate::reconcile::diff::diff;
+use crate::reconcile::gateway::GatewayWrite;
 use crate::reconcile::normalise::normalise_live_managed;
 use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::update_body;
 use jiff::Timestamp;
 
-pub(super) async fn converge<S: StateStore>(
+pub(super) async fn converge<S: StateStore, Q: GatewayWrite + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
     store: &mut S,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
     obs: Observation,
     live: JobBody,
     report: bool,
@@ -242,8 +243,8 @@ fn report_differences(obs: &Observation, id: &str) -> Outcome {
     o
 }
 
-pub(super) async fn set_state(
-    ctx: &Context<'_>,
+pub(super) async fn set_state<Q: GatewayWrite + ?Sized>(
+    ctx: &Context<'_, Q>,
     id: &str,
     target: qualys::JobState,
 ) -> Result<(), QError> {

@@ -8,15 +8,16 @@ use super::outcome::{Event, Outcome, api_failure, refused_outright, with_live};
 use crate::api::{DeploymentJobSpec, JobState, PendingCreate, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
 use crate::reconcile::directory::Listed;
+use crate::reconcile::gateway::GatewayWrite;
 use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::create_body;
 use jiff::Timestamp;
 
-pub(super) async fn create<S: StateStore>(
+pub(super) async fn create<S: StateStore, Q: GatewayWrite + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
     store: &mut S,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
     obs: Observation,
 ) -> Outcome {
     let now = Timestamp::now();

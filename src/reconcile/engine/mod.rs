@@ -17,6 +17,7 @@ pub use outcome::{
 
 use super::diff::FieldChange;
 use super::directory::Directory;
+use super::gateway::GatewayWrite;
 use super::render::ScriptResolver;
 use super::state::{EngineState, StateStore};
 use crate::api::{DeploymentJobSpec, DriftPolicy, Reason};
@@ -48,9 +49,12 @@ impl Claims for NoClaims {
     }
 }
 
-/// Everything a reconcile reads besides the spec and the state.
-pub struct Context<'a> {
-    pub client: &'a Client,
+/// Everything a reconcile reads besides the spec and the state. `Q` is the engine's view of
+/// Qualys: the HTTP client, a read-only view for `plan`, or [`MemoryGateway`] in tests.
+///
+/// [`MemoryGateway`]: crate::reconcile::gateway::MemoryGateway
+pub struct Context<'a, Q: ?Sized = Client> {
+    pub client: &'a Q,
     pub directory: &'a Directory,
     pub claims: &'a dyn Claims,
     pub scripts: &'a (dyn ScriptResolver + Sync),
@@ -65,11 +69,11 @@ pub struct Context<'a> {
 
 /// Reconcile toward the spec: create, adopt, update, enable/disable, or (Report mode) only
 /// describe the differences.
-pub async fn apply<S: StateStore>(
+pub async fn apply<S: StateStore, Q: GatewayWrite + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
     store: &mut S,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
 ) -> Outcome {
     let obs = match observe(spec, state, ctx).await {
         Ok(obs) => obs,

@@ -10,6 +10,7 @@ use crate::qualys::{self, Error as QError, JobBody};
 use crate::reconcile::diff::{FieldChange, diff};
 use crate::reconcile::digest::value_digest;
 use crate::reconcile::directory::Listed;
+use crate::reconcile::gateway::GatewayRead;
 use crate::reconcile::normalise::{normalise_desired, normalise_live_managed};
 use crate::reconcile::render::{RenderError, RenderInputs, Rendered, render};
 use crate::reconcile::state::EngineState;
@@ -124,10 +125,10 @@ impl Observation {
 
 /// Observe without writing anything to Qualys. `Err` carries the outcome that stopped it
 /// (invalid spec, waiting for a parent, a conflict, an API error).
-pub async fn observe(
+pub async fn observe<Q: GatewayRead + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &EngineState,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
 ) -> Result<Observation, Outcome> {
     let job = &spec.job;
     if let (Some(parent), None) = (&job.linked_job_ref, ctx.linked_job_id) {
@@ -211,10 +212,10 @@ pub async fn observe(
 
 pub(super) type Found = (Option<JobBody>, IdentifiedBy, bool, bool);
 
-pub(super) async fn find_live(
+pub(super) async fn find_live<Q: GatewayRead + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &EngineState,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
 ) -> Result<Found, Outcome> {
     let name = &spec.job.name;
     let platform = spec.job.platform.as_str();
@@ -278,7 +279,7 @@ pub(super) async fn find_live(
                 )
             })?;
         let since = pending_start(pending).map(|t| t - CLOCK_SKEW);
-        let username = ctx.client.identity().username().to_string();
+        let username = ctx.client.username().to_string();
         let mine: Vec<&Listed> = candidates
             .iter()
             .filter(|s| s.created_by.as_ref().is_none_or(|u| *u == username))
@@ -367,10 +368,10 @@ pub(super) fn is_recurring(spec: &DeploymentJobSpec, live: &JobBody) -> bool {
     !matches!(schedule, ScheduleType::OnDemand | ScheduleType::Once)
 }
 
-fn state_action(
+fn state_action<Q: GatewayRead + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &EngineState,
-    ctx: &Context<'_>,
+    ctx: &Context<'_, Q>,
     live: &JobBody,
     adopting: bool,
 ) -> Option<StateAction> {
