@@ -13,6 +13,22 @@ use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::update_body;
 use jiff::Timestamp;
 
+/// What a converge has done so far: a failure part-way reports it too.
+struct Progress {
+    id: String,
+    current: JobBody,
+    events: Vec<Event>,
+    wrote: bool,
+}
+
+impl Progress {
+    fn fail(self, mut o: Outcome) -> Outcome {
+        o.events.splice(0..0, self.events);
+        o.wrote = o.wrote || self.wrote;
+        with_live(o, &self.current)
+    }
+}
+
 pub(super) async fn converge<S: StateStore, Q: GatewayWrite + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &mut EngineState,
@@ -23,173 +39,217 @@ pub(super) async fn converge<S: StateStore, Q: GatewayWrite + ?Sized>(
     report: bool,
 ) -> Outcome {
     let id = live.job_id().unwrap_or_default().to_string();
-    let newly_bound = state.job_id.as_deref() != Some(id.as_str());
-    if newly_bound {
-        state.job_id = Some(id.clone());
-        state.pending_create = None;
-        if obs.adopting {
-            state.adopted_generation = ctx.generation;
-            state.digests = Default::default();
-        }
-        if let Err(e) = store.save(state).await {
-            return Outcome::new(
-                Reason::GatewayUnavailable,
-                format!("cannot record job {id}: {e}"),
-            );
-        }
-    }
+    let newly_bound = match bind(state, store, ctx, &obs, &id).await {
+        Ok(newly_bound) => newly_bound,
+        Err(o) => return o,
+    };
     // Drift: the live job changed while the spec stayed what was last written.
-    let spec_unchanged = state.digests.body.as_deref() == Some(obs.desired_digest.as_str());
-    let mut events = Vec::new();
-    match obs.identified_by {
-        IdentifiedBy::JobId if newly_bound => events.push(Event::normal(
-            "Adopted",
-            format!("adopted existing Qualys job {id} (spec.jobId)"),
-        )),
-        IdentifiedBy::PendingCreate => events.push(Event::normal(
-            "Adopted",
-            format!(
-                "recovered job {id}, created before the operator lost the answer to its create"
-            ),
-        )),
-        IdentifiedBy::Name if newly_bound => events.push(Event::normal(
-            "Adopted",
-            format!("found job {id} by its name"),
-        )),
-        _ => {}
-    }
-
+    let drifted =
+        !newly_bound && state.digests.body.as_deref() == Some(obs.desired_digest.as_str());
+    let mut p = Progress {
+        events: adoption_events(&obs, &id, newly_bound),
+        id,
+        current: live,
+        wrote: false,
+    };
     if report {
-        let mut o = report_differences(&obs, &id);
-        events.append(&mut o.events);
-        o.events = events;
-        return with_live(o, &live);
+        let mut o = report_differences(&obs, &p.id);
+        p.events.append(&mut o.events);
+        o.events = p.events;
+        return with_live(o, &p.current);
     }
+    let updated_fields = match write_update(state, ctx, &obs, &mut p).await {
+        Ok(fields) => fields,
+        Err(o) => return p.fail(o),
+    };
+    let drift_fields = record_update(state, &obs, &mut p, &updated_fields, drifted);
+    let state_set = match change_state(spec, state, ctx, &obs, &mut p).await {
+        Ok(set) => set,
+        Err(o) => return p.fail(o),
+    };
+    let mut o = converged(&obs, newly_bound, &p);
+    o.events = p.events;
+    o.wrote = p.wrote;
+    o.drift_corrected = !drift_fields.is_empty();
+    o.drift_fields = drift_fields;
+    o.updated_fields = updated_fields;
+    o.state_set = state_set;
+    with_live(o, &p.current)
+}
 
-    let mut current = live;
-    let mut wrote = false;
-    let mut updated_fields = Vec::new();
-    if !obs.changes.is_empty() {
-        let body = update_body(&current, &obs.rendered, &state.digests.scripts);
-        let answer = match ctx.client.update_job(&id, &body).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                let mut o = api_failure(&e, "updating the job");
-                o.events.splice(0..0, events);
-                return with_live(o, &current);
-            }
-        };
-        wrote = true;
-        // Scripts sent as content are now the stored ones.
-        let mut recorded = state.digests.scripts.clone();
-        recorded.extend(
-            obs.rendered
-                .scripts
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        state.digests.scripts = recorded;
-        state.digests.body = Some(obs.desired_digest.clone());
-        state.last_write_time = Some(Timestamp::now());
-        let after = diff(
-            &obs.desired,
-            &normalise_live_managed(&answer, &state.digests.scripts, &obs.desired),
-        );
-        let stuck: Vec<String> = after
+/// Record the job as this resource's when it is found for the first time (adopted, recovered,
+/// or found by name); `Ok(true)` when it was.
+async fn bind<S: StateStore, Q: GatewayWrite + ?Sized>(
+    state: &mut EngineState,
+    store: &mut S,
+    ctx: &Context<'_, Q>,
+    obs: &Observation,
+    id: &str,
+) -> Result<bool, Outcome> {
+    if state.job_id.as_deref() == Some(id) {
+        return Ok(false);
+    }
+    state.job_id = Some(id.to_string());
+    state.pending_create = None;
+    if obs.adopting {
+        state.adopted_generation = ctx.generation;
+        state.digests = Default::default();
+    }
+    store.save(state).await.map_err(|e| {
+        Outcome::new(
+            Reason::GatewayUnavailable,
+            format!("cannot record job {id}: {e}"),
+        )
+    })?;
+    Ok(true)
+}
+
+fn adoption_events(obs: &Observation, id: &str, newly_bound: bool) -> Vec<Event> {
+    let note = match obs.identified_by {
+        IdentifiedBy::JobId if newly_bound => {
+            format!("adopted existing Qualys job {id} (spec.jobId)")
+        }
+        IdentifiedBy::PendingCreate => {
+            format!("recovered job {id}, created before the operator lost the answer to its create")
+        }
+        IdentifiedBy::Name if newly_bound => format!("found job {id} by its name"),
+        _ => return Vec::new(),
+    };
+    vec![Event::normal("Adopted", note)]
+}
+
+/// PATCH the body fields that differ; the fields written, or the outcome that stopped it (a
+/// failed call, or an update Qualys accepted without applying it).
+async fn write_update<Q: GatewayWrite + ?Sized>(
+    state: &mut EngineState,
+    ctx: &Context<'_, Q>,
+    obs: &Observation,
+    p: &mut Progress,
+) -> Result<Vec<String>, Outcome> {
+    if obs.changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id = &p.id;
+    let body = update_body(&p.current, &obs.rendered, &state.digests.scripts);
+    let answer = ctx
+        .client
+        .update_job(id, &body)
+        .await
+        .map_err(|e| api_failure(&e, "updating the job"))?;
+    p.wrote = true;
+    // Scripts sent as content are now the stored ones.
+    state.digests.scripts.extend(
+        obs.rendered
+            .scripts
             .iter()
-            .filter(|c| c.path != "status")
-            .map(|c| c.path.clone())
-            .collect();
-        current = answer;
-        if !stuck.is_empty() {
-            let msg = format!(
-                "Qualys accepted the update of job {id} but did not apply: {}; the operator stopped re-sending it \
-                 (no retry loop). Check the values against what Qualys allows, then change the spec or request a reconcile",
-                stuck.join(", ")
-            );
-            let mut o = Outcome::new(Reason::NotConverging, msg.clone())
-                .event(Event::warning("NotConverging", msg));
-            o.events.splice(0..0, events);
-            o.wrote = true;
-            return with_live(o, &current);
-        }
-        updated_fields = obs.changes.iter().map(|c| c.path.clone()).collect();
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    state.digests.body = Some(obs.desired_digest.clone());
+    state.last_write_time = Some(Timestamp::now());
+    let after = diff(
+        &obs.desired,
+        &normalise_live_managed(&answer, &state.digests.scripts, &obs.desired),
+    );
+    let stuck: Vec<String> = after
+        .iter()
+        .filter(|c| c.path != "status")
+        .map(|c| c.path.clone())
+        .collect();
+    p.current = answer;
+    if !stuck.is_empty() {
+        let msg = format!(
+            "Qualys accepted the update of job {id} but did not apply: {}; the operator stopped re-sending it \
+             (no retry loop). Check the values against what Qualys allows, then change the spec or request a reconcile",
+            stuck.join(", ")
+        );
+        return Err(Outcome::new(Reason::NotConverging, msg.clone())
+            .event(Event::warning("NotConverging", msg)));
     }
+    Ok(obs.changes.iter().map(|c| c.path.clone()).collect())
+}
 
-    let mut drift_fields = Vec::new();
-    let mut drift_corrected = false;
-    if !updated_fields.is_empty() {
-        if spec_unchanged && !newly_bound {
-            drift_corrected = true;
-            drift_fields = updated_fields.clone();
-            events.push(Event::normal(
-                "DriftCorrected",
-                format!(
-                    "corrected drift of job {id} in: {}",
-                    updated_fields.join(", ")
-                ),
-            ));
-        } else {
-            events.push(Event::normal(
-                "Updated",
-                format!("updated job {id}: {}", updated_fields.join(", ")),
-            ));
-        }
-    } else {
-        // Nothing was written, yet the live job matches: it matches this spec (a spec change
-        // the job already had, or a first look at an adopted job), so remember it as written.
+/// The event of an update (a spec change, or drift corrected); the drift fields corrected.
+/// With nothing written the live job already matches this spec (a spec change it already had,
+/// or a first look at an adopted job), so it is remembered as written.
+fn record_update(
+    state: &mut EngineState,
+    obs: &Observation,
+    p: &mut Progress,
+    updated_fields: &[String],
+    drifted: bool,
+) -> Vec<String> {
+    let id = &p.id;
+    if updated_fields.is_empty() {
         state.digests.body = Some(obs.desired_digest.clone());
         state.digests.scripts.extend(obs.rendered.scripts.clone());
+        return Vec::new();
     }
-
-    let mut note = None;
-    let mut state_set = None;
-    match &obs.state_action {
-        Some(StateAction::Set(target)) => match set_state(ctx, &id, *target).await {
-            Ok(()) => {
-                wrote = true;
-                state_set = Some(*target);
-                state.last_write_time = Some(Timestamp::now());
-                if *target == qualys::JobState::Enabled {
-                    state.last_enabled_time = Some(Timestamp::now());
-                }
-                current.status = qualys::Field::Value(target.as_str().to_string());
-                events.push(Event::normal(
-                    if *target == qualys::JobState::Enabled {
-                        "Enabled"
-                    } else {
-                        "Disabled"
-                    },
-                    format!("set job {id} {}", target.as_str()),
-                ));
-            }
-            Err(e) => {
-                let mut o = if *target == qualys::JobState::Disabled
-                    && !is_recurring(spec, &current)
-                {
-                    let msg = format!(
-                        "job {id} is a non-recurring job that has been enabled; Qualys does not allow disabling it ({e}). \
-                         Set spec.job.status: Enabled or remove the field"
-                    );
-                    Outcome::new(Reason::CannotDisable, msg.clone())
-                        .event(Event::warning("CannotDisable", msg))
-                } else {
-                    api_failure(&e, "changing the job's state")
-                };
-                o.events.splice(0..0, events);
-                o.wrote = wrote;
-                return with_live(o, &current);
-            }
-        },
-        Some(StateAction::Leave { why, .. }) => note = Some(why.clone()),
-        None => {}
+    let fields = updated_fields.join(", ");
+    if drifted {
+        p.events.push(Event::normal(
+            "DriftCorrected",
+            format!("corrected drift of job {id} in: {fields}"),
+        ));
+        updated_fields.to_vec()
+    } else {
+        p.events.push(Event::normal(
+            "Updated",
+            format!("updated job {id}: {fields}"),
+        ));
+        Vec::new()
     }
+}
 
+/// Enable or disable the job when the spec asks for it; the state set.
+async fn change_state<Q: GatewayWrite + ?Sized>(
+    spec: &DeploymentJobSpec,
+    state: &mut EngineState,
+    ctx: &Context<'_, Q>,
+    obs: &Observation,
+    p: &mut Progress,
+) -> Result<Option<qualys::JobState>, Outcome> {
+    let Some(StateAction::Set(target)) = &obs.state_action else {
+        return Ok(None);
+    };
+    let (target, id) = (*target, &p.id);
+    if let Err(e) = set_state(ctx, id, target).await {
+        return Err(
+            if target == qualys::JobState::Disabled && !is_recurring(spec, &p.current) {
+                let msg = format!(
+                    "job {id} is a non-recurring job that has been enabled; Qualys does not allow disabling it ({e}). \
+                     Set spec.job.status: Enabled or remove the field"
+                );
+                Outcome::new(Reason::CannotDisable, msg.clone())
+                    .event(Event::warning("CannotDisable", msg))
+            } else {
+                api_failure(&e, "changing the job's state")
+            },
+        );
+    }
+    p.wrote = true;
+    state.last_write_time = Some(Timestamp::now());
+    let reason = if target == qualys::JobState::Enabled {
+        state.last_enabled_time = Some(Timestamp::now());
+        "Enabled"
+    } else {
+        "Disabled"
+    };
+    p.current.status = qualys::Field::Value(target.as_str().to_string());
+    p.events.push(Event::normal(
+        reason,
+        format!("set job {id} {}", target.as_str()),
+    ));
+    Ok(Some(target))
+}
+
+/// The reason and message of a converge that went through.
+fn converged(obs: &Observation, newly_bound: bool, p: &Progress) -> Outcome {
+    let id = &p.id;
     let reason = match obs.identified_by {
         IdentifiedBy::JobId | IdentifiedBy::PendingCreate | IdentifiedBy::Name if newly_bound => {
             Reason::Adopted
         }
-        _ if wrote => Reason::Updated,
+        _ if p.wrote => Reason::Updated,
         _ => Reason::UpToDate,
     };
     let mut message = match reason {
@@ -197,18 +257,11 @@ pub(super) async fn converge<S: StateStore, Q: GatewayWrite + ?Sized>(
         Reason::Updated => format!("updated job {id}; it matches the spec"),
         _ => format!("job {id} matches the spec"),
     };
-    if let Some(note) = note {
+    if let Some(StateAction::Leave { why, .. }) = &obs.state_action {
         message.push_str("; ");
-        message.push_str(&note);
+        message.push_str(why);
     }
-    let mut o = Outcome::new(reason, message);
-    o.events = events;
-    o.wrote = wrote;
-    o.drift_fields = drift_fields;
-    o.drift_corrected = drift_corrected;
-    o.updated_fields = updated_fields;
-    o.state_set = state_set;
-    with_live(o, &current)
+    Outcome::new(reason, message)
 }
 
 /// driftPolicy Report: every difference Correct mode would act on, the job's state included,
