@@ -1088,6 +1088,13 @@ async fn a_retired_identity_stops_polling_after_its_secret_is_rotated() {
         )
         .await
         .unwrap();
+    // The Secret poller notices the change too; asking makes the test independent of when it
+    // first read the Secret.
+    env.patch_spec(
+        "rotating",
+        json!({"metadata": {"annotations": {api::ANNOTATION_RECONCILE_REQUESTED_AT: "rotated"}}}),
+    )
+    .await;
     wait_for(WAIT, "the old connection to be evicted", || async {
         (requests("rotated", false) > 0.0 && op.metrics.connections.get() == 1).then_some(())
     })

@@ -35,30 +35,9 @@ pub(super) async fn create<S: StateStore, Q: GatewayWrite + ?Sized>(
             format!("not creating the job: {e}"),
         );
     }
-    let body = create_body(&obs.rendered);
-    let created = match ctx.client.create_job(&body).await {
+    let created = match post(state, store, ctx, &obs).await {
         Ok(job) => job,
-        Err(e @ QError::OutcomeUnknown { .. }) => {
-            let mut o = Outcome::new(
-                Reason::GatewayUnavailable,
-                format!("{e}; the next attempt looks the job up before creating anything"),
-            );
-            o.events
-                .push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
-            return o;
-        }
-        Err(e) if refused_outright(&e) => {
-            // Nothing was created, so nothing needs recovering.
-            state.pending_create = None;
-            let _ = store.save(state).await;
-            let doing = if matches!(e, QError::Unexpected { status: 413, .. }) {
-                "creating the job: the gateway refused the body as too large; make the job's scripts smaller"
-            } else {
-                "creating the job"
-            };
-            return api_failure(&e, doing);
-        }
-        Err(e) => return api_failure(&e, "creating the job"),
+        Err(o) => return o,
     };
     let Some(id) = created.job_id().map(str::to_string) else {
         return Outcome::new(
@@ -93,20 +72,64 @@ pub(super) async fn create<S: StateStore, Q: GatewayWrite + ?Sized>(
             .events
             .push(Event::warning("StateNotSaved", e.to_string()));
     }
-    let mut live = created;
-    if spec.job.status == Some(JobState::Enabled) {
-        match set_state(ctx, &id, qualys::JobState::Enabled).await {
-            Ok(()) => {
-                state.last_enabled_time = Some(Timestamp::now());
-                live.status = qualys::Field::Value(qualys::values::ENABLED.to_string());
-                outcome.state_set = Some(qualys::JobState::Enabled);
-                outcome
-                    .events
-                    .push(Event::normal("Enabled", format!("enabled job {id}")));
-            }
-            Err(e) => return with_live(api_failure(&e, "enabling the new job"), &live),
+    enable_if_asked(spec, state, ctx, outcome, created, &id).await
+}
+
+/// The POST. A create whose outcome is unknown keeps its pending record (the next attempt looks
+/// the job up first); one the gateway refused made nothing, so its record is cleared.
+async fn post<S: StateStore, Q: GatewayWrite + ?Sized>(
+    state: &mut EngineState,
+    store: &mut S,
+    ctx: &Context<'_, Q>,
+    obs: &Observation,
+) -> Result<JobBody, Outcome> {
+    let body = create_body(&obs.rendered);
+    match ctx.client.create_job(&body).await {
+        Ok(job) => Ok(job),
+        Err(e @ QError::OutcomeUnknown { .. }) => {
+            let mut o = Outcome::new(
+                Reason::GatewayUnavailable,
+                format!("{e}; the next attempt looks the job up before creating anything"),
+            );
+            o.events
+                .push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
+            Err(o)
         }
+        Err(e) if refused_outright(&e) => {
+            state.pending_create = None;
+            let _ = store.save(state).await;
+            let doing = if matches!(e, QError::Unexpected { status: 413, .. }) {
+                "creating the job: the gateway refused the body as too large; make the job's scripts smaller"
+            } else {
+                "creating the job"
+            };
+            Err(api_failure(&e, doing))
+        }
+        Err(e) => Err(api_failure(&e, "creating the job")),
     }
+}
+
+/// A job is created Disabled; enable it when the spec says Enabled.
+async fn enable_if_asked<Q: GatewayWrite + ?Sized>(
+    spec: &DeploymentJobSpec,
+    state: &mut EngineState,
+    ctx: &Context<'_, Q>,
+    mut outcome: Outcome,
+    mut live: JobBody,
+    id: &str,
+) -> Outcome {
+    if spec.job.status != Some(JobState::Enabled) {
+        return with_live(outcome, &live);
+    }
+    if let Err(e) = set_state(ctx, id, qualys::JobState::Enabled).await {
+        return with_live(api_failure(&e, "enabling the new job"), &live);
+    }
+    state.last_enabled_time = Some(Timestamp::now());
+    live.status = qualys::Field::Value(qualys::values::ENABLED.to_string());
+    outcome.state_set = Some(qualys::JobState::Enabled);
+    outcome
+        .events
+        .push(Event::normal("Enabled", format!("enabled job {id}")));
     with_live(outcome, &live)
 }
 

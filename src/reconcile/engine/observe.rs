@@ -141,37 +141,7 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
         ));
     }
 
-    // actionRefs name the parent's post-deploy actions: read them from the parent's live job.
-    let uses_refs = job
-        .chained_job_rule
-        .iter()
-        .flatten()
-        .any(|r| r.action_refs.is_some());
-    let mut parent_actions = Vec::new();
-    if uses_refs {
-        let parent_id = ctx
-            .linked_job_id
-            .or(job.linked_job_id.as_deref())
-            .unwrap_or_default();
-        let parent = ctx.client.get_job(parent_id).await.map_err(|e| match e {
-            QError::NotFound { .. } => Outcome::new(
-                Reason::InvalidSpec,
-                format!(
-                    "spec.job.linkedJobRef: the parent job {parent_id} does not exist in Qualys"
-                ),
-            ),
-            other => api_failure(&other, "reading the linked parent job"),
-        })?;
-        for a in parent.post_deploy_actions.get().into_iter().flatten() {
-            if let (Some(item), Some(id)) = (
-                a.params.get().and_then(|p| p.action_item.get()),
-                a.action_id.get(),
-            ) {
-                parent_actions.push((item.clone(), id.clone()));
-            }
-        }
-    }
-
+    let parent_actions = parent_post_actions(spec, ctx).await?;
     let inputs = RenderInputs {
         linked_job_id: ctx.linked_job_id,
         parent_post_actions: &parent_actions,
@@ -210,109 +180,195 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
     Ok(obs)
 }
 
+/// The `linkedJobRef` parent's post-deploy actions as (actionItem, actionId), read from its
+/// live job when `actionRefs` name them; empty otherwise.
+async fn parent_post_actions<Q: GatewayRead + ?Sized>(
+    spec: &DeploymentJobSpec,
+    ctx: &Context<'_, Q>,
+) -> Result<Vec<(String, String)>, Outcome> {
+    let job = &spec.job;
+    let uses_refs = job
+        .chained_job_rule
+        .iter()
+        .flatten()
+        .any(|r| r.action_refs.is_some());
+    if !uses_refs {
+        return Ok(Vec::new());
+    }
+    let parent_id = ctx
+        .linked_job_id
+        .or(job.linked_job_id.as_deref())
+        .unwrap_or_default();
+    let parent = ctx.client.get_job(parent_id).await.map_err(|e| match e {
+        QError::NotFound { .. } => Outcome::new(
+            Reason::InvalidSpec,
+            format!("spec.job.linkedJobRef: the parent job {parent_id} does not exist in Qualys"),
+        ),
+        other => api_failure(&other, "reading the linked parent job"),
+    })?;
+    let mut actions = Vec::new();
+    for a in parent.post_deploy_actions.get().into_iter().flatten() {
+        if let (Some(item), Some(id)) = (
+            a.params.get().and_then(|p| p.action_item.get()),
+            a.action_id.get(),
+        ) {
+            actions.push((item.clone(), id.clone()));
+        }
+    }
+    Ok(actions)
+}
+
 pub(super) type Found = (Option<JobBody>, IdentifiedBy, bool, bool);
 
+/// The live job, in order of proof: `spec.jobId`, the recorded id, a pending create's job,
+/// then (by mode) a job with the same name.
 pub(super) async fn find_live<Q: GatewayRead + ?Sized>(
     spec: &DeploymentJobSpec,
     state: &EngineState,
     ctx: &Context<'_, Q>,
 ) -> Result<Found, Outcome> {
-    let name = &spec.job.name;
-    let platform = spec.job.platform.as_str();
-
     if let Some(id) = &spec.job_id {
-        if let Some(other) = ctx.claims.claimed_by(id) {
-            return Err(Outcome::new(
-                Reason::JobClaimed,
-                format!(
-                    "job {id} is already managed by DeploymentJob {other}; two resources must not manage one job"
-                ),
-            ));
-        }
-        let adopting = state.job_id.as_deref() != Some(id.as_str());
-        return match ctx.client.get_job(id).await {
-            Ok(live) => Ok((Some(live), IdentifiedBy::JobId, adopting, false)),
-            Err(QError::NotFound { .. }) => Err(Outcome::new(
+        return by_job_id(id, state, ctx).await;
+    }
+    if let Some(id) = &state.job_id {
+        return by_recorded_id(spec, id, ctx).await;
+    }
+    if let Some(pending) = &state.pending_create {
+        return by_pending_create(spec, pending, ctx).await;
+    }
+    by_name(spec, ctx).await
+}
+
+/// JobClaimed, when another resource manages job `id`.
+fn claimed<Q: ?Sized>(ctx: &Context<'_, Q>, id: &str, why: &str) -> Option<Outcome> {
+    let other = ctx.claims.claimed_by(id)?;
+    Some(Outcome::new(
+        Reason::JobClaimed,
+        format!("job {id} is already managed by DeploymentJob {other}{why}"),
+    ))
+}
+
+async fn by_job_id<Q: GatewayRead + ?Sized>(
+    id: &str,
+    state: &EngineState,
+    ctx: &Context<'_, Q>,
+) -> Result<Found, Outcome> {
+    if let Some(o) = claimed(ctx, id, "; two resources must not manage one job") {
+        return Err(o);
+    }
+    let adopting = state.job_id.as_deref() != Some(id);
+    match ctx.client.get_job(id).await {
+        Ok(live) => Ok((Some(live), IdentifiedBy::JobId, adopting, false)),
+        Err(QError::NotFound { .. }) => Err(Outcome::new(
+            Reason::JobMissing,
+            format!(
+                "spec.jobId: job {id} does not exist in Qualys; correct spec.jobId, or remove it to create a new job"
+            ),
+        )),
+        Err(e) => Err(api_failure(&e, "reading the job")),
+    }
+}
+
+async fn by_recorded_id<Q: GatewayRead + ?Sized>(
+    spec: &DeploymentJobSpec,
+    id: &str,
+    ctx: &Context<'_, Q>,
+) -> Result<Found, Outcome> {
+    if let Some(o) = claimed(ctx, id, "") {
+        return Err(o);
+    }
+    match ctx.client.get_job(id).await {
+        Ok(live) => Ok((Some(live), IdentifiedBy::State, false, false)),
+        Err(QError::NotFound { .. }) => match spec.effective_recreate_policy() {
+            RecreatePolicy::Recreate => Ok((None, IdentifiedBy::Nothing, false, true)),
+            RecreatePolicy::Never => Err(Outcome::new(
                 Reason::JobMissing,
                 format!(
-                    "spec.jobId: job {id} does not exist in Qualys; correct spec.jobId, or remove it to create a new job"
+                    "job {id} no longer exists in Qualys (deleted outside the operator); it is not re-created \
+                     automatically because a re-created job re-patches and may reboot machines: set \
+                     spec.recreatePolicy: Recreate to create it again, or delete this resource"
                 ),
             )),
-            Err(e) => Err(api_failure(&e, "reading the job")),
-        };
+        },
+        Err(e) => Err(api_failure(&e, "reading the job")),
     }
+}
 
-    if let Some(id) = &state.job_id {
-        if let Some(other) = ctx.claims.claimed_by(id) {
-            return Err(Outcome::new(
-                Reason::JobClaimed,
-                format!("job {id} is already managed by DeploymentJob {other}"),
-            ));
-        }
-        return match ctx.client.get_job(id).await {
-            Ok(live) => Ok((Some(live), IdentifiedBy::State, false, false)),
-            Err(QError::NotFound { .. }) => match spec.effective_recreate_policy() {
-                RecreatePolicy::Recreate => Ok((None, IdentifiedBy::Nothing, false, true)),
-                RecreatePolicy::Never => Err(Outcome::new(
-                    Reason::JobMissing,
-                    format!(
-                        "job {id} no longer exists in Qualys (deleted outside the operator); it is not re-created \
-                         automatically because a re-created job re-patches and may reboot machines: set \
-                         spec.recreatePolicy: Recreate to create it again, or delete this resource"
-                    ),
-                )),
-            },
-            Err(e) => Err(api_failure(&e, "reading the job")),
-        };
+/// Read a job found in a listing; one that vanished since is no job.
+async fn read_found<Q: GatewayRead + ?Sized>(
+    ctx: &Context<'_, Q>,
+    id: &str,
+    by: IdentifiedBy,
+    doing: &str,
+) -> Result<Found, Outcome> {
+    match ctx.client.get_job(id).await {
+        Ok(live) => Ok((Some(live), by, false, false)),
+        Err(QError::NotFound { .. }) => Ok((None, IdentifiedBy::Nothing, false, false)),
+        Err(e) => Err(api_failure(&e, doing)),
     }
+}
 
-    if let Some(pending) = &state.pending_create {
-        // The create may have reached Qualys: find what it made, with a fresh listing.
-        let candidates = ctx
-            .directory
-            .named(ctx.client, platform, name, Duration::ZERO)
-            .await
-            .map_err(|e| {
-                api_failure(
-                    &e,
-                    "looking for the job an interrupted create may have made",
-                )
-            })?;
-        let since = pending_start(pending).map(|t| t - CLOCK_SKEW);
-        let username = ctx.client.username().to_string();
-        let mine: Vec<&Listed> = candidates
-            .iter()
-            .filter(|s| s.created_by.as_ref().is_none_or(|u| *u == username))
-            .filter(|s| {
-                let at = s
-                    .created_ms
-                    .and_then(|ms| Timestamp::from_millisecond(ms).ok());
-                match (since, at) {
-                    (Some(since), Some(at)) => at >= since,
-                    _ => true,
-                }
-            })
-            .filter(|s| ctx.claims.claimed_by(&s.id).is_none())
-            .collect();
-        return match mine.as_slice() {
-            [] => Ok((None, IdentifiedBy::Nothing, false, false)),
-            [one] => {
-                let id = one.id.clone();
-                match ctx.client.get_job(&id).await {
-                    Ok(live) => Ok((Some(live), IdentifiedBy::PendingCreate, false, false)),
-                    Err(QError::NotFound { .. }) => Ok((None, IdentifiedBy::Nothing, false, false)),
-                    Err(e) => Err(api_failure(&e, "reading the recovered job")),
-                }
+/// The create may have reached Qualys: find what it made, with a fresh listing — made by this
+/// connection's user since the create started, and claimed by no other resource.
+async fn by_pending_create<Q: GatewayRead + ?Sized>(
+    spec: &DeploymentJobSpec,
+    pending: &PendingCreate,
+    ctx: &Context<'_, Q>,
+) -> Result<Found, Outcome> {
+    let (name, platform) = (&spec.job.name, spec.job.platform.as_str());
+    let candidates = ctx
+        .directory
+        .named(ctx.client, platform, name, Duration::ZERO)
+        .await
+        .map_err(|e| {
+            api_failure(
+                &e,
+                "looking for the job an interrupted create may have made",
+            )
+        })?;
+    let since = pending_start(pending).map(|t| t - CLOCK_SKEW);
+    let username = ctx.client.username().to_string();
+    let mine: Vec<&Listed> = candidates
+        .iter()
+        .filter(|s| s.created_by.as_ref().is_none_or(|u| *u == username))
+        .filter(|s| {
+            let at = s
+                .created_ms
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok());
+            match (since, at) {
+                (Some(since), Some(at)) => at >= since,
+                _ => true,
             }
-            many => Err(name_conflict(
-                name,
-                platform,
-                many,
-                "were created since the interrupted create",
-            )),
-        };
+        })
+        .filter(|s| ctx.claims.claimed_by(&s.id).is_none())
+        .collect();
+    match mine.as_slice() {
+        [] => Ok((None, IdentifiedBy::Nothing, false, false)),
+        [one] => {
+            read_found(
+                ctx,
+                &one.id,
+                IdentifiedBy::PendingCreate,
+                "reading the recovered job",
+            )
+            .await
+        }
+        many => Err(name_conflict(
+            name,
+            platform,
+            many,
+            "were created since the interrupted create",
+        )),
     }
+}
 
+/// No id: a job with the same name is the CLI's (its contract) and a conflict for the
+/// controller.
+async fn by_name<Q: GatewayRead + ?Sized>(
+    spec: &DeploymentJobSpec,
+    ctx: &Context<'_, Q>,
+) -> Result<Found, Outcome> {
+    let (name, platform) = (&spec.job.name, spec.job.platform.as_str());
     let existing = ctx
         .directory
         .named(ctx.client, platform, name, ctx.listing_max_age)
@@ -322,12 +378,13 @@ pub(super) async fn find_live<Q: GatewayRead + ?Sized>(
     match (ctx.mode, existing.as_slice()) {
         (_, []) => Ok((None, IdentifiedBy::Nothing, false, false)),
         (Mode::Cli, [one]) => {
-            let id = one.id.clone();
-            match ctx.client.get_job(&id).await {
-                Ok(live) => Ok((Some(live), IdentifiedBy::Name, false, false)),
-                Err(QError::NotFound { .. }) => Ok((None, IdentifiedBy::Nothing, false, false)),
-                Err(e) => Err(api_failure(&e, "reading the job found by name")),
-            }
+            read_found(
+                ctx,
+                &one.id,
+                IdentifiedBy::Name,
+                "reading the job found by name",
+            )
+            .await
         }
         (Mode::Cli, many) => Err(name_conflict(name, platform, many, "exist")),
         (Mode::Controller, found) => Err(name_conflict(
