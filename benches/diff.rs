@@ -139,7 +139,8 @@ fn example_cases(inputs: &Inputs) -> Vec<Case> {
                 listing_max_age: Duration::MAX,
             };
             let mut state = EngineState::default();
-            let out = engine::apply(&m.job.spec, &mut state, &mut MemoryStore, &ctx).await;
+            let out =
+                engine::apply(&m.job.spec, &mut state, &mut MemoryStore::default(), &ctx).await;
             assert!(out.wrote, "{}: {}", m.key(), out.message);
             let id = state.job_id.clone().expect("job id");
             let live = client.get_job(&id).await.expect("live job");

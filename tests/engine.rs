@@ -111,7 +111,7 @@ async fn examples_are_created_once_and_stay_converged() {
                 Mode::Controller,
             );
             let state = states.entry(m.key()).or_default();
-            let out = engine::apply(&m.job.spec, state, &mut MemoryStore, &c).await;
+            let out = engine::apply(&m.job.spec, state, &mut MemoryStore::default(), &c).await;
             let expected = if pass == 0 {
                 Reason::Created
             } else {
@@ -163,7 +163,7 @@ async fn a_one_field_spec_change_is_one_patch_of_that_field() {
     let mut s = spec("one-field");
     let mut state = EngineState::default();
     assert_eq!(
-        engine::apply(&s, &mut state, &mut MemoryStore, &c)
+        engine::apply(&s, &mut state, &mut MemoryStore::default(), &c)
             .await
             .reason,
         Reason::Created
@@ -177,7 +177,7 @@ async fn a_one_field_spec_change_is_one_patch_of_that_field() {
     assert_eq!(paths, vec!["timeout"]);
 
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Updated, "{}", out.message);
     assert_eq!(sim.count(UPDATE), 1);
     assert_eq!(
@@ -209,10 +209,10 @@ async fn a_changed_script_is_sent_as_content_and_recorded() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let mut s = spec("script-change");
     let mut state = EngineState::default();
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     s.job.pre_deploy_actions.as_mut().unwrap()[0].script = Some("bHMgLWw=".into());
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Updated, "{}", out.message);
     assert_eq!(sim.count(UPDATE), 1);
     let job = sim.job(state.job_id.as_deref().unwrap()).unwrap();
@@ -224,7 +224,7 @@ async fn a_changed_script_is_sent_as_content_and_recorded() {
     // Converged: the next pass writes nothing.
     sim.reset_counters();
     assert_eq!(
-        engine::apply(&s, &mut state, &mut MemoryStore, &c)
+        engine::apply(&s, &mut state, &mut MemoryStore::default(), &c)
             .await
             .reason,
         Reason::UpToDate
@@ -239,7 +239,7 @@ async fn an_out_of_band_change_is_exactly_that_field_and_is_corrected() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let s = spec("drift");
     let mut state = EngineState::default();
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     let id = state.job_id.clone().unwrap();
     sim.console_edit(&id, json!({"approvedPatches": ["ca0d50b1-df21-31ef-aa9b-eec805b3a517"], "description": "edited in the console"}))
         .unwrap();
@@ -248,7 +248,7 @@ async fn an_out_of_band_change_is_exactly_that_field_and_is_corrected() {
     assert_eq!(paths, vec!["approvedPatches"], "description is not managed");
 
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Updated);
     assert!(out.drift_corrected);
     assert_eq!(out.drift_fields, vec!["approvedPatches"]);
@@ -303,7 +303,7 @@ async fn a_create_whose_answer_is_lost_is_recovered_not_repeated() {
         let mut state = saved;
         let directory = Directory::new();
         let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
-        let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+        let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
         assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
         assert_eq!(sim.count(CREATE), 1);
         assert_eq!(sim.job_count(), 1, "still exactly one job");
@@ -319,14 +319,14 @@ async fn adoption_by_job_id_never_enables() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let mut original = spec("adopt-me");
     let mut st = EngineState::default();
-    engine::apply(&original, &mut st, &mut MemoryStore, &c).await;
+    engine::apply(&original, &mut st, &mut MemoryStore::default(), &c).await;
     let id = st.job_id.unwrap();
 
     original.job_id = Some(id.clone());
     original.job.status = Some(JobState::Enabled);
     sim.reset_counters();
     let mut state = EngineState::default();
-    let out = engine::apply(&original, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
     assert!(out.message.contains("never enables"), "{}", out.message);
     assert_eq!(sim.count(STATUS), 0);
@@ -342,7 +342,7 @@ async fn adoption_by_job_id_never_enables() {
     let directory2 = Directory::new();
     let mut c2 = ctx(&client, &directory2, &NoScripts, None, Mode::Controller);
     c2.generation = Some(2);
-    let out = engine::apply(&original, &mut state, &mut MemoryStore, &c2).await;
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c2).await;
     assert_eq!(out.reason, Reason::Updated, "{}", out.message);
     assert_eq!(sim.count(STATUS), 1);
     assert_eq!(sim.job(&id).unwrap()["status"], "Enabled");
@@ -356,11 +356,17 @@ async fn a_foreign_job_with_the_same_name_is_a_conflict_for_the_controller_and_t
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let s = spec("same-name");
     let mut first = EngineState::default();
-    engine::apply(&s, &mut first, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut first, &mut MemoryStore::default(), &c).await;
 
     let directory = Directory::new();
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
-    let out = engine::apply(&s, &mut EngineState::default(), &mut MemoryStore, &c).await;
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
     assert_eq!(out.reason, Reason::NameConflict);
     assert!(
         out.message.contains(first.job_id.as_deref().unwrap()),
@@ -391,14 +397,20 @@ async fn a_job_claimed_by_another_resource_is_not_touched() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let mut s = spec("claimed");
     let mut st = EngineState::default();
-    engine::apply(&s, &mut st, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut st, &mut MemoryStore::default(), &c).await;
     s.job_id = st.job_id.clone();
     s.job.timeout = Some(9);
     let claims = ClaimedBy("patching/first".into());
     let mut c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     c.claims = &claims;
     sim.reset_counters();
-    let out = engine::apply(&s, &mut EngineState::default(), &mut MemoryStore, &c).await;
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
     assert_eq!(out.reason, Reason::JobClaimed);
     assert!(out.message.contains("patching/first"));
     assert_eq!(sim.counters().total(), 0, "writes nothing, reads nothing");
@@ -413,7 +425,7 @@ async fn cleanup_deletes_only_a_job_the_resource_has_proven_its_own() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Cli);
     let s = spec("owned-by-cli");
     let mut owner = EngineState::default();
-    engine::apply(&s, &mut owner, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut owner, &mut MemoryStore::default(), &c).await;
     let id = owner.job_id.clone().unwrap();
 
     let mut claimer_spec = s.clone();
@@ -423,7 +435,13 @@ async fn cleanup_deletes_only_a_job_the_resource_has_proven_its_own() {
     let mut claimed = ctx(&client, &directory, &NoScripts, None, Mode::Cli);
     claimed.claims = &claims;
     let mut claimer = EngineState::default();
-    let out = engine::apply(&claimer_spec, &mut claimer, &mut MemoryStore, &claimed).await;
+    let out = engine::apply(
+        &claimer_spec,
+        &mut claimer,
+        &mut MemoryStore::default(),
+        &claimed,
+    )
+    .await;
     assert_eq!(out.reason, Reason::JobClaimed, "{}", out.message);
     assert_eq!(claimer.job_id, None, "a claimer never records the job");
     sim.reset_counters();
@@ -431,7 +449,7 @@ async fn cleanup_deletes_only_a_job_the_resource_has_proven_its_own() {
         let out = engine::cleanup(
             &claimer_spec,
             &mut claimer,
-            &mut MemoryStore,
+            &mut MemoryStore::default(),
             c,
             &CleanupOptions::default(),
         )
@@ -447,12 +465,12 @@ async fn cleanup_deletes_only_a_job_the_resource_has_proven_its_own() {
     let mut by_name = EngineState::default();
     let fresh = Directory::new();
     let c = ctx(&client, &fresh, &NoScripts, None, Mode::Cli);
-    let out = engine::apply(&s, &mut by_name, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut by_name, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
     let out = engine::cleanup(
         &s,
         &mut by_name,
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )
@@ -471,14 +489,14 @@ async fn a_non_recurring_job_cannot_be_disabled_and_is_not_enabled_twice() {
         "name": "on-demand", "platform": "Linux", "scheduleType": "On-demand", "status": "Enabled"}}))
     .unwrap();
     let mut state = EngineState::default();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Created, "{}", out.message);
     assert_eq!(sim.count(STATUS), 1, "created Disabled, then enabled");
     let id = state.job_id.clone().unwrap();
     assert_eq!(sim.job(&id).unwrap()["status"], "Enabled");
 
     s.job.status = Some(JobState::Disabled);
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::CannotDisable, "{}", out.message);
     assert!(out.reason.is_stalled());
 
@@ -487,7 +505,7 @@ async fn a_non_recurring_job_cannot_be_disabled_and_is_not_enabled_twice() {
         .unwrap();
     s.job.status = Some(JobState::Enabled);
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
     assert!(out.message.contains("run it again"), "{}", out.message);
     assert_eq!(sim.count(STATUS), 0);
@@ -500,17 +518,17 @@ async fn a_vanished_job_is_missing_unless_recreate_is_chosen() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let mut s = spec("vanishing");
     let mut state = EngineState::default();
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     let first = state.job_id.clone().unwrap();
     assert!(sim.console_delete(&first));
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::JobMissing);
     assert!(out.message.contains("recreatePolicy"), "{}", out.message);
     assert_eq!(sim.count(CREATE), 0);
 
     s.recreate_policy = Some(RecreatePolicy::Recreate);
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Created, "{}", out.message);
     assert!(out.message.contains("re-created"));
     assert_eq!(sim.count(CREATE), 1);
@@ -524,12 +542,12 @@ async fn delete_removes_the_job_and_orphan_leaves_it() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let s = spec("to-delete");
     let mut state = EngineState::default();
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     let id = state.job_id.clone().unwrap();
     let out = engine::cleanup(
         &s,
         &mut state,
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )
@@ -548,7 +566,7 @@ async fn delete_removes_the_job_and_orphan_leaves_it() {
     let out = engine::cleanup(
         &s,
         &mut gone,
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )
@@ -558,14 +576,14 @@ async fn delete_removes_the_job_and_orphan_leaves_it() {
 
     let mut kept = EngineState::default();
     let s2 = spec("to-orphan");
-    engine::apply(&s2, &mut kept, &mut MemoryStore, &c).await;
+    engine::apply(&s2, &mut kept, &mut MemoryStore::default(), &c).await;
     let mut orphan = s2.clone();
     orphan.deletion_policy = Some(qpm_operator::api::DeletionPolicy::Orphan);
     sim.reset_counters();
     let out = engine::cleanup(
         &orphan,
         &mut kept,
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )
@@ -580,7 +598,7 @@ async fn delete_removes_the_job_and_orphan_leaves_it() {
         force_orphan: false,
         children: vec!["default/child".into()],
     };
-    let out = engine::cleanup(&s2, &mut kept, &mut MemoryStore, &c, &opts).await;
+    let out = engine::cleanup(&s2, &mut kept, &mut MemoryStore::default(), &c, &opts).await;
     assert_eq!(out.reason, Reason::DeletionBlocked);
     assert!(!out.finished);
     assert_eq!(sim.count(DELETE), 0);
@@ -594,17 +612,17 @@ async fn report_mode_writes_nothing_and_lists_the_differences() {
     let mut s = spec("observed");
     s.drift_policy = Some(DriftPolicy::Report);
     let mut state = EngineState::default();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::DriftDetected);
     assert_eq!(sim.count(CREATE), 0);
 
     s.drift_policy = None;
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     s.drift_policy = Some(DriftPolicy::Report);
     s.job.timeout = Some(12);
     s.job.pre_deploy_actions.as_mut().unwrap()[0].script = Some("bHMgLWw=".into());
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
     let paths: Vec<_> = out
         .pending_changes
@@ -629,7 +647,7 @@ async fn report_mode_lists_a_state_difference_and_why_it_would_not_change_it() {
     // No script: an adopted job's scripts are unknown, and would differ too.
     original.job.pre_deploy_actions = None;
     let mut st = EngineState::default();
-    engine::apply(&original, &mut st, &mut MemoryStore, &c).await;
+    engine::apply(&original, &mut st, &mut MemoryStore::default(), &c).await;
     let id = st.job_id.unwrap();
 
     // Adopted while Disabled; the spec says Enabled.
@@ -638,7 +656,7 @@ async fn report_mode_lists_a_state_difference_and_why_it_would_not_change_it() {
     original.drift_policy = Some(DriftPolicy::Report);
     sim.reset_counters();
     let mut state = EngineState::default();
-    let out = engine::apply(&original, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
     let pending: Vec<_> = out
         .pending_changes
@@ -662,14 +680,14 @@ async fn report_mode_lists_a_state_difference_and_why_it_would_not_change_it() {
         "name": "one-shot-report", "platform": "Linux", "scheduleType": "On-demand", "status": "Enabled"}}))
     .unwrap();
     let mut state = EngineState::default();
-    let out = engine::apply(&once, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&once, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Created, "{}", out.message);
     let once_id = state.job_id.clone().unwrap();
     sim.console_edit(&once_id, json!({"status": "Disabled"}))
         .unwrap();
     once.drift_policy = Some(DriftPolicy::Report);
     sim.reset_counters();
-    let out = engine::apply(&once, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&once, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
     assert_eq!(out.pending_changes.len(), 1);
     assert_eq!(out.pending_changes[0].path, "status");
@@ -687,7 +705,13 @@ async fn an_unrenderable_spec_makes_zero_api_calls() {
         "preDeployActions": [{"action": "Run Script", "scriptFrom": {"configMapKeyRef": {"name": "missing", "key": "x.ps1"}}}]
     }}))
     .unwrap();
-    let out = engine::apply(&s, &mut EngineState::default(), &mut MemoryStore, &c).await;
+    let out = engine::apply(
+        &s,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+    )
+    .await;
     assert_eq!(out.reason, Reason::InvalidSpec);
     assert_eq!(
         out.message,
@@ -723,7 +747,7 @@ async fn scripts_over_the_limit_are_refused_before_any_api_call() {
     let scripts = BigScripts(MAX_SCRIPT_BYTES / 2 + 1);
     let c = ctx(&client, &directory, &scripts, None, Mode::Cli);
     let mut state = EngineState::default();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::InvalidSpec, "{}", out.message);
     assert!(
         out.message
@@ -737,7 +761,7 @@ async fn scripts_over_the_limit_are_refused_before_any_api_call() {
 
     let fits = BigScripts(MAX_SCRIPT_BYTES / 2);
     let c = ctx(&client, &directory, &fits, None, Mode::Cli);
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(
         out.reason,
         Reason::Created,
@@ -754,7 +778,7 @@ async fn a_create_refused_as_too_large_clears_its_pending_record() {
     let s = spec("refused-413");
     sim.set_fault(Fault::on(CREATE, FaultKind::Status { status: 413 }).times(1));
     let mut state = EngineState::default();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::InvalidSpec, "{}", out.message);
     assert!(
         out.message.contains("too large") && out.message.contains("413"),
@@ -765,7 +789,7 @@ async fn a_create_refused_as_too_large_clears_its_pending_record() {
     assert_eq!(sim.job_count(), 0);
     // The next run creates once, without a recovery lookup.
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Created, "{}", out.message);
     assert_eq!((sim.count(CREATE), sim.job_count()), (1, 1));
 }
@@ -788,7 +812,7 @@ async fn a_child_waits_for_its_parent_without_calling_the_api() {
     let out = engine::apply(
         &child.job.spec,
         &mut EngineState::default(),
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
     )
     .await;
@@ -804,7 +828,7 @@ async fn an_update_that_does_not_take_stops_instead_of_looping() {
     let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
     let mut s = spec("stubborn");
     let mut state = EngineState::default();
-    engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     // The gateway accepts the update but keeps its timeout.
     sim.set_fault(Fault::on(
         UPDATE,
@@ -815,7 +839,7 @@ async fn an_update_that_does_not_take_stops_instead_of_looping() {
     s.job.timeout = Some(9);
     s.job.description = Some("applied".into());
     sim.reset_counters();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::NotConverging, "{}", out.message);
     assert!(out.reason.is_stalled());
     assert!(
@@ -895,7 +919,7 @@ async fn every_example_and_seed_job_reports_exactly_the_field_that_changed() {
         );
         let mut state = EngineState::default();
         assert_eq!(
-            engine::apply(spec, &mut state, &mut MemoryStore, &c)
+            engine::apply(spec, &mut state, &mut MemoryStore::default(), &c)
                 .await
                 .reason,
             Reason::Created,
@@ -904,7 +928,7 @@ async fn every_example_and_seed_job_reports_exactly_the_field_that_changed() {
         sim.reset_counters();
         for _ in 0..3 {
             assert_eq!(
-                engine::apply(spec, &mut state, &mut MemoryStore, &c)
+                engine::apply(spec, &mut state, &mut MemoryStore::default(), &c)
                     .await
                     .reason,
                 Reason::UpToDate,
@@ -962,13 +986,13 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
     let mut s = spec("in memory");
     s.job.pre_deploy_actions = None;
     let mut state = EngineState::default();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Created, "{}", out.message);
     let id = state.job_id.clone().unwrap();
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
     s.job.timeout = Some(9);
-    let out = engine::apply(&s, &mut state, &mut MemoryStore, &c).await;
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
     assert_eq!(out.reason, Reason::Updated, "{}", out.message);
     assert_eq!(out.updated_fields, vec!["timeout"]);
     assert_eq!((gateway.calls("create"), gateway.calls("update")), (1, 1));
@@ -981,7 +1005,7 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
     let out = engine::cleanup(
         &other,
         &mut EngineState::default(),
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )
@@ -991,7 +1015,7 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
     let out = engine::cleanup(
         &s,
         &mut state,
-        &mut MemoryStore,
+        &mut MemoryStore::default(),
         &c,
         &CleanupOptions::default(),
     )

@@ -84,7 +84,7 @@ pub trait StateStore: Send {
 
 /// A store that keeps nothing beyond the caller's own copy (tests, one-shot runs).
 #[derive(Debug, Default)]
-pub struct MemoryStore;
+pub struct MemoryStore {}
 
 impl StateStore for MemoryStore {
     fn save<'a>(&'a mut self, _state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
