@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{TestCluster, wait_for};
 
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
 const OPERATOR_AGENT: &str = "qpm-operator-under-test";
@@ -405,9 +405,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
         ids.push(job_id(&env.wait_reason(n, "Created").await));
     }
     // Let a poll pass record everything, then change one job in the "console".
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "a poll", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 2).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 2)
+            .then_some(())
     })
     .await;
     env.sim.reset_counters();
@@ -422,9 +427,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
     .await;
     env.wait_event("b", "DriftCorrected").await;
     // Let more polls pass: nothing else is read or written.
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "two more polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 4).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 4)
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -606,6 +616,43 @@ async fn a_foreign_job_with_the_same_name_is_a_conflict_and_a_claimed_job_is_not
 }
 
 #[tokio::test]
+async fn deleting_a_resource_stalled_at_job_claimed_leaves_the_other_resources_job() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("owner", spec("owned job")).await;
+    let id = job_id(&env.wait_reason("owner", "Created").await);
+    let mut claim = spec("owned job");
+    claim["jobId"] = json!(id);
+    claim["deletionPolicy"] = json!("Delete");
+    env.create("claimer", claim).await;
+    let dj = env.wait_reason("claimer", "JobClaimed").await;
+    assert_eq!(
+        dj.status.as_ref().and_then(|s| s.job_id.clone()),
+        None,
+        "a claimer never records the job as its own"
+    );
+    env.sim.reset_counters();
+    env.jobs
+        .delete("claimer", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("claimer").await;
+    assert_eq!(env.sim.count(DELETE), 0, "{:?}", env.sim.counters());
+    assert!(env.sim.job(&id).is_some(), "the owner's job still exists");
+    let note = env.wait_event("claimer", "OrphanedNotOwned").await;
+    assert!(note.contains(&id) && note.contains("owner"), "{note}");
+    // The owner still manages it, and deleting the owner deletes it.
+    env.jobs
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("owner").await;
+    assert_eq!(env.sim.count(DELETE), 1);
+    assert!(env.sim.job(&id).is_none());
+    op.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
     let env = Env::start().await;
     let mut bad = spec("invalid");
@@ -694,7 +741,7 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
         .counters()
         .0
         .iter()
-        .filter(|(r, _)| r.as_str() != "POST /auth")
+        .filter(|(r, _)| r.as_str() != qpm_operator::qualys::Endpoint::Auth.as_str())
         .flat_map(|(_, by)| by.iter().filter(|(s, _)| **s != 429).map(|(_, n)| *n))
         .sum();
     // The client learns the limit from the headers instead of hammering: few refusals.
@@ -839,9 +886,14 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
     );
     // Observed on every poll (two list calls each, one per platform); never written.
     let gets = env.sim.count(GET);
-    let lists = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let lists = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "three polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= lists + 6).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            >= lists + 6)
+            .then_some(())
     })
     .await;
     wait_for(WAIT, "a read per poll", || async {
@@ -858,11 +910,7 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
 #[tokio::test]
 async fn nothing_changing_means_no_status_write_over_many_resyncs() {
     let env = Env::start().await;
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("steady", spec("steady")).await;
     let dj = env.wait_reason("steady", "Created").await;
     let writes = op.metrics.status_writes.get();
@@ -896,6 +944,38 @@ async fn nothing_changing_means_no_status_write_over_many_resyncs() {
         dj.resource_version()
     );
     assert_eq!(env.sim.count(UPDATE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn managed_jobs_counts_the_ready_reason_a_resync_keeps() {
+    let env = Env::start().await;
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("kept", spec("kept")).await;
+    env.wait_reason("kept", "Created").await;
+    let metric = |name: &str| {
+        op.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let up_to_date = r#"qpm_reconciles_total{result="UpToDate"}"#;
+    wait_for(WAIT, "three resyncs that find nothing to do", || async {
+        (metric(up_to_date)? >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(r#"qpm_managed_jobs{reason="Created"}"#), Some(1.0));
+    assert_ne!(
+        metric(r#"qpm_managed_jobs{reason="UpToDate"}"#).unwrap_or(0.0),
+        1.0,
+        "{}",
+        op.metrics.encode()
+    );
+    assert_eq!(
+        condition(&env.get("kept").await, "Ready").unwrap().reason,
+        "Created"
+    );
     op.shutdown().await;
 }
 
@@ -1015,6 +1095,140 @@ async fn a_missing_connection_secret_is_an_error_until_it_appears() {
     );
     env.put_secret("later", "sim").await;
     env.wait_reason("late", "Created").await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retired_identity_stops_polling_after_its_secret_is_rotated() {
+    let mut sim_config = SimConfig::default();
+    sim_config
+        .users
+        .push(sim::SimUser::new("rotated", "rotated-password"));
+    let env = Env::start_with(sim_config).await;
+    let op = env.operator().await;
+    env.create("rotating", spec("rotating")).await;
+    env.wait_reason("rotating", "Created").await;
+    // Requests of one identity, from the operator's own metrics; `list` counts summary listings.
+    let requests = |user: &str, list: bool| -> f64 {
+        op.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("qpm_qualys_requests_total{"))
+            .filter(|l| l.contains(&format!("connection=\"{user}@")))
+            .filter(|l| !list || l.contains("endpoint=\"list_summaries\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for(WAIT, "the first identity to poll", || async {
+        (requests("sim", true) > 0.0).then_some(())
+    })
+    .await;
+
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    let rotated: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qualys"},
+        "stringData": {"gatewayUrl": env.sim.base_url(), "username": "rotated", "password": "rotated-password"}
+    }))
+    .unwrap();
+    secrets
+        .patch(
+            "qualys",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&rotated),
+        )
+        .await
+        .unwrap();
+    // The Secret poller notices the change too; asking makes the test independent of when it
+    // first read the Secret.
+    env.patch_spec(
+        "rotating",
+        json!({"metadata": {"annotations": {api::ANNOTATION_RECONCILE_REQUESTED_AT: "rotated"}}}),
+    )
+    .await;
+    wait_for(WAIT, "the old connection to be evicted", || async {
+        (requests("rotated", false) > 0.0 && op.metrics.connections.get() == 1).then_some(())
+    })
+    .await;
+    // Two more listings of both platforms by the new identity: a poll pass that began before
+    // the eviction (and may still list with the old identity) has ended.
+    let since = requests("rotated", true);
+    wait_for(
+        WAIT,
+        "a poll pass that began after the eviction",
+        || async { (requests("rotated", true) >= since + 4.0).then_some(()) },
+    )
+    .await;
+    let retired = requests("sim", false);
+    let polls = requests("rotated", true);
+    wait_for(WAIT, "three more polls by the new identity", || async {
+        (requests("rotated", true) >= polls + 6.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        requests("sim", false),
+        retired,
+        "the retired identity makes no request after the rotation:\n{}",
+        op.metrics.encode()
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_tried_once_per_connection_not_once_per_resource() {
+    let env = Env::start().await;
+    // A port nothing listens on: every connection attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nowhere"},
+        "stringData": {"gatewayUrl": url, "username": "sim", "password": "sim"}
+    }))
+    .unwrap();
+    secrets
+        .patch(
+            "nowhere",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+    let op = env.operator().await;
+    const RESOURCES: usize = 8;
+    for i in 0..RESOURCES {
+        let mut s = spec(&format!("unreachable {i}"));
+        s["connectionRef"] = json!({"name": "nowhere"});
+        env.create(&format!("unreachable-{i}"), s).await;
+    }
+    for i in 0..RESOURCES {
+        env.wait_reason(&format!("unreachable-{i}"), "GatewayUnavailable")
+            .await;
+    }
+    let auth_attempts: f64 = op
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_qualys_requests_total{") && l.contains("endpoint=\"auth\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Reconciles already in flight (4 at a time, 3 attempts each) try before the first failure
+    // is known, and at most one probe may follow; one attempt per resource would be 8 × 3.
+    assert!(
+        auth_attempts > 0.0 && auth_attempts <= 15.0,
+        "{auth_attempts} /auth attempts for {RESOURCES} resources"
+    );
+    let dj = env.get("unreachable-7").await;
+    assert!(
+        condition(&dj, "Reconciling")
+            .unwrap()
+            .message
+            .contains("could not be reached")
+            || condition(&dj, "Reconciling")
+                .unwrap()
+                .message
+                .contains("cannot reach")
+    );
     op.shutdown().await;
 }
 

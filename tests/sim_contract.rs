@@ -211,7 +211,7 @@ async fn each_seed_update_gives_the_seed_response() {
             ex.name
         );
         assert_eq!(
-            sim.count_status("PATCH /pm/v1/deploymentjob/update/{id}", 200),
+            sim.count_status(qpm_operator::qualys::Endpoint::Update.as_str(), 200),
             1
         );
         sim.shutdown().await;

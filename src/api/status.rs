@@ -214,8 +214,6 @@ reasons! {
     UpToDate => [True, True, False, False],
     /// A create is in flight.
     Creating => [False, False, True, False],
-    /// An update is in flight.
-    Updating => [False, False, True, False],
     /// Deletion is in progress.
     Deleting => [False, False, True, False],
     /// The linkedJobRef parent has no job id yet.

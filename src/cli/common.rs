@@ -197,13 +197,13 @@ impl Claims for ResourceClaims<'_> {
 
 /// The engine's context for one resource of the CLI: identify by jobId, recorded id, or exact
 /// name (`Mode::Cli`), with one listing per connection per run.
-pub fn context<'a>(
+pub fn context<'a, Q: ?Sized>(
     conn: &'a Conn,
-    client: &'a crate::qualys::Client,
+    client: &'a Q,
     claims: &'a ResourceClaims<'a>,
     scripts: &'a (dyn ScriptResolver + Sync),
     linked_job_id: Option<&'a str>,
-) -> Context<'a> {
+) -> Context<'a, Q> {
     Context {
         client,
         directory: &conn.directory,

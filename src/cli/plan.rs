@@ -260,7 +260,9 @@ async fn plan_one(
         namespace: &job.namespace,
     };
     let resource_claims = claims.for_resource(conn, &key);
-    let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
+    // Only the read half of the gateway: plan cannot write to Qualys.
+    let reader: &dyn crate::reconcile::GatewayRead = &client;
+    let ctx = common::context(conn, reader, &resource_claims, &scripts, linked.as_deref());
     match engine::observe(&job.job.spec, &state, &ctx).await {
         Ok(obs) => {
             r.identified_by = Some(obs.identified_by.as_str().to_string());

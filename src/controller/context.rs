@@ -107,11 +107,14 @@ impl Ctx {
         }
     }
 
-    pub fn set_reason(&self, key: &str, reason: Reason) {
+    /// Record a reconcile's outcome (`qpm_reconciles_total`) and the resource's Ready reason
+    /// (`qpm_managed_jobs`; the outcome's when there is no Ready condition).
+    pub fn set_reason(&self, key: &str, outcome: Reason, ready: Option<Reason>) {
         if let Ok(mut m) = self.reasons.lock() {
-            m.insert(key.to_string(), reason);
+            m.insert(key.to_string(), outcome);
         }
-        self.metrics.set_reason(key, Some(reason.as_str()));
+        self.metrics
+            .set_reason(key, Some(ready.unwrap_or(outcome).as_str()));
     }
 
     pub fn set_reason_gone(&self, key: &str) {
@@ -140,6 +143,14 @@ impl Ctx {
             c.entry(conn.id.clone())
                 .or_default()
                 .insert(id.to_string(), ms);
+        }
+    }
+
+    /// Forget the poll cursors of connections no longer in use.
+    pub fn keep_cursors_of<'a>(&self, active: impl Iterator<Item = &'a ConnectionId>) {
+        let active: Vec<&ConnectionId> = active.collect();
+        if let Ok(mut c) = self.cursors.lock() {
+            c.retain(|id, _| active.contains(&id));
         }
     }
 

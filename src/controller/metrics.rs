@@ -10,6 +10,7 @@
 //! | `qpm_drift_corrections_total` | counter | |
 //! | `qpm_status_writes_total` | counter | |
 //! | `qpm_managed_jobs` | gauge | `reason` (the Ready condition's reason of each resource) |
+//! | `qpm_qualys_connections` | gauge | |
 //! | `qpm_leader` | gauge | |
 //! | `qpm_last_successful_poll_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
@@ -67,6 +68,7 @@ pub struct Metrics {
     pub drift_corrections: Counter,
     pub status_writes: Counter,
     pub managed_jobs: Family<ReasonLabel, Gauge>,
+    pub connections: Gauge,
     pub leader: Gauge,
     pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub last_reconcile: Gauge<f64, AtomicU64>,
@@ -98,6 +100,7 @@ impl Metrics {
         let drift_corrections = Counter::default();
         let status_writes = Counter::default();
         let managed_jobs = Family::<ReasonLabel, Gauge>::default();
+        let connections = Gauge::default();
         let leader = Gauge::default();
         let last_poll = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
         let last_reconcile = Gauge::<f64, AtomicU64>::default();
@@ -158,6 +161,11 @@ impl Metrics {
             managed_jobs.clone(),
         );
         registry.register(
+            "qualys_connections",
+            "Qualys connections in use (each with its own client, token and summary poll)",
+            connections.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease",
             leader.clone(),
@@ -184,6 +192,7 @@ impl Metrics {
             drift_corrections,
             status_writes,
             managed_jobs,
+            connections,
             leader,
             last_poll,
             last_reconcile,

@@ -14,11 +14,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 
-/// Now, to the second: the API server keeps RFC 3339 seconds, so a finer time would never
-/// compare equal to what it stored and every reconcile would rewrite status.
+/// Now, to the second (as the API server stores it).
 pub fn now() -> Time {
-    let t = jiff::Timestamp::now();
-    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+    crate::reconcile::state::to_second(jiff::Timestamp::now())
 }
 
 /// Writes one resource's status; remembers what is stored.
@@ -30,8 +28,6 @@ pub struct StatusWriter {
     pub current: DeploymentJobStatus,
     resource_version: Option<String>,
     metrics: Arc<Metrics>,
-    /// Writes made by this writer.
-    pub writes: u32,
     /// The installed CRD: status is compared as it would be stored under it.
     installed: Option<Arc<InstalledCrd>>,
 }
@@ -45,7 +41,6 @@ impl StatusWriter {
             current: dj.status.clone().unwrap_or_default(),
             resource_version: dj.resource_version(),
             metrics,
-            writes: 0,
             installed: None,
         }
     }
@@ -85,7 +80,6 @@ impl StatusWriter {
         let patch = Patch::Apply(body);
         let stored = self.api.patch_status(&self.name, &params, &patch).await?;
         self.metrics.status_writes.inc();
-        self.writes += 1;
         self.resource_version = stored.resource_version();
         self.current = stored.status.unwrap_or(status);
         Ok(())
@@ -236,7 +230,6 @@ impl StatusWriter {
         {
             Ok(stored) => {
                 self.metrics.status_writes.inc();
-                self.writes += 1;
                 self.resource_version = stored.resource_version();
                 self.current = stored.status.unwrap_or(s);
             }
