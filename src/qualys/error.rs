@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::client::Endpoint;
+use super::endpoint::Endpoint;
 use super::model::ErrorBody;
 
 /// The `errorCode` the gateway uses when a list would pass the 10,000-record cap.
