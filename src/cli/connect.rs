@@ -6,7 +6,9 @@
 use super::manifests::Inputs;
 use super::state_file::StateFile;
 use super::stats::Stats;
-use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret};
+use crate::qualys::{
+    BudgetArgs, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
+};
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
 use anyhow::{Context as _, anyhow, bail};
@@ -36,27 +38,14 @@ pub struct ConnectionArgs {
     /// [env: QUALYS_CA_BUNDLE_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Requests per second per connection; 0 = no client-side limit. Default: 1 for a gateway,
-    /// no limit for the embedded simulator.
-    #[arg(long, value_name = "N", value_parser = parse_rps)]
-    pub qualys_rps: Option<f64>,
-    /// Requests in flight per connection; 0 = no limit. Default: 2 for a gateway, no limit for
-    /// the embedded simulator.
-    #[arg(long, value_name = "N")]
-    pub qualys_concurrency: Option<usize>,
+    /// The Qualys budget per connection. For the embedded simulator every limit defaults to
+    /// none.
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Keep the embedded simulator's jobs in this file between runs (versioned JSON, written by
     /// atomic rename, no tokens). Ignored when a gateway is configured.
     #[arg(long, value_name = "FILE")]
     pub sim_state: Option<PathBuf>,
-}
-
-fn parse_rps(raw: &str) -> Result<f64, String> {
-    match raw.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "{raw:?} is not a rate: give requests per second (e.g. 0.5, 2), or 0 for no limit"
-        )),
-    }
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -118,20 +107,16 @@ impl ConnectionArgs {
     }
 
     /// Client options: the client's modest defaults for a gateway, no limits for the embedded
-    /// simulator, either overridden by `--qualys-rps` / `--qualys-concurrency`.
+    /// simulator, either overridden by the budget flags.
     pub fn client_options(&self, embedded: bool, stats: &Arc<Stats>) -> ClientOptions {
         let mut opts = ClientOptions::default();
         if embedded {
+            opts.budget = None;
             opts.rps = None;
             opts.concurrency = None;
             opts.proxy = ProxySettings::none();
         }
-        if let Some(rps) = self.qualys_rps {
-            opts.rps = (rps > 0.0).then_some(rps);
-        }
-        if let Some(c) = self.qualys_concurrency {
-            opts.concurrency = (c > 0).then_some(c);
-        }
+        self.budget.apply(&mut opts);
         opts.observer = Some(stats.clone());
         opts
     }
@@ -445,13 +430,13 @@ mod tests {
     }
 
     #[test]
-    fn rates_parse_and_zero_lifts_the_limit() {
-        assert_eq!(parse_rps("0.5"), Ok(0.5));
-        assert!(parse_rps("-1").is_err());
-        assert!(parse_rps("fast").is_err());
+    fn budget_flags_apply_and_zero_lifts_the_limit() {
         let args = ConnectionArgs {
-            qualys_rps: Some(0.0),
-            qualys_concurrency: Some(3),
+            budget: BudgetArgs {
+                qualys_rps: Some(0.0),
+                qualys_concurrency: Some(3),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let stats = Arc::new(Stats::new());
@@ -459,9 +444,19 @@ mod tests {
         assert_eq!(opts.rps, None);
         assert_eq!(opts.concurrency, Some(3));
         let gateway = ConnectionArgs::default().client_options(false, &stats);
-        assert_eq!((gateway.rps, gateway.concurrency), (Some(1.0), Some(2)));
+        assert_eq!(
+            (gateway.budget, gateway.rps, gateway.concurrency),
+            (
+                Some(crate::qualys::CallBudget::DOCUMENTED),
+                Some(1.0),
+                Some(2)
+            )
+        );
         let embedded = ConnectionArgs::default().client_options(true, &stats);
-        assert_eq!((embedded.rps, embedded.concurrency), (None, None));
+        assert_eq!(
+            (embedded.budget, embedded.rps, embedded.concurrency),
+            (None, None, None)
+        );
     }
 
     #[test]

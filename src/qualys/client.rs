@@ -16,7 +16,7 @@ use reqwest::{StatusCode, Url};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::budget::{Budget, RateLimitInfo};
+use super::budget::{Budget, Pause, RateLimitInfo};
 use super::endpoint::Endpoint;
 use super::error::{Error, transport_message};
 use super::identity::{Connection, ConnectionId, Secret};
@@ -35,6 +35,8 @@ pub trait Observer: Send + Sync {
     fn on_response(&self, endpoint: Endpoint, status: Option<u16>, elapsed: Duration);
     /// An answer carried rate-limit headers.
     fn on_rate_limit(&self, _info: &RateLimitInfo) {}
+    /// A 429 without any rate-limit header paused the whole connection.
+    fn on_pause(&self, _pause: &Pause) {}
 }
 
 /// A client of one Qualys PM connection. Cheap to clone.
@@ -66,6 +68,10 @@ pub(super) struct Inner {
     pub(super) generations: AtomicU64,
     /// `/auth` calls finished so far (successful or not).
     pub(super) fetches: AtomicU64,
+    /// The page size the gateway really returns, once a list has shown it.
+    pub(super) paging: std::sync::Mutex<Option<super::jobs::LearnedPageSize>>,
+    /// Summary pages asked for so far.
+    pub(super) list_calls: AtomicU64,
 }
 
 impl Client {
@@ -110,7 +116,7 @@ impl Client {
         })?;
 
         let identity = conn.identity();
-        let budget = Budget::new(opts.rps, opts.concurrency);
+        let budget = Budget::with_window(opts.budget, opts.rps, opts.concurrency);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -123,6 +129,8 @@ impl Client {
                 token: tokio::sync::Mutex::new(TokenSlot::default()),
                 generations: AtomicU64::new(0),
                 fetches: AtomicU64::new(0),
+                paging: std::sync::Mutex::new(None),
+                list_calls: AtomicU64::new(0),
             }),
             tenant: Arc::from(""),
         })
@@ -148,6 +156,30 @@ impl Client {
     /// The request budget shared by all clones and tenants of this client.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.inner.budget
+    }
+
+    /// The options the client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// The pause of the whole connection in force now (after a 429), with a message fit for a
+    /// condition: e.g. "rate limited without headers …; pausing the connection for 60s".
+    pub fn paused(&self) -> Option<Pause> {
+        self.inner.budget.pause()
+    }
+
+    /// The shortest interval between two polls of every summary page (`pages` calls a poll)
+    /// that keeps polling within `ClientOptions::poll_share` of the budget:
+    /// `pages / (share × calls per second)`. Zero when the budget is unlimited.
+    pub fn min_poll_interval(&self, pages: u64) -> Duration {
+        match self.inner.budget.calls_per_second() {
+            Some(rate) if rate > 0.0 => {
+                let secs = pages as f64 / (self.inner.opts.poll_share * rate);
+                Duration::from_secs_f64(secs.min(86_400.0))
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Get a fresh token now, replacing any cached one (what `check` uses to test credentials).
@@ -254,6 +286,15 @@ impl Inner {
             let status = response.status();
             let headers = response.headers().clone();
             let info = rate_limit_info(&headers);
+            let mut pause = None;
+            if status == StatusCode::TOO_MANY_REQUESTS && info.is_empty() {
+                let p = self.budget.pause_without_headers(self.opts.pause_on_429);
+                warn!(connection = %self.identity, endpoint = endpoint.as_str(), "{p}");
+                if let Some(observer) = &self.opts.observer {
+                    observer.on_pause(&p);
+                }
+                pause = Some(p.length);
+            }
             if !info.is_empty() {
                 self.budget
                     .observe(&info, status == StatusCode::TOO_MANY_REQUESTS);
@@ -266,6 +307,7 @@ impl Inner {
                 status,
                 headers,
                 info,
+                pause,
                 body,
             })
         }

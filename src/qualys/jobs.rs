@@ -1,14 +1,29 @@
 //! The deployment-job endpoints: create, get, update, the paged summary list, and the bulk
 //! delete and status calls with one outcome per id.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use reqwest::Url;
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 use super::client::Client;
 use super::endpoint::Endpoint;
 use super::error::Error;
 use super::model::{BulkItemResult, IdList, JobBody, JobSummary, values};
 use super::retry::Call;
+
+/// A learned page size is trusted this long; then one list reads to the end again, so a
+/// gateway that lowered its cap is noticed within the hour.
+const PAGE_SIZE_RELEARN: Duration = Duration::from_secs(3600);
+
+/// The page size a list of this connection really returned.
+#[derive(Clone, Debug)]
+pub(super) struct LearnedPageSize {
+    size: u32,
+    at: Instant,
+}
 
 /// The states a job can be put in through the status endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,9 +78,17 @@ impl Client {
     pub async fn get_job(&self, id: &str) -> Result<JobBody, Error> {
         check_id(id)?;
         let call = Call::new(Endpoint::Get, self.url(&["pm", "v1", "deploymentjob", id])?)
-            .what(format!("deployment job {id}"));
+            .what(format!("deployment job {id}"))
+            .job(id);
         let bytes = self.execute(&call).await?;
-        decode(Endpoint::Get, &bytes)
+        let job: JobBody = decode(Endpoint::Get, &bytes)?;
+        // A gateway that deletes softly keeps the job readable; to every caller it is gone.
+        if is_marked_deleted(&job) {
+            return Err(Error::NotFound {
+                what: format!("deployment job {id} (marked deleted)"),
+            });
+        }
+        Ok(job)
     }
 
     /// `PATCH /pm/v1/deploymentjob/update/{id}` with the full body (GET, modify, PATCH).
@@ -76,14 +99,61 @@ impl Client {
             self.url(&["pm", "v1", "deploymentjob", "update", id])?,
         )
         .json(body)?
-        .what(format!("deployment job {id}"));
-        let bytes = self.execute(&call).await?;
-        decode(Endpoint::Update, &bytes)
+        .what(format!("deployment job {id}"))
+        .job(id);
+        match self.execute(&call).await {
+            Ok(bytes) => decode(Endpoint::Update, &bytes),
+            Err(e) => Err(self.explain_refused_update(id, body, e).await),
+        }
     }
 
-    /// Every job summary of `platform` (`Windows` or `Linux`), page by page (0-based) until a
-    /// page comes back shorter than the page size (or brings no job not seen already). Ids seen
-    /// twice (a job created between pages shifts the offsets) are kept once.
+    /// An update refused outright (400, 409, 422) of an On-demand or Once job that is enabled:
+    /// Qualys does not let such a job be edited (nor disabled) once enabled, so nothing the
+    /// spec can say will be accepted; the error says so instead of repeating the gateway's
+    /// words. Costs one GET, and only on such a refusal.
+    async fn explain_refused_update(&self, id: &str, body: &JobBody, error: Error) -> Error {
+        let refused = match &error {
+            Error::Invalid { .. } => true,
+            Error::Unexpected { status, .. } => *status == 409,
+            _ => false,
+        };
+        let one_shot = |job: &JobBody| {
+            job.schedule_type
+                .get()
+                .is_some_and(|t| [values::ON_DEMAND, values::ONCE].contains(&t.as_str()))
+        };
+        if !refused || !one_shot(body) {
+            return error;
+        }
+        let live = match self.get_job(id).await {
+            Ok(live) => live,
+            Err(_) => return error,
+        };
+        let enabled = live.status.get().map(String::as_str) == Some(values::ENABLED);
+        if !(enabled && one_shot(&live)) {
+            return error;
+        }
+        let schedule = live.schedule_type.get().cloned().unwrap_or_default();
+        Error::Invalid {
+            field: Some("status".to_owned()),
+            message: format!(
+                "job {id} is an enabled {schedule} job, and Qualys refuses to update On-demand \
+                 and Once jobs once they are enabled (the gateway said: {error}); leave it \
+                 as it is, or delete it and create a new one"
+            ),
+        }
+    }
+
+    /// Every job summary of `platform` (`Windows` or `Linux`), page by page (0-based).
+    ///
+    /// The gateway may return fewer items than the `pageSize` asked for (it may clamp the page
+    /// size silently), so a short page ends the list only once the connection's real page size
+    /// is known: until then — the first list of a connection, or when the size was learned over
+    /// an hour ago — the walk reads on to an empty page and then remembers the largest page
+    /// that came back. A page longer than the size remembered means the gateway changed: the
+    /// walk reads on to an empty page and learns again. A page that brings no id not seen
+    /// already also ends the walk (a gateway ignoring `pageNumber` would otherwise be asked
+    /// forever). Ids seen twice (a job created between pages shifts the offsets) are kept once.
     pub async fn list_summaries(&self, platform: &str) -> Result<Vec<JobSummary>, Error> {
         if platform.trim().is_empty() {
             return Err(Error::Invalid {
@@ -92,6 +162,10 @@ impl Client {
             });
         }
         let page_size = self.inner.opts.page_size;
+        // The size a page must reach for another to follow; `None` until it is known.
+        let mut trusted = self.learned_page_size();
+        let mut largest = 0;
+        let mut reached_the_end = false;
         let mut seen = std::collections::HashSet::new();
         let mut all = Vec::new();
         for page in 0u32.. {
@@ -102,9 +176,15 @@ impl Client {
                 .append_pair("pageSize", &page_size.to_string());
             let call = Call::new(Endpoint::ListSummaries, url)
                 .what("the job summary endpoint (is the gateway URL right?)");
+            self.inner.list_calls.fetch_add(1, Ordering::Relaxed);
             let bytes = self.execute(&call).await?;
             let items: Vec<JobSummary> = decode(Endpoint::ListSummaries, &bytes)?;
-            let count = items.len();
+            let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+            if count == 0 {
+                reached_the_end = true;
+                break;
+            }
+            largest = largest.max(count);
             let mut new = 0;
             for item in items {
                 let fresh = match item.id.get() {
@@ -112,23 +192,66 @@ impl Client {
                     None => true,
                 };
                 if fresh {
-                    all.push(item);
                     new += 1;
+                    // Kept in the list by a gateway that deletes softly; gone for every caller.
+                    if item.deleted.get() != Some(&true) {
+                        all.push(item);
+                    }
                 }
             }
-            if count < page_size as usize {
-                break;
-            }
             if new == 0 {
-                // A gateway that ignores pageNumber would otherwise be asked forever.
                 warn!(
                     platform,
-                    page, "a full page of the job list brought no new job; stopping there"
+                    page, "a page of the job list brought no new job; stopping there"
                 );
                 break;
             }
+            match trusted {
+                Some(size) if count > size => {
+                    debug!(
+                        platform,
+                        page,
+                        count,
+                        learned = size,
+                        "a page longer than the learned page size; reading on to an empty page"
+                    );
+                    trusted = None;
+                }
+                Some(size) if count < size => break,
+                _ => {}
+            }
+        }
+        if reached_the_end && trusted.is_none() && largest > 0 {
+            self.learn_page_size(largest);
         }
         Ok(all)
+    }
+
+    /// The page size this connection's gateway really returns, when a recent list showed it.
+    pub fn learned_page_size(&self) -> Option<u32> {
+        let learned = self.inner.paging.lock().ok()?.clone()?;
+        (learned.at.elapsed() < PAGE_SIZE_RELEARN).then_some(learned.size)
+    }
+
+    /// Summary pages this connection has asked for so far (all clones and tenants).
+    pub fn list_calls(&self) -> u64 {
+        self.inner.list_calls.load(Ordering::Relaxed)
+    }
+
+    fn learn_page_size(&self, size: u32) {
+        if size < self.inner.opts.page_size {
+            debug!(
+                size,
+                asked = self.inner.opts.page_size,
+                "the gateway returns shorter pages than asked for"
+            );
+        }
+        if let Ok(mut slot) = self.inner.paging.lock() {
+            *slot = Some(LearnedPageSize {
+                size,
+                at: Instant::now(),
+            });
+        }
     }
 
     /// [`list_summaries`](Self::list_summaries) of Windows, then of Linux.
@@ -140,9 +263,63 @@ impl Client {
 
     /// `DELETE /pm/v1/deploymentjobs` with `{"ids": [...]}`: one outcome per distinct id, in the
     /// order given.
+    ///
+    /// "Gone" is what counts, not the gateway's words: an id the delete did not confirm — a
+    /// per-item failure, or a whole call that failed with anything but 401/403 (e.g. a 404 for
+    /// an unknown id, a 5xx after the retries) — is looked up with a GET, and a 404 or a
+    /// `deletedBy`/`deleted` mark makes it `Ok`. An id still there keeps its failure; a whole
+    /// call that failed is returned as it failed unless every id turned out gone.
     pub async fn delete_jobs(&self, ids: &[String]) -> Result<Vec<ItemOutcome>, Error> {
         let url = self.url(&["pm", "v1", "deploymentjobs"])?;
-        self.bulk(Endpoint::Delete, url, ids).await
+        match self.bulk(Endpoint::Delete, url, ids).await {
+            Ok(outcomes) => {
+                let mut confirmed = Vec::with_capacity(outcomes.len());
+                for mut outcome in outcomes {
+                    if outcome.result.is_err() && self.is_gone(&outcome.id).await {
+                        outcome.result = Ok(());
+                    }
+                    confirmed.push(outcome);
+                }
+                Ok(confirmed)
+            }
+            Err(
+                e @ (Error::Unauthorized { .. } | Error::Forbidden { .. } | Error::Config { .. }),
+            ) => Err(e),
+            Err(e @ Error::Invalid { .. }) if ids.iter().any(|id| check_id(id).is_err()) => Err(e),
+            Err(whole) => {
+                let mut gone = Vec::new();
+                for id in ids {
+                    if gone.iter().any(|o: &ItemOutcome| &o.id == id) {
+                        continue;
+                    }
+                    if !self.is_gone(id).await {
+                        return Err(whole);
+                    }
+                    gone.push(ItemOutcome {
+                        id: id.clone(),
+                        name: None,
+                        result: Ok(()),
+                    });
+                }
+                Ok(gone)
+            }
+        }
+    }
+
+    /// Whether a GET shows the job gone (404, or marked deleted). A GET that fails otherwise
+    /// proves nothing: not gone.
+    async fn is_gone(&self, id: &str) -> bool {
+        match self.get_job(id).await {
+            Err(Error::NotFound { .. }) => {
+                debug!(id, "the delete did not confirm, but the job is gone");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                debug!(id, error = %e, "cannot confirm a failed delete");
+                false
+            }
+        }
     }
 
     /// `POST /pm/v1/deploymentjobs/update/status/{Enabled|Disabled}`: one outcome per distinct
@@ -236,4 +413,11 @@ pub(super) fn check_id(id: &str) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// A `deletedBy` with a date, or `deleted: true`: soft-deleted.
+fn is_marked_deleted(job: &JobBody) -> bool {
+    let by = job.deleted_by.get().is_some_and(|a| !a.date.is_unset());
+    let flag = job.extra.get("deleted") == Some(&serde_json::Value::Bool(true));
+    by || flag
 }

@@ -25,7 +25,7 @@ mod retry;
 pub mod schedule;
 mod token;
 
-pub use budget::{Budget, RateLimitInfo};
+pub use budget::{Budget, CallBudget, Pause, PauseCause, RateLimitInfo};
 pub use client::{Client, Observer};
 pub use endpoint::Endpoint;
 pub use error::Error;
@@ -33,7 +33,7 @@ pub use field::{Field, LooseInt};
 pub use identity::{Connection, ConnectionId, Secret};
 pub use jobs::{ItemOutcome, JobState};
 pub use model::*;
-pub use options::{ClientOptions, ProxySettings};
+pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings};
 
 #[cfg(test)]
 mod lossless_tests {

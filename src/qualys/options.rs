@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use super::budget::CallBudget;
 use super::client::Observer;
 use super::error::Error;
 
@@ -59,13 +60,83 @@ impl fmt::Debug for ProxySettings {
     }
 }
 
+/// The budget flags of every command that talks to Qualys (`plan`, `apply`, `import`, `check`,
+/// `run`, `probe`). Each flag left out keeps the default of the target: the documented gateway
+/// example for a gateway, no limit for the embedded simulator.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct BudgetArgs {
+    /// Calls per rolling window per connection, CALLS/DURATION (e.g. 300/1h, 20/30s), or
+    /// `none`. Default: 300/1h (the documented example) for a gateway. Set to the
+    /// subscription's real limit, the gateway never answers 429; rate-limit headers can only
+    /// lower it.
+    #[arg(long, value_name = "CALLS/DURATION", value_parser = parse_budget_flag)]
+    pub qualys_budget: Option<BudgetFlag>,
+    /// A ceiling on requests per second per connection, besides the budget; 0 = none.
+    /// Default: 1 for a gateway.
+    #[arg(long, value_name = "N", value_parser = parse_rps)]
+    pub qualys_rps: Option<f64>,
+    /// Requests in flight per connection; 0 = no limit. Default: 2 for a gateway.
+    #[arg(long, value_name = "N")]
+    pub qualys_concurrency: Option<usize>,
+    /// How long the whole connection pauses after a 429 with neither Retry-After nor
+    /// X-RateLimit-* headers. Default: 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_pause)]
+    pub qualys_pause_on_429: Option<Duration>,
+}
+
+/// `--qualys-budget`: a budget, or `none`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetFlag(pub Option<CallBudget>);
+
+fn parse_budget_flag(raw: &str) -> Result<BudgetFlag, String> {
+    match raw.trim() {
+        "none" | "0" => Ok(BudgetFlag(None)),
+        other => other.parse().map(|b| BudgetFlag(Some(b))),
+    }
+}
+
+fn parse_rps(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{raw:?} is not a rate: give requests per second (e.g. 0.5, 2), or 0 for no limit"
+        )),
+    }
+}
+
+fn parse_pause(raw: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = raw
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a duration like 30s, 1m or 5m: {e}"))?;
+    Duration::try_from(parsed).map_err(|_| "the pause must not be negative".to_owned())
+}
+
+impl BudgetArgs {
+    /// `opts` with every flag given applied (0 and `none` lift a limit).
+    pub fn apply(&self, opts: &mut ClientOptions) {
+        if let Some(BudgetFlag(budget)) = self.qualys_budget {
+            opts.budget = budget;
+        }
+        if let Some(rps) = self.qualys_rps {
+            opts.rps = (rps > 0.0).then_some(rps);
+        }
+        if let Some(c) = self.qualys_concurrency {
+            opts.concurrency = (c > 0).then_some(c);
+        }
+        if let Some(pause) = self.qualys_pause_on_429 {
+            opts.pause_on_429 = pause;
+        }
+    }
+}
+
 /// Loopback is always reached directly: the simulator runs there, and a proxy in the
 /// environment must not swallow it.
 pub(super) const LOOPBACK_NO_PROXY: &str = "localhost,127.0.0.0/8,::1";
 
-/// How a [`Client`] behaves. `Default` is modest: the documented gateway example is 300 calls
-/// per hour with a concurrency of 2, and headers lower the rate further when the gateway sends
-/// them.
+/// How a [`Client`] behaves. `Default` is modest: the documented gateway example, 300 calls
+/// per hour with a concurrency of 2, and headers lower the budget further when the gateway
+/// sends them.
 #[derive(Clone)]
 pub struct ClientOptions {
     /// Whole-exchange timeout of one attempt (connect, send, answer, body).
@@ -80,12 +151,20 @@ pub struct ClientOptions {
     /// First backoff delay; doubles each retry (with jitter) up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// Requests per second for the connection (all tenants together); `None` = no client limit.
+    /// Calls per rolling window for the connection (all tenants together); `None` = no limit.
+    /// Set to the gateway's real limit, no 429 ever comes back.
+    pub budget: Option<CallBudget>,
+    /// A ceiling on requests per second, besides `budget`; `None` = no ceiling.
     pub rps: Option<f64>,
     /// Requests in flight for the connection; `None` = no client limit.
     pub concurrency: Option<usize>,
-    /// `pageSize` of summary lists (1–10,000).
+    /// `pageSize` of summary lists (1–10,000); the gateway may return fewer (see `list_summaries`).
     pub page_size: u32,
+    /// How long the whole connection pauses after a 429 that carries neither `Retry-After` nor
+    /// `X-RateLimit-*`.
+    pub pause_on_429: Duration,
+    /// The share of `budget` the controller's summary poller may spend (0 < share ≤ 1).
+    pub poll_share: f64,
     pub proxy: ProxySettings,
     pub user_agent: String,
     pub observer: Option<Arc<dyn Observer>>,
@@ -100,9 +179,12 @@ impl Default for ClientOptions {
             max_retry_time: Duration::from_secs(120),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            budget: Some(CallBudget::DOCUMENTED),
             rps: Some(1.0),
             concurrency: Some(2),
             page_size: 1000,
+            pause_on_429: Duration::from_secs(60),
+            poll_share: 0.25,
             proxy: ProxySettings::from_env(),
             user_agent: concat!("qpm-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
             observer: None,
@@ -119,9 +201,12 @@ impl fmt::Debug for ClientOptions {
             .field("max_retry_time", &self.max_retry_time)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("budget", &self.budget)
             .field("rps", &self.rps)
             .field("concurrency", &self.concurrency)
             .field("page_size", &self.page_size)
+            .field("pause_on_429", &self.pause_on_429)
+            .field("poll_share", &self.poll_share)
             .field("proxy", &self.proxy)
             .field("user_agent", &self.user_agent)
             .field("observer", &self.observer.as_ref().map(|_| "<observer>"))
@@ -178,6 +263,20 @@ pub(super) fn check_options(opts: &ClientOptions) -> Result<(), Error> {
     {
         return Err(Error::config(format!(
             "the request rate must be a positive number, not {rps}"
+        )));
+    }
+    if opts
+        .budget
+        .is_some_and(|b| b.calls == 0 || b.window.is_zero())
+    {
+        return Err(Error::config(
+            "the budget must allow at least one call in a positive window",
+        ));
+    }
+    if !(opts.poll_share > 0.0 && opts.poll_share <= 1.0) {
+        return Err(Error::config(format!(
+            "the polling share of the budget must be in (0, 1], not {}",
+            opts.poll_share
         )));
     }
     if opts.concurrency == Some(0) {

@@ -23,6 +23,8 @@ pub(super) struct Call {
     pub(super) create: Option<Option<String>>,
     /// What a 404 means, for the message.
     pub(super) what: String,
+    /// The one job the call is about: a 403 then means that job, not the whole API.
+    pub(super) job: Option<String>,
 }
 
 impl Call {
@@ -33,6 +35,7 @@ impl Call {
             body: None,
             create: None,
             what: String::new(),
+            job: None,
         }
     }
 
@@ -55,6 +58,11 @@ impl Call {
         self
     }
 
+    pub(super) fn job(mut self, id: impl Into<String>) -> Self {
+        self.job = Some(id.into());
+        self
+    }
+
     pub(super) fn outcome_unknown(&self, cause: String) -> Option<Error> {
         self.create.as_ref().map(|name| Error::OutcomeUnknown {
             name: name.clone(),
@@ -73,6 +81,8 @@ pub(super) struct Exchange {
     pub(super) status: StatusCode,
     pub(super) headers: HeaderMap,
     pub(super) info: RateLimitInfo,
+    /// The connection's pause after a 429 without rate-limit headers.
+    pub(super) pause: Option<Duration>,
     pub(super) body: Vec<u8>,
 }
 
@@ -181,7 +191,7 @@ pub(super) fn classify_status(call: &Call, x: &Exchange, username: &str) -> Fail
     let message = server.or_status(status);
     match x.status {
         StatusCode::TOO_MANY_REQUESTS => {
-            let wait = x.info.wait();
+            let wait = x.info.wait().or(x.pause);
             Failure::retry(Error::RateLimited { retry_after: wait }, wait)
         }
         // The classic API's concurrency (1960) and rate (1965) limits.
@@ -225,8 +235,23 @@ pub(super) fn classify_status(call: &Call, x: &Exchange, username: &str) -> Fail
                 )
             },
         }),
+        // A 403 about one job, from a user the API otherwise admits, is that job's scope: PM
+        // roles can limit a user to the jobs assigned to them.
         StatusCode::FORBIDDEN => Failure::fatal(Error::Forbidden {
-            message: format!("user {username:?}: {message}"),
+            message: match &call.job {
+                Some(id) => format!(
+                    "job {id} is not accessible to user {username:?}: {message}; the job is \
+                     probably outside the user's job scope (PM roles can limit a user to the \
+                     jobs assigned to them): give the user access to it in Qualys, or leave the \
+                     job (deletionPolicy: Orphan); if no job is accessible, the user lacks the \
+                     PM.API.ACCESS permission or the subscription a Patch Management licence"
+                ),
+                None => format!(
+                    "user {username:?}: {message}; the user needs the PM.API.ACCESS permission \
+                     and the subscription a Patch Management licence (PM APIs are not available \
+                     on the Free licence)"
+                ),
+            },
         }),
         StatusCode::NOT_FOUND => Failure::fatal(Error::NotFound {
             what: call.what.clone(),
