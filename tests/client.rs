@@ -747,11 +747,21 @@ async fn bulk_calls_report_each_item() {
     assert_eq!(outcomes[0].id, kept);
     assert_eq!(outcomes[0].result, Ok(()));
     assert_eq!(outcomes[1].id, unknown);
-    // The simulator reports an unknown id as a failure; a GET (404) shows it gone, which is
-    // all a delete is for.
-    assert_eq!(outcomes[1].result, Ok(()));
-    assert_counts(&sim, GET, &[(404, 1)]);
+    match &outcomes[1].result {
+        Err(Error::ItemFailed { id, message }) => {
+            assert_eq!(id, &unknown);
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected ItemFailed, got {other:?}"),
+    }
     assert_eq!(sim.job_count(), 0);
+    // Confirmed, the unknown id is gone — all a delete is for — at the cost of one GET (404).
+    let confirmed = client
+        .delete_jobs_confirmed(std::slice::from_ref(&unknown))
+        .await
+        .unwrap();
+    assert_eq!(confirmed[0].result, Ok(()));
+    assert_counts(&sim, GET, &[(404, 1)]);
 
     // A non-recurring job, once enabled, cannot be disabled.
     let once = client.create_job(&job("on-demand")).await.unwrap();
@@ -777,7 +787,7 @@ async fn bulk_calls_report_each_item() {
 
     // No ids, no call.
     assert_eq!(client.delete_jobs(&[]).await.unwrap(), vec![]);
-    assert_counts(&sim, DELETE, &[(200, 1)]);
+    assert_counts(&sim, DELETE, &[(200, 2)]);
     assert_counts(&sim, STATUS, &[(200, 2)]);
     sim.shutdown().await;
 }
@@ -1134,11 +1144,7 @@ mod stub {
                     "/pm/v1/deploymentjobs",
                     delete(|| async { axum::Json(json!([{"id": "a", "name": "A", "status": "success"}])) }),
                 )
-                // The confirming GET finds "b" still there.
-                .route(
-                    "/pm/v1/deploymentjob/{id}",
-                    get(|| async { axum::Json(json!({"id": "b", "name": "B"})) }),
-                )
+
                 .route(
                     "/pm/v1/deploymentjobs/update/status/{action}",
                     post(|| async { axum::Json(json!([{"id": "a", "status": "failure"}, {"id": "b", "status": "success"}])) }),

@@ -591,7 +591,7 @@ async fn gone_means_404_or_a_deletion_mark_whatever_the_delete_said() {
     let client = client_for(&url, fast());
 
     let ids: Vec<String> = ["gone", "soft", "flagged"].map(String::from).to_vec();
-    let outcomes = client.delete_jobs(&ids).await.unwrap();
+    let outcomes = client.delete_jobs_confirmed(&ids).await.unwrap();
     assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
     assert_eq!(stub.count("delete"), 1);
     assert_eq!(
@@ -599,7 +599,10 @@ async fn gone_means_404_or_a_deletion_mark_whatever_the_delete_said() {
         [1, 1, 1]
     );
     // A job still there keeps the delete's failure, and nothing is retried in a loop.
-    let err = client.delete_jobs(&["alive".to_owned()]).await.unwrap_err();
+    let err = client
+        .delete_jobs_confirmed(&["alive".to_owned()])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "not_found");
     assert_eq!(stub.count("delete"), 2);
     assert_eq!(stub.count("get alive"), 1);

@@ -262,16 +262,20 @@ impl Client {
     }
 
     /// `DELETE /pm/v1/deploymentjobs` with `{"ids": [...]}`: one outcome per distinct id, in the
-    /// order given.
-    ///
-    /// "Gone" is what counts, not the gateway's words: an id the delete did not confirm — a
-    /// per-item failure, or a whole call that failed with anything but 401/403 (e.g. a 404 for
-    /// an unknown id, a 5xx after the retries) — is looked up with a GET, and a 404 or a
-    /// `deletedBy`/`deleted` mark makes it `Ok`. An id still there keeps its failure; a whole
-    /// call that failed is returned as it failed unless every id turned out gone.
+    /// order given, exactly as the gateway reported them (what `check` shows).
     pub async fn delete_jobs(&self, ids: &[String]) -> Result<Vec<ItemOutcome>, Error> {
         let url = self.url(&["pm", "v1", "deploymentjobs"])?;
-        match self.bulk(Endpoint::Delete, url, ids).await {
+        self.bulk(Endpoint::Delete, url, ids).await
+    }
+
+    /// [`delete_jobs`](Self::delete_jobs), where "gone" is what counts, not the gateway's
+    /// words: an id the delete did not confirm — a per-item failure, or a whole call that
+    /// failed with anything but 401/403 (e.g. a 404 for an unknown id, a 5xx after the
+    /// retries) — is looked up with a GET, and a 404 or a `deletedBy`/`deleted` mark makes it
+    /// `Ok`. An id still there keeps its failure; a whole call that failed is returned as it
+    /// failed unless every id turned out gone.
+    pub async fn delete_jobs_confirmed(&self, ids: &[String]) -> Result<Vec<ItemOutcome>, Error> {
+        match self.delete_jobs(ids).await {
             Ok(outcomes) => {
                 let mut confirmed = Vec::with_capacity(outcomes.len());
                 for mut outcome in outcomes {

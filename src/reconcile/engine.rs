@@ -919,7 +919,11 @@ pub async fn cleanup<S: StateStore>(
         );
         return Outcome::new(Reason::DeletionBlocked, msg);
     }
-    let result = match ctx.client.delete_jobs(std::slice::from_ref(&id)).await {
+    let result = match ctx
+        .client
+        .delete_jobs_confirmed(std::slice::from_ref(&id))
+        .await
+    {
         Ok(items) => items
             .into_iter()
             .find(|i| i.id == id)
