@@ -696,3 +696,40 @@ async fn an_update_refused_for_an_enabled_one_shot_job_says_why_and_stops() {
     );
     assert_eq!((stub.count("patch"), stub.count("get")), (2, 1));
 }
+
+/// The steady-state cost of the summary poller, measured from the simulator's counters: the
+/// list calls of one poll (both platforms, page size learned) and the interval that keeps them
+/// within 25 % of the default budget of 300 calls an hour.
+#[tokio::test]
+async fn the_steady_state_poll_cost_at_1000_and_10000_jobs() {
+    for (jobs, pages, interval_s) in [(1_000, 4, 192), (10_000, 12, 576)] {
+        let sim = start(SimConfig::default()).await;
+        for i in 0..jobs {
+            let platform = if i % 2 == 0 { "Windows" } else { "Linux" };
+            let mut doc = job_doc(&format!("poll-{i:05}"), platform);
+            doc["id"] = json!(uuid::Uuid::new_v4().to_string());
+            if platform == "Linux" {
+                doc["type"] = json!("Install");
+            }
+            sim.put_job(doc).unwrap();
+        }
+        let client = client_for(
+            &sim.base_url(),
+            ClientOptions {
+                budget: Some(CallBudget::DOCUMENTED),
+                rps: None,
+                ..fast()
+            },
+        );
+        // The first poll learns the page size; the second is what every later one costs.
+        assert_eq!(client.list_all_summaries().await.unwrap().len(), jobs);
+        sim.reset_counters();
+        assert_eq!(client.list_all_summaries().await.unwrap().len(), jobs);
+        assert_eq!(sim.count(LIST), pages, "{jobs} jobs");
+        let interval = client.min_poll_interval(pages);
+        assert_eq!(interval, Duration::from_secs(interval_s), "{jobs} jobs");
+        // 75 calls an hour: a quarter of the budget, whatever the number of jobs.
+        assert_eq!(pages * 3600 / interval.as_secs(), 75);
+        sim.shutdown().await;
+    }
+}
