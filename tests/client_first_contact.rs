@@ -733,3 +733,46 @@ async fn the_steady_state_poll_cost_at_1000_and_10000_jobs() {
         sim.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_plan_lists_the_summaries_and_gets_only_what_moved() {
+    let sim = start(SimConfig::default()).await;
+    let url = sim.base_url();
+    let dir = Dir::new("noop-plan");
+    let names: Vec<String> = (0..30).map(|i| format!("noop-{i:02}")).collect();
+    let file = manifests(&dir, &names);
+    let budget = ["--qualys-budget", "none", "--qualys-rps", "0"];
+    let run = qpm(&url, &dir, &[&["apply", "-f", &file][..], &budget].concat()).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.count_status(CREATE, 201), 30);
+
+    // The first plan reads every job once and remembers it beside the state file …
+    let plan = [&["plan", "-f", &file][..], &budget].concat();
+    let run = qpm(&url, &dir, &plan).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(std::path::Path::new(&dir.s("state.jobs.json")).exists());
+
+    // … so the next costs one listing (a page per platform and the empty page after the
+    // Windows one, whose 30 jobs are the learned page size) and no GET at all.
+    sim.reset_counters();
+    let run = qpm(&url, &dir, &plan).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.count(GET), 0, "{:?}", sim.counters());
+    assert_eq!(sim.count(LIST), 3, "{:?}", sim.counters());
+
+    // A job changed in the console is read again, and only that one.
+    let changed = sim
+        .jobs()
+        .into_iter()
+        .find(|j| j["name"] == json!("noop-07"))
+        .unwrap();
+    sim.console_edit(
+        changed["id"].as_str().unwrap(),
+        json!({"description": "edited in the console"}),
+    )
+    .unwrap();
+    sim.reset_counters();
+    let run = qpm(&url, &dir, &plan).await;
+    assert_eq!(sim.count(GET), 1, "{run:?}");
+    sim.shutdown().await;
+}

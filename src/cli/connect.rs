@@ -4,10 +4,10 @@
 //! is never shared between identities and 1,000 jobs of one connection cost one listing.
 
 use super::manifests::Inputs;
-use super::state_file::StateFile;
+use super::state_file::{StateFile, write_atomically};
 use super::stats::Stats;
 use crate::qualys::{
-    BudgetArgs, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
+    BudgetArgs, CachedJob, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
 };
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
@@ -205,11 +205,40 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// The last live body of each job, per connection, beside the state file (`state.json` →
+/// `state.jobs.json`): with it, a `plan` or `apply` lists the summaries and GETs only the jobs
+/// whose date moved — a no-op run of N jobs costs about N / page size calls, not N.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RememberedJobs {
+    version: u32,
+    /// state key → job id → body and date.
+    targets: std::collections::BTreeMap<String, HashMap<String, CachedJob>>,
+}
+
+const REMEMBERED_JOBS_VERSION: u32 = 1;
+
+fn remembered_jobs_path(state: &StateFile) -> Option<PathBuf> {
+    state.path().map(|p| p.with_extension("jobs.json"))
+}
+
+impl RememberedJobs {
+    /// What the last runs remembered; nothing when the file is missing or unreadable (it is a
+    /// cache: a GET replaces anything it lacks).
+    fn load(state: &StateFile) -> RememberedJobs {
+        remembered_jobs_path(state)
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<RememberedJobs>(&b).ok())
+            .filter(|r| r.version == REMEMBERED_JOBS_VERSION)
+            .unwrap_or_default()
+    }
+}
+
 /// The connections of one run, and the embedded simulator when one is running.
 pub struct Session {
     pub stats: Arc<Stats>,
     args: ConnectionArgs,
     state: StateFile,
+    remembered: RememberedJobs,
     default: Option<DefaultConnection>,
     default_conn: Option<Arc<Conn>>,
     by_identity: HashMap<ConnectionId, Arc<Conn>>,
@@ -226,6 +255,7 @@ impl Session {
         Ok(Session {
             stats: Arc::new(Stats::new()),
             args: args.clone(),
+            remembered: RememberedJobs::load(&state),
             state,
             default: Some(default),
             default_conn: None,
@@ -281,9 +311,11 @@ impl Session {
         }
         let opts = self.args.client_options(false, &self.stats);
         let client = Client::new(conn, opts)?;
+        let state_key = format!("{} {}", identity.gateway_url(), identity.username());
+        self.remember_jobs(&client, &state_key);
         let c = Arc::new(Conn {
             target: gateway_target(&identity),
-            state_key: format!("{} {}", identity.gateway_url(), identity.username()),
+            state_key,
             state: self.state.clone(),
             client,
             directory: Directory::new(),
@@ -315,6 +347,9 @@ impl Session {
         };
         let opts = self.args.client_options(true, &self.stats);
         let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts)?;
+        if state_file.is_some() {
+            self.remember_jobs(&client, &state_key);
+        }
         self.sim = Some(sim);
         let c = Arc::new(Conn {
             client,
@@ -328,9 +363,46 @@ impl Session {
         Ok(c)
     }
 
+    fn remember_jobs(&mut self, client: &Client, state_key: &str) {
+        let jobs = self
+            .remembered
+            .targets
+            .remove(state_key)
+            .unwrap_or_default();
+        client.remember_jobs(jobs);
+    }
+
+    /// Keep the job bodies the clients read for the next run. A failure to write only costs
+    /// GETs next time, so it is a warning.
+    fn save_remembered_jobs(&mut self) {
+        let Some(path) = remembered_jobs_path(&self.state) else {
+            return;
+        };
+        let mut any = false;
+        for conn in self.by_identity.values() {
+            if conn.state.path().is_none() {
+                continue;
+            }
+            let jobs = conn.client.remembered_jobs();
+            any |= !jobs.is_empty();
+            self.remembered.targets.insert(conn.state_key.clone(), jobs);
+        }
+        if !any && !path.exists() {
+            return;
+        }
+        self.remembered.version = REMEMBERED_JOBS_VERSION;
+        let written = serde_json::to_vec(&self.remembered)
+            .map_err(|e| e.to_string())
+            .and_then(|b| write_atomically(&path, &b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("warning: {}: cannot write: {e}", path.display());
+        }
+    }
+
     /// Stop the embedded simulator (writing its `--sim-state`). Call it once the clients are
     /// no longer needed.
     pub async fn close(mut self) {
+        self.save_remembered_jobs();
         self.default_conn = None;
         self.by_identity.clear();
         if let Some(sim) = self.sim.take() {

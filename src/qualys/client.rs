@@ -72,6 +72,10 @@ pub(super) struct Inner {
     pub(super) paging: std::sync::Mutex<Option<super::jobs::LearnedPageSize>>,
     /// Summary pages asked for so far.
     pub(super) list_calls: AtomicU64,
+    /// Remembered job bodies (off unless `remember_jobs` turned it on).
+    pub(super) job_cache: std::sync::Mutex<super::job_cache::JobCache>,
+    /// Job id → last-change date, from the one listing that validates remembered bodies.
+    pub(super) listing: tokio::sync::OnceCell<std::collections::HashMap<String, i64>>,
 }
 
 impl Client {
@@ -131,6 +135,8 @@ impl Client {
                 fetches: AtomicU64::new(0),
                 paging: std::sync::Mutex::new(None),
                 list_calls: AtomicU64::new(0),
+                job_cache: std::sync::Mutex::default(),
+                listing: tokio::sync::OnceCell::new(),
             }),
             tenant: Arc::from(""),
         })

@@ -77,6 +77,19 @@ impl Client {
     /// `GET /pm/v1/deploymentjob/{id}`.
     pub async fn get_job(&self, id: &str) -> Result<JobBody, Error> {
         check_id(id)?;
+        if let Some(body) = self.remembered_job(id).await {
+            return Ok(body);
+        }
+        let result = self.fetch_job(id).await;
+        match &result {
+            Ok(body) => self.remember(id, body),
+            Err(Error::NotFound { .. }) => self.forget(id, true),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn fetch_job(&self, id: &str) -> Result<JobBody, Error> {
         let call = Call::new(Endpoint::Get, self.url(&["pm", "v1", "deploymentjob", id])?)
             .what(format!("deployment job {id}"))
             .job(id);
@@ -94,6 +107,7 @@ impl Client {
     /// `PATCH /pm/v1/deploymentjob/update/{id}` with the full body (GET, modify, PATCH).
     pub async fn update_job(&self, id: &str, body: &JobBody) -> Result<JobBody, Error> {
         check_id(id)?;
+        self.forget(id, false);
         let call = Call::new(
             Endpoint::Update,
             self.url(&["pm", "v1", "deploymentjob", "update", id])?,
@@ -264,6 +278,7 @@ impl Client {
     /// `DELETE /pm/v1/deploymentjobs` with `{"ids": [...]}`: one outcome per distinct id, in the
     /// order given, exactly as the gateway reported them (what `check` shows).
     pub async fn delete_jobs(&self, ids: &[String]) -> Result<Vec<ItemOutcome>, Error> {
+        ids.iter().for_each(|id| self.forget(id, true));
         let url = self.url(&["pm", "v1", "deploymentjobs"])?;
         self.bulk(Endpoint::Delete, url, ids).await
     }
@@ -333,6 +348,7 @@ impl Client {
         ids: &[String],
         state: JobState,
     ) -> Result<Vec<ItemOutcome>, Error> {
+        ids.iter().for_each(|id| self.forget(id, false));
         let url = self.url(&[
             "pm",
             "v1",

@@ -9,6 +9,7 @@
 //! | `retry.rs` | what a failure means: retried, after how long, never for a create |
 //! | `budget.rs` | the per-connection budget |
 //! | `endpoint.rs`, `jobs.rs` | the endpoints and the job calls |
+//! | `job_cache.rs` | remembered job bodies, served while the listing shows them unchanged |
 //! | `error.rs` | `Error` |
 //! | `model.rs`, `field.rs`, `schedule.rs` | the wire model |
 
@@ -18,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod field;
 pub mod identity;
+pub mod job_cache;
 pub mod jobs;
 pub mod model;
 pub mod options;
@@ -31,6 +33,7 @@ pub use endpoint::Endpoint;
 pub use error::Error;
 pub use field::{Field, LooseInt};
 pub use identity::{Connection, ConnectionId, Secret};
+pub use job_cache::CachedJob;
 pub use jobs::{ItemOutcome, JobState};
 pub use model::*;
 pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings};
