@@ -315,65 +315,40 @@ async fn apply_finds_existing_jobs_beyond_the_first_page_and_creates_nothing() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_budget_at_the_gateways_limit_no_429_comes_back() {
-    let limit = RateLimit {
-        limit: 10,
-        window: Duration::from_secs(2),
-    };
-    let names: Vec<String> = (0..30).map(|i| format!("budget-{i:02}")).collect();
-
-    // Headers stripped, budget = the gateway's limit: not one 429, every job created.
+/// A 30-job `apply` through a front that strips every rate-limit header, before a simulator
+/// limited to 10 calls per 2 s; returns the simulator (for its counters) and the run.
+async fn apply_behind_a_header_less_limit(tag: &str, flags: &[&str]) -> (SimHandle, Run) {
     let sim = start(SimConfig {
-        rate_limit: Some(limit),
+        rate_limit: Some(RateLimit {
+            limit: 10,
+            window: Duration::from_secs(2),
+        }),
         ..Default::default()
     })
     .await;
     let (url, _front) = front(&sim, 0, true).await;
-    let dir = Dir::new("budget");
+    let dir = Dir::new(tag);
+    let names: Vec<String> = (0..30).map(|i| format!("budget-{i:02}")).collect();
     let file = manifests(&dir, &names);
-    let run = qpm(
-        &url,
-        &dir,
-        &[
-            "apply",
-            "-f",
-            &file,
-            "--qualys-budget",
-            "10/2s",
-            "--qualys-rps",
-            "0",
-        ],
-    )
-    .await;
+    let args = [&["apply", "-f", &file, "--qualys-rps", "0"][..], flags].concat();
+    let run = qpm(&url, &dir, &args).await;
+    (sim, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_budget_at_the_gateways_limit_no_429_comes_back() {
+    // Budget = the gateway's limit: not one 429, every job created.
+    let (sim, run) =
+        apply_behind_a_header_less_limit("budget", &["--qualys-budget", "10/2s"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(sim.count_status(CREATE, 201), 30, "{run:?}");
     assert_eq!(count_429(&sim), 0, "{:?}", sim.counters());
     sim.shutdown().await;
 
     // The same apply without a budget runs into the limit: the test can fail.
-    let sim = start(SimConfig {
-        rate_limit: Some(limit),
-        ..Default::default()
-    })
-    .await;
-    let (url, _front) = front(&sim, 0, true).await;
-    let dir = Dir::new("no-budget");
-    let file = manifests(&dir, &names);
-    let run = qpm(
-        &url,
-        &dir,
-        &[
-            "apply",
-            "-f",
-            &file,
-            "--qualys-budget",
-            "none",
-            "--qualys-rps",
-            "0",
-            "--qualys-pause-on-429",
-            "1s",
-        ],
+    let (sim, run) = apply_behind_a_header_less_limit(
+        "no-budget",
+        &["--qualys-budget", "none", "--qualys-pause-on-429", "1s"],
     )
     .await;
     assert!(count_429(&sim) > 0, "{run:?}");
