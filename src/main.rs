@@ -34,7 +34,7 @@ enum Command {
 }
 
 fn print_crd() -> anyhow::Result<()> {
-    print!("{}", qpm_operator::api::crd_yaml()?);
+    cli::output::out(&qpm_operator::api::crd_yaml()?);
     Ok(())
 }
 
@@ -63,11 +63,18 @@ fn main() -> ExitCode {
             Command::Check(args) => cli::check::run(args).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::output::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
+    };
+    match cli::output::write_failure() {
+        Some(failure) => {
+            cli::output::err_line(&format!("error: {failure}"));
+            ExitCode::FAILURE
+        }
+        None => code,
     }
 }

@@ -45,7 +45,7 @@ const EXAMPLES: [Example; 3] = [
         name: "01-windows-install",
         allowed: &[(
             "updatedBy.date",
-            "ex.01 is the older (2022) hand-curated sample, which was not re-stamped (qualys-pm-api.md §9.7); the simulator follows ex.02/ex.03 and re-stamps",
+            "ex.01 is the older (2022) hand-curated sample, which was not re-stamped (testdata/seed/README.md); the simulator follows ex.02/ex.03 and re-stamps",
         )],
     },
     Example {

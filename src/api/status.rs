@@ -3,7 +3,7 @@
 //! Conditions follow the kstatus conventions (`Ready`, `Reconciling`, `Stalled`) so `kubectl
 //! wait --for=condition=Ready`, Flux and Argo CD can judge health; `Synced` says whether the
 //! last reconcile succeeded. Every reason the operator can report is a [`Reason`] variant, and
-//! [`Reason::effect`] is the table in DESIGN.md "Status and conditions".
+//! [`Reason::effect`] is that table; docs/crd.md and the README list it for users.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;

@@ -8,13 +8,17 @@
 use super::common::{self, FileArgs, InputClaims};
 use super::connect::{self, Conn, ConnectionArgs, Session};
 use super::manifests::{InputScripts, Inputs, JobManifest};
+use super::state_file::{self, StateFile};
+use super::{lock, output};
 use crate::api::Reason;
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
+use anyhow::anyhow;
 use clap::Args;
 use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// `qpm-operator apply`.
 #[derive(Args, Debug, Clone)]
@@ -31,6 +35,9 @@ pub struct ApplyArgs {
     /// How many resources are applied concurrently (parents always before their children).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// How long to wait for another apply holding the state file's lock; 0 fails at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub lock_timeout: u64,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -97,23 +104,33 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
     let Some(inputs) = common::load_inputs(&args.input) else {
         if args.stats {
-            eprint!("{}", super::stats::Stats::new().report());
+            output::err(&super::stats::Stats::new().report());
         }
         return Ok(ExitCode::FAILURE);
     };
-    let state = connect::open_state(args.state.as_deref())?;
+    let path = connect::state_path(args.state.as_deref());
+    // Held until this function returns: the whole run, the simulator's --sim-state write included.
+    let _lock = match &path {
+        Some(p) => {
+            let lock = lock::acquire(p, Duration::from_secs(args.lock_timeout)).await?;
+            state_file::remove_stale_temporaries(p);
+            Some(lock)
+        }
+        None => None,
+    };
+    let state = StateFile::open(path.as_deref()).map_err(|e| anyhow!(e))?;
     let mut session = Session::new(&args.connection, state)?;
     let result = apply(&inputs, &mut session, usize::from(args.parallel), |a| {
-        println!("{}", a.line())
+        output::out_line(&a.line())
     })
     .await;
     let stats = session.stats.clone();
     session.close().await;
-    let applied = result?;
-    println!("{}", summary(&applied));
     if args.stats {
-        eprint!("{}", stats.report());
+        output::err(&stats.report());
     }
+    let applied = result?;
+    output::out_line(&summary(&applied));
     Ok(if applied.iter().any(|a| a.result == Done::Failed) {
         ExitCode::FAILURE
     } else {

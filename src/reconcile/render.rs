@@ -4,7 +4,8 @@
 
 use super::digest::{ScriptKey, script_digest};
 use crate::api::{
-    ActionSpec, ChainedRuleCondition, ChainedRuleField, DeferrablePromptSpec, JobSpec, ScriptSource,
+    ActionParamsSpec, ActionSpec, ChainedRuleCondition, ChainedRuleField, DeferrablePromptSpec,
+    JobSpec, ScriptSource,
 };
 use crate::qualys::{self, Field, JobBody, LooseInt, schedule, values};
 use base64::Engine;
@@ -322,7 +323,7 @@ fn actions(
                 install_method: int(p.install_method),
                 file_checksum: opt(p.file_checksum.clone()),
                 timeout: int(p.timeout),
-                ..Default::default()
+                ..registry_and_uninstall(p)
             })),
             script: opt(main_script.map(|(b64, _)| b64)),
             script_type: opt(a.script_type.map(|t| t.as_str().to_string())),
@@ -333,6 +334,20 @@ fn actions(
         });
     }
     Ok(out)
+}
+
+/// The `params` members of Change Registry Key and Uninstall Software actions.
+fn registry_and_uninstall(p: &ActionParamsSpec) -> qualys::ActionParams {
+    qualys::ActionParams {
+        registry_key: opt(p.registry_key.clone()),
+        registry_action: opt(p.registry_action.map(|a| a.as_str().to_string())),
+        value_name: opt(p.value_name.clone()),
+        value_type: opt(p.value_type.map(|t| t.as_str().to_string())),
+        value_data: opt(p.value_data.clone()),
+        software_name: opt(p.software_name.clone()),
+        uninstall_command: opt(p.uninstall_command.clone()),
+        ..Default::default()
+    }
 }
 
 /// The base64 to send and the digest of the decoded bytes, for a managed script.

@@ -1,4 +1,4 @@
-//! The job transformations of the gateway (qualys-pm-api.md §7 and §7.4), on create and update.
+//! The job transformations of the gateway (docs/simulator.md, "What the server does to a job"), on create and update.
 //!
 //! A request is turned into the document the server stores: server-managed fields keep the
 //! server's values, actions get ids, scripts become storage paths, numbers sent as strings are
@@ -74,10 +74,35 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
 
 /// The typed reading of a document, with the path of the first field of the wrong type.
 fn typed(doc: &Value) -> Result<JobBody, ApiError> {
-    serde_path_to_error::deserialize(doc).map_err(|e| {
+    let job: JobBody = serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_request(format!("{path}: {}", e.into_inner()))
-    })
+    })?;
+    // The model reads actions leniently; members of the wrong type in an action of a kind the
+    // gateway defines are still the client's mistake (an unknown kind is judged by its owner).
+    for (list, i, action) in job.actions() {
+        if action
+            .kind()
+            .is_some_and(|k| !values::ACTION_KINDS.contains(&k))
+        {
+            continue;
+        }
+        if let Some(key) = action.unreadable_keys().next() {
+            let alone = Value::Object(Map::from_iter([(
+                key.to_string(),
+                action.extra.get(key).cloned().unwrap_or(Value::Null),
+            )]));
+            let message = match serde_path_to_error::deserialize::<_, Action>(&alone) {
+                Err(e) => {
+                    let path = e.path().to_string();
+                    format!("{list}[{i}].{path}: {}", e.into_inner())
+                }
+                Ok(_) => format!("{list}[{i}].{key}: invalid type"),
+            };
+            return Err(ApiError::bad_request(message));
+        }
+    }
+    Ok(job)
 }
 
 /// A document stored as it is (admin PUT, console edits, the state file).

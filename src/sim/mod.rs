@@ -1,7 +1,7 @@
 //! A faithful stand-in for the Qualys PM gateway: an axum server on loopback.
 //!
 //! It serves `/auth` and the deployment-job endpoints with the request→response
-//! transformations the seed documents (qualys-pm-api.md §7), Qualys-style errors, expiring
+//! transformations the seed documents (testdata/seed/), Qualys-style errors, expiring
 //! tokens, the 10,000-record cap, rate limits and injectable faults, plus an admin surface under
 //! `/_sim/` that tests, benchmarks and users drive. `docs/simulator.md` describes all of it.
 //!

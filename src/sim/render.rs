@@ -2,7 +2,7 @@
 //!
 //! `chainedJobRule` is stored but never echoed at the top level; it appears under
 //! `linkedToJob[0].chainedJobRule`, built from the parent's current state at read time
-//! (qualys-pm-api.md §7.3.1).
+//! (docs/simulator.md, "What the server does to a job").
 
 use std::sync::Arc;
 
