@@ -166,6 +166,8 @@ fn gw(sim: &SimHandle) -> Vec<String> {
         "0".into(),
         "--qualys-concurrency".into(),
         "0".into(),
+        "--qualys-budget".into(),
+        "none".into(),
     ]
 }
 

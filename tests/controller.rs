@@ -82,6 +82,7 @@ impl Env {
                 listing_max_age: Duration::ZERO,
             },
             client_options: ClientOptions {
+                budget: None,
                 rps: None,
                 concurrency: None,
                 proxy: ProxySettings::none(),

@@ -28,6 +28,7 @@ async fn start() -> (SimHandle, Client) {
         .await
         .expect("simulator starts");
     let opts = ClientOptions {
+        budget: None,
         rps: None,
         concurrency: None,
         proxy: ProxySettings::none(),

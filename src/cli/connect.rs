@@ -5,10 +5,12 @@
 //! is never shared between identities and 1,000 jobs of one connection cost one listing.
 
 use super::manifests::Inputs;
-use super::state_file::StateFile;
+use super::state_file::{StateFile, write_atomically};
 use super::stats::Stats;
 use crate::api::validate::{MAX_PASSWORD_BYTES, password_problem};
-use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret};
+use crate::qualys::{
+    BudgetArgs, CachedJob, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
+};
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
 use anyhow::{Context as _, anyhow, bail};
@@ -43,27 +45,14 @@ pub struct ConnectionArgs {
     /// [env: QUALYS_CA_BUNDLE_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Requests per second per connection; 0 = no client-side limit. Default: 1 for a gateway,
-    /// no limit for the embedded simulator.
-    #[arg(long, value_name = "N", value_parser = parse_rps)]
-    pub qualys_rps: Option<f64>,
-    /// Requests in flight per connection; 0 = no limit. Default: 2 for a gateway, no limit for
-    /// the embedded simulator.
-    #[arg(long, value_name = "N")]
-    pub qualys_concurrency: Option<usize>,
+    /// The Qualys budget per connection. For the embedded simulator every limit defaults to
+    /// none.
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Keep the embedded simulator's jobs in this file between runs (versioned JSON, written by
     /// atomic rename, no tokens). Implies --sim.
     #[arg(long, value_name = "FILE", conflicts_with = "gateway_url")]
     pub sim_state: Option<PathBuf>,
-}
-
-fn parse_rps(raw: &str) -> Result<f64, String> {
-    match raw.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "{raw:?} is not a rate: give requests per second (e.g. 0.5, 2), or 0 for no limit"
-        )),
-    }
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -145,20 +134,16 @@ impl ConnectionArgs {
     }
 
     /// Client options: the client's modest defaults for a gateway, no limits for the embedded
-    /// simulator, either overridden by `--qualys-rps` / `--qualys-concurrency`.
+    /// simulator, either overridden by the budget flags.
     pub fn client_options(&self, embedded: bool, stats: &Arc<Stats>) -> ClientOptions {
         let mut opts = ClientOptions::default();
         if embedded {
+            opts.budget = None;
             opts.rps = None;
             opts.concurrency = None;
             opts.proxy = ProxySettings::none();
         }
-        if let Some(rps) = self.qualys_rps {
-            opts.rps = (rps > 0.0).then_some(rps);
-        }
-        if let Some(c) = self.qualys_concurrency {
-            opts.concurrency = (c > 0).then_some(c);
-        }
+        self.budget.apply(&mut opts);
         opts.observer = Some(stats.clone());
         opts
     }
@@ -267,11 +252,40 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// The last live body of each job, per connection, beside the state file (`state.json` →
+/// `state.jobs.json`): with it, a `plan` or `apply` lists the summaries and GETs only the jobs
+/// whose date moved — a no-op run of N jobs costs about N / page size calls, not N.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RememberedJobs {
+    version: u32,
+    /// state key → job id → body and date.
+    targets: std::collections::BTreeMap<String, HashMap<String, CachedJob>>,
+}
+
+const REMEMBERED_JOBS_VERSION: u32 = 1;
+
+fn remembered_jobs_path(state: &StateFile) -> Option<PathBuf> {
+    state.path().map(|p| p.with_extension("jobs.json"))
+}
+
+impl RememberedJobs {
+    /// What the last runs remembered; nothing when the file is missing or unreadable (it is a
+    /// cache: a GET replaces anything it lacks).
+    fn load(state: &StateFile) -> RememberedJobs {
+        remembered_jobs_path(state)
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<RememberedJobs>(&b).ok())
+            .filter(|r| r.version == REMEMBERED_JOBS_VERSION)
+            .unwrap_or_default()
+    }
+}
+
 /// The connections of one run, and the embedded simulator when one is running.
 pub struct Session {
     pub stats: Arc<Stats>,
     args: ConnectionArgs,
     state: StateFile,
+    remembered: RememberedJobs,
     default: Option<DefaultConnection>,
     default_conn: Option<Arc<Conn>>,
     by_identity: HashMap<ConnectionId, Arc<Conn>>,
@@ -285,6 +299,7 @@ impl Session {
         Ok(Session {
             stats: Arc::new(Stats::new()),
             args: args.clone(),
+            remembered: RememberedJobs::load(&state),
             state,
             default: Some(default),
             default_conn: None,
@@ -346,9 +361,11 @@ impl Session {
         }
         let opts = self.args.client_options(false, &self.stats);
         let client = Client::new(conn, opts)?;
+        let state_key = format!("{} {}", identity.gateway_url(), identity.username());
+        self.remember_jobs(&client, &state_key);
         let c = Arc::new(Conn {
             target: gateway_target(&identity),
-            state_key: format!("{} {}", identity.gateway_url(), identity.username()),
+            state_key,
             state: self.state.clone(),
             client,
             directory: Directory::new(),
@@ -382,6 +399,9 @@ impl Session {
         };
         let opts = self.args.client_options(true, &self.stats);
         let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts)?;
+        if state_file.is_some() {
+            self.remember_jobs(&client, &state_key);
+        }
         self.sim = Some(sim);
         let c = Arc::new(Conn {
             client,
@@ -395,9 +415,46 @@ impl Session {
         Ok(c)
     }
 
+    fn remember_jobs(&mut self, client: &Client, state_key: &str) {
+        let jobs = self
+            .remembered
+            .targets
+            .remove(state_key)
+            .unwrap_or_default();
+        client.remember_jobs(jobs);
+    }
+
+    /// Keep the job bodies the clients read for the next run. A failure to write only costs
+    /// GETs next time, so it is a warning.
+    fn save_remembered_jobs(&mut self) {
+        let Some(path) = remembered_jobs_path(&self.state) else {
+            return;
+        };
+        let mut any = false;
+        for conn in self.by_identity.values() {
+            if conn.state.path().is_none() {
+                continue;
+            }
+            let jobs = conn.client.remembered_jobs();
+            any |= !jobs.is_empty();
+            self.remembered.targets.insert(conn.state_key.clone(), jobs);
+        }
+        if !any && !path.exists() {
+            return;
+        }
+        self.remembered.version = REMEMBERED_JOBS_VERSION;
+        let written = serde_json::to_vec(&self.remembered)
+            .map_err(|e| e.to_string())
+            .and_then(|b| write_atomically(&path, &b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("warning: {}: cannot write: {e}", path.display());
+        }
+    }
+
     /// Stop the embedded simulator (writing its `--sim-state`). Call it once the clients are
     /// no longer needed.
     pub async fn close(mut self) {
+        self.save_remembered_jobs();
         self.default_conn = None;
         self.by_identity.clear();
         if let Some(sim) = self.sim.take() {
@@ -501,13 +558,13 @@ mod tests {
     }
 
     #[test]
-    fn rates_parse_and_zero_lifts_the_limit() {
-        assert_eq!(parse_rps("0.5"), Ok(0.5));
-        assert!(parse_rps("-1").is_err());
-        assert!(parse_rps("fast").is_err());
+    fn budget_flags_apply_and_zero_lifts_the_limit() {
         let args = ConnectionArgs {
-            qualys_rps: Some(0.0),
-            qualys_concurrency: Some(3),
+            budget: BudgetArgs {
+                qualys_rps: Some(0.0),
+                qualys_concurrency: Some(3),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let stats = Arc::new(Stats::new());
@@ -515,9 +572,19 @@ mod tests {
         assert_eq!(opts.rps, None);
         assert_eq!(opts.concurrency, Some(3));
         let gateway = ConnectionArgs::default().client_options(false, &stats);
-        assert_eq!((gateway.rps, gateway.concurrency), (Some(1.0), Some(2)));
+        assert_eq!(
+            (gateway.budget, gateway.rps, gateway.concurrency),
+            (
+                Some(crate::qualys::CallBudget::DOCUMENTED),
+                Some(1.0),
+                Some(2)
+            )
+        );
         let embedded = ConnectionArgs::default().client_options(true, &stats);
-        assert_eq!((embedded.rps, embedded.concurrency), (None, None));
+        assert_eq!(
+            (embedded.budget, embedded.rps, embedded.concurrency),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -44,12 +44,13 @@ pub struct RunArgs {
     /// How often referenced Secrets are re-read by name to notice changes.
     #[arg(long, default_value = "30s", value_parser = crate::sim::parse_duration)]
     pub secret_poll_interval: Duration,
-    /// Requests per second to Qualys, per connection (lowered by X-RateLimit-* headers).
-    #[arg(long, default_value_t = 1.0)]
-    pub qualys_rps: f64,
-    /// Requests in flight to Qualys, per connection.
-    #[arg(long, default_value_t = 2)]
-    pub qualys_concurrency: usize,
+    /// The Qualys budget per connection (--qualys-budget, --qualys-concurrency, …).
+    #[command(flatten)]
+    pub budget: crate::qualys::BudgetArgs,
+    /// The share of each connection's budget the summary poller may spend; the poll interval
+    /// stretches beyond --poll-interval when the listing needs more pages.
+    #[arg(long, default_value_t = 0.25)]
+    pub poll_budget_share: f64,
     /// Namespaces allowed to use the operator-wide connection (comma-separated). Default: all
     /// (a multi-tenancy risk: any namespace can then act with the operator's Qualys account).
     #[arg(long, value_delimiter = ',')]
@@ -523,10 +524,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             secret_poll_interval: args.secret_poll_interval,
             listing_max_age: args.poll_interval.saturating_mul(2),
         },
-        client_options: ClientOptions {
-            rps: Some(args.qualys_rps),
-            concurrency: Some(args.qualys_concurrency),
-            ..Default::default()
+        client_options: {
+            let mut opts = ClientOptions {
+                poll_share: args.poll_budget_share,
+                ..Default::default()
+            };
+            args.budget.apply(&mut opts);
+            opts
         },
         default_connection,
         default_connection_namespaces: if args.default_connection_namespaces.is_empty() {

@@ -81,7 +81,7 @@ impl GatewayWrite for Client {
         &'a self,
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemOutcome>, QError>> {
-        Client::delete_jobs(self, ids).boxed()
+        Client::delete_jobs_confirmed(self, ids).boxed()
     }
 }
 
