@@ -3,12 +3,12 @@
 //! the poll cursor).
 
 use super::connections::{Connections, Resolved};
+use super::events::Recorder;
 use super::metrics::Metrics;
 use crate::api::{DeploymentJob, Reason};
 use crate::qualys::ConnectionId;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::channel::mpsc::UnboundedSender;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod context;
+pub mod events;
 pub mod metrics;
 pub mod rbac;
 pub mod reconciler;
@@ -15,7 +16,8 @@ use clap::{ArgAction, Args, ValueEnum};
 use context::{Ctx, Settings};
 use futures::StreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use events::Recorder;
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, ResourceExt};
