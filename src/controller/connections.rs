@@ -70,6 +70,8 @@ impl ConnectionError {
 }
 
 struct Entry {
+    /// Shared by every resource of `last_good` that uses this connection.
+    id: Arc<ConnectionId>,
     client: Client,
     directory: Arc<Directory>,
 }
@@ -84,7 +86,7 @@ pub struct Connections {
     metrics: Arc<Metrics>,
     entries: Mutex<HashMap<ConnectionId, Entry>>,
     /// The connection each resource last used successfully.
-    last_good: Mutex<HashMap<String, ConnectionId>>,
+    last_good: Mutex<HashMap<String, Arc<ConnectionId>>>,
 }
 
 impl Connections {
@@ -140,8 +142,14 @@ impl Connections {
 
     /// Remember that `resolved` worked for the resource `key`.
     pub fn worked(&self, key: &str, resolved: &Resolved) {
+        let shared = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&resolved.id).map(|e| e.id.clone()))
+            .unwrap_or_else(|| Arc::new(resolved.id.clone()));
         if let Ok(mut m) = self.last_good.lock() {
-            m.insert(key.to_string(), resolved.id.clone());
+            m.insert(key.to_string(), shared);
         }
     }
 
@@ -155,17 +163,21 @@ impl Connections {
     pub fn last_good(&self, key: &str, namespace: &str) -> Option<Resolved> {
         let id = self.last_good.lock().ok()?.get(key).cloned()?;
         let entries = self.entries.lock().ok()?;
-        let e = entries.get(&id)?;
+        let e = entries.get(id.as_ref())?;
         Some(Resolved {
             client: e.client.for_tenant(namespace),
             directory: e.directory.clone(),
-            id,
+            id: ConnectionId::clone(&id),
         })
     }
 
     /// The resource `key`'s last good connection id, if any.
     pub fn assignment(&self, key: &str) -> Option<ConnectionId> {
-        self.last_good.lock().ok()?.get(key).cloned()
+        self.last_good
+            .lock()
+            .ok()?
+            .get(key)
+            .map(|id| ConnectionId::clone(id))
     }
 
     /// Every connection in use, for the pollers.
@@ -202,7 +214,14 @@ impl Connections {
             directory: directory.clone(),
             id: id.clone(),
         };
-        entries.insert(id, Entry { client, directory });
+        entries.insert(
+            id.clone(),
+            Entry {
+                id: Arc::new(id),
+                client,
+                directory,
+            },
+        );
         Ok(resolved)
     }
 

@@ -39,7 +39,6 @@ pub struct Ctx {
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
     backoff: Mutex<HashMap<String, ExponentialBackoff>>,
-    reasons: Mutex<HashMap<String, Reason>>,
     /// Per connection: job id → last change (ms) already seen, by a poll or a reconcile.
     cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
 }
@@ -63,7 +62,6 @@ impl Ctx {
             settings,
             trigger,
             backoff: Mutex::new(HashMap::new()),
-            reasons: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
         }
     }
@@ -98,26 +96,17 @@ impl Ctx {
         }
     }
 
+    // The reasons live in the metrics' map only: one entry per resource, not two.
     pub fn set_reason(&self, key: &str, reason: Reason) {
-        if let Ok(mut m) = self.reasons.lock() {
-            m.insert(key.to_string(), reason);
-        }
         self.metrics.set_reason(key, Some(reason.as_str()));
     }
 
     pub fn set_reason_gone(&self, key: &str) {
-        if let Ok(mut m) = self.reasons.lock() {
-            m.remove(key);
-        }
         self.metrics.set_reason(key, None);
     }
 
     pub fn last_reason(&self, key: &str) -> Option<String> {
-        self.reasons
-            .lock()
-            .ok()?
-            .get(key)
-            .map(|r| r.as_str().to_string())
+        self.metrics.reason(key).map(String::from)
     }
 
     /// The resync delay, jittered by ±10% so resyncs of many resources spread out.

@@ -69,8 +69,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub last_reconcile: Gauge<f64, AtomicU64>,
-    /// The Ready reason of each resource, for `qpm_managed_jobs`.
-    reasons: Mutex<HashMap<String, String>>,
+    /// The Ready reason of each resource, for `qpm_managed_jobs` (and the reconcile's result).
+    reasons: Mutex<HashMap<String, &'static str>>,
 }
 
 impl Default for Metrics {
@@ -200,20 +200,22 @@ impl Metrics {
     }
 
     /// Record the Ready reason of a resource (`None` when it is gone).
-    pub fn set_reason(&self, key: &str, reason: Option<&str>) {
+    pub fn set_reason(&self, key: &str, reason: Option<&'static str>) {
         let Ok(mut reasons) = self.reasons.lock() else {
             return;
         };
         let old = match reason {
-            Some(r) => reasons.insert(key.to_string(), r.to_string()),
+            Some(r) => reasons.insert(key.to_string(), r),
             None => reasons.remove(key),
         };
-        if old.as_deref() == reason {
+        if old == reason {
             return;
         }
         if let Some(old) = old {
             self.managed_jobs
-                .get_or_create(&ReasonLabel { reason: old })
+                .get_or_create(&ReasonLabel {
+                    reason: old.to_string(),
+                })
                 .dec();
         }
         if let Some(new) = reason {
@@ -223,6 +225,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// The Ready reason last recorded for a resource.
+    pub fn reason(&self, key: &str) -> Option<&'static str> {
+        self.reasons.lock().ok()?.get(key).copied()
     }
 
     pub fn polled(&self, connection: &str) {
