@@ -206,6 +206,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(&case.name, |b| b.iter(|| decide(black_box(case), resolver)));
     }
     group.finish();
+    print_ratios(&cases, &inputs);
 
     // Where the time of the heaviest case goes, step by step.
     let Some(case) = cases.iter().find(|c| c.name == "seed/03-chained-job") else {
@@ -238,6 +239,56 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(&v).clone())
     });
     steps.finish();
+}
+
+/// The goal is relative, because this machine's speed swings by ±30 % from one minute to the
+/// next: deciding about a job must cost at most 0.8 × one `serde_json::to_value` of its live
+/// body. Both are timed in alternating rounds so that a slow minute slows both alike; the
+/// medians and their ratio are printed per case.
+fn print_ratios(cases: &[Case], inputs: &Inputs) {
+    const ROUNDS: usize = 41;
+    const ITERS: u32 = 200;
+    fn per_iter(mut f: impl FnMut()) -> f64 {
+        let start = std::time::Instant::now();
+        for _ in 0..ITERS {
+            f();
+        }
+        start.elapsed().as_secs_f64() * 1e6 / f64::from(ITERS)
+    }
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    println!("\ndecide vs serde_json::to_value(live), medians of {ROUNDS} alternating rounds:");
+    println!(
+        "{:<28} {:>11} {:>14} {:>7}",
+        "case", "decide µs", "to_value µs", "ratio"
+    );
+    let mut worst: f64 = 0.0;
+    for case in cases {
+        let scripts = InputScripts {
+            inputs,
+            namespace: &case.namespace,
+        };
+        let resolver: &dyn ScriptResolver = if case.name.starts_with("seed/") {
+            &NoScripts
+        } else {
+            &scripts
+        };
+        let (mut d, mut t) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            d.push(per_iter(|| {
+                black_box(decide(black_box(case), resolver));
+            }));
+            t.push(per_iter(|| {
+                black_box(serde_json::to_value(black_box(&case.live)).ok());
+            }));
+        }
+        let (d, t) = (median(d), median(t));
+        worst = worst.max(d / t);
+        println!("{:<28} {d:>11.1} {t:>14.1} {:>7.2}", case.name, d / t);
+    }
+    println!("worst ratio: {worst:.2} (goal ≤ 0.80)\n");
 }
 
 criterion_group! {

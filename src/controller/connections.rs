@@ -82,6 +82,8 @@ impl ConnectionError {
 }
 
 struct Entry {
+    /// Shared by every resource of `last_good` that uses this connection.
+    id: Arc<ConnectionId>,
     client: Client,
     directory: Arc<Directory>,
 }
@@ -102,10 +104,10 @@ pub struct Connections {
     options: ClientOptions,
     metrics: Arc<Metrics>,
     entries: Mutex<HashMap<ConnectionId, Entry>>,
-    /// The connection each resource resolved to last.
-    current: Mutex<HashMap<String, ConnectionId>>,
+    /// The connection each resource resolved to last (ids shared with `entries`).
+    current: Mutex<HashMap<String, Arc<ConnectionId>>>,
     /// The connection each resource last used successfully.
-    last_good: Mutex<HashMap<String, ConnectionId>>,
+    last_good: Mutex<HashMap<String, Arc<ConnectionId>>>,
     unreachable: Mutex<HashMap<ConnectionId, Unreachable>>,
 }
 
@@ -157,7 +159,7 @@ impl Connections {
                     })
             });
             match &resolved {
-                Ok(r) => current.insert(key, r.id.clone()),
+                Ok(r) => current.insert(key, self.shared_id(&r.id)),
                 Err(_) => current.remove(&key),
             };
             resolved
@@ -190,10 +192,20 @@ impl Connections {
         }
     }
 
+    /// The one shared copy of `id` (resources keep an `Arc`, not a copy each).
+    fn shared_id(&self, id: &ConnectionId) -> Arc<ConnectionId> {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(id).map(|e| e.id.clone()))
+            .unwrap_or_else(|| Arc::new(id.clone()))
+    }
+
     /// Remember that `resolved` worked for the resource `key`.
     pub fn worked(&self, key: &str, resolved: &Resolved) {
+        let shared = self.shared_id(&resolved.id);
         if let Ok(mut m) = self.last_good.lock() {
-            m.insert(key.to_string(), resolved.id.clone());
+            m.insert(key.to_string(), shared);
         }
         self.evict_unused();
     }
@@ -257,7 +269,10 @@ impl Connections {
             return;
         };
         entries.retain(|id, _| {
-            let used = current.values().chain(last_good.values()).any(|u| u == id);
+            let used = current
+                .values()
+                .chain(last_good.values())
+                .any(|u| u.as_ref() == id);
             if !used {
                 tracing::info!(connection = %id, "no resource uses this Qualys connection any more; dropping it");
             }
@@ -273,17 +288,21 @@ impl Connections {
     pub fn last_good(&self, key: &str, namespace: &str) -> Option<Resolved> {
         let id = self.last_good.lock().ok()?.get(key).cloned()?;
         let entries = self.entries.lock().ok()?;
-        let e = entries.get(&id)?;
+        let e = entries.get(id.as_ref())?;
         Some(Resolved {
             client: e.client.for_tenant(namespace),
             directory: e.directory.clone(),
-            id,
+            id: ConnectionId::clone(&id),
         })
     }
 
     /// The resource `key`'s last good connection id, if any.
     pub fn assignment(&self, key: &str) -> Option<ConnectionId> {
-        self.last_good.lock().ok()?.get(key).cloned()
+        self.last_good
+            .lock()
+            .ok()?
+            .get(key)
+            .map(|id| ConnectionId::clone(id))
     }
 
     /// Every connection in use, for the pollers.
@@ -320,7 +339,14 @@ impl Connections {
             directory: directory.clone(),
             id: id.clone(),
         };
-        entries.insert(id, Entry { client, directory });
+        entries.insert(
+            id.clone(),
+            Entry {
+                id: Arc::new(id),
+                client,
+                directory,
+            },
+        );
         self.metrics.connections.set(gauge_value(entries.len()));
         Ok(resolved)
     }

@@ -3,12 +3,12 @@
 //! the poll cursor).
 
 use super::connections::{Connections, Resolved};
+use super::events::Recorder;
 use super::metrics::Metrics;
 use crate::api::{DeploymentJob, Reason};
 use crate::qualys::ConnectionId;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::channel::mpsc::UnboundedSender;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,6 @@ pub struct Ctx {
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
     backoff: Mutex<HashMap<String, ExponentialBackoff>>,
-    reasons: Mutex<HashMap<String, Reason>>,
     /// Per connection: job id → last change (ms) already seen, by a poll or a reconcile.
     cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
 }
@@ -66,7 +65,6 @@ impl Ctx {
             crd: super::crd_check::InstalledCrd::new(),
             trigger,
             backoff: Mutex::new(HashMap::new()),
-            reasons: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
         }
     }
@@ -108,28 +106,24 @@ impl Ctx {
     }
 
     /// Record a reconcile's outcome (`qpm_reconciles_total`) and the resource's Ready reason
-    /// (`qpm_managed_jobs`; the outcome's when there is no Ready condition).
+    /// (`qpm_managed_jobs`; the outcome's when there is no Ready condition). One map, kept by
+    /// the metrics.
     pub fn set_reason(&self, key: &str, outcome: Reason, ready: Option<Reason>) {
-        if let Ok(mut m) = self.reasons.lock() {
-            m.insert(key.to_string(), outcome);
-        }
-        self.metrics
-            .set_reason(key, Some(ready.unwrap_or(outcome).as_str()));
+        self.metrics.set_reason(
+            key,
+            Some(super::metrics::Reasons {
+                outcome: outcome.as_str(),
+                ready: ready.unwrap_or(outcome).as_str(),
+            }),
+        );
     }
 
     pub fn set_reason_gone(&self, key: &str) {
-        if let Ok(mut m) = self.reasons.lock() {
-            m.remove(key);
-        }
         self.metrics.set_reason(key, None);
     }
 
     pub fn last_reason(&self, key: &str) -> Option<String> {
-        self.reasons
-            .lock()
-            .ok()?
-            .get(key)
-            .map(|r| r.as_str().to_string())
+        self.metrics.outcome(key).map(String::from)
     }
 
     /// The resync delay, jittered by ±10% so resyncs of many resources spread out.

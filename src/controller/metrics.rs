@@ -78,8 +78,16 @@ pub struct Metrics {
     pub last_reconcile: Gauge<f64, AtomicU64>,
     /// Status fields the operator writes that the installed CRD lacks (0 when it is current).
     pub crd_missing_fields: Gauge,
-    /// The Ready reason of each resource, for `qpm_managed_jobs`.
-    reasons: Mutex<HashMap<String, String>>,
+    /// Per resource, the one map of reasons: its last reconcile's outcome (the `result` of
+    /// `qpm_reconciles_total`) and its Ready reason (`qpm_managed_jobs`).
+    reasons: Mutex<HashMap<String, Reasons>>,
+}
+
+/// The two reasons kept per resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reasons {
+    pub outcome: &'static str,
+    pub ready: &'static str,
 }
 
 impl Default for Metrics {
@@ -236,21 +244,24 @@ impl Metrics {
         self.last_reconcile.set(now_seconds());
     }
 
-    /// Record the Ready reason of a resource (`None` when it is gone).
-    pub fn set_reason(&self, key: &str, reason: Option<&str>) {
-        let Ok(mut reasons) = self.reasons.lock() else {
+    /// Record the reasons of a resource (`None` when it is gone).
+    pub fn set_reason(&self, key: &str, reasons: Option<Reasons>) {
+        let Ok(mut map) = self.reasons.lock() else {
             return;
         };
-        let old = match reason {
-            Some(r) => reasons.insert(key.to_string(), r.to_string()),
-            None => reasons.remove(key),
+        let old = match reasons {
+            Some(r) => map.insert(key.to_string(), r),
+            None => map.remove(key),
         };
-        if old.as_deref() == reason {
+        let (old, reason) = (old.map(|r| r.ready), reasons.map(|r| r.ready));
+        if old == reason {
             return;
         }
         if let Some(old) = old {
             self.managed_jobs
-                .get_or_create(&ReasonLabel { reason: old })
+                .get_or_create(&ReasonLabel {
+                    reason: old.to_string(),
+                })
                 .dec();
         }
         if let Some(new) = reason {
@@ -260,6 +271,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// The outcome of the resource's last reconcile.
+    pub fn outcome(&self, key: &str) -> Option<&'static str> {
+        self.reasons.lock().ok()?.get(key).map(|r| r.outcome)
     }
 
     pub fn polled(&self, connection: &str) {

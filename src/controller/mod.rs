@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod context;
 pub mod crd_check;
+pub mod events;
 pub mod metrics;
 pub mod rbac;
 pub mod reconciler;
@@ -14,9 +15,10 @@ use crate::api::DeploymentJob;
 use crate::qualys::{ClientOptions, Connection, Secret};
 use clap::{ArgAction, Args, ValueEnum};
 use context::{Ctx, Settings};
+use events::Recorder;
 use futures::StreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, ResourceExt};
@@ -381,7 +383,13 @@ async fn run_controller(
     }));
     let jobs = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|dj: &mut DeploymentJob| dj.managed_fields_mut().clear())
+        // Neither is read, and each can be as large as the rest of the object.
+        .modify(|dj: &mut DeploymentJob| {
+            dj.managed_fields_mut().clear();
+            if let Some(a) = dj.metadata.annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
