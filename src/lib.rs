@@ -2,7 +2,8 @@
 //!
 //! The flow runs one way: `api` (the DeploymentJob resource) → `reconcile` (render, normalise,
 //! diff, plan, engine) → `qualys` (wire model and HTTP client). `controller` adapts the engine to
-//! Kubernetes; `cli` to files on disk; `sim` stands in for the Qualys gateway.
+//! Kubernetes; `cli` to files on disk; `sim` stands in for the Qualys gateway. The allowed
+//! arrows between modules, all of them, are listed in ARCHITECTURE.md.
 
 pub mod api;
 pub mod cli;

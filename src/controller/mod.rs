@@ -38,13 +38,13 @@ pub struct RunArgs {
     #[arg(long, env = "QPM_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// How often each connection's job summaries are listed to find jobs changed in Qualys.
-    #[arg(long, default_value = "2m", value_parser = crate::sim::parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = crate::qualys::parse_duration)]
     pub poll_interval: Duration,
     /// Safety resync of every resource (jittered ±10%).
-    #[arg(long, default_value = "1h", value_parser = crate::sim::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::qualys::parse_duration)]
     pub resync: Duration,
     /// How often referenced Secrets are re-read by name to notice changes.
-    #[arg(long, default_value = "30s", value_parser = crate::sim::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::qualys::parse_duration)]
     pub secret_poll_interval: Duration,
     /// The Qualys budget per connection (--qualys-budget, --qualys-concurrency, …).
     #[command(flatten)]
@@ -77,7 +77,7 @@ pub struct RunArgs {
     pub concurrency: u16,
     /// On SIGTERM, how long in-flight reconciles may take before the lease is released
     /// (shorter than the lease's 15 s).
-    #[arg(long, default_value = "10s", value_parser = crate::sim::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::qualys::parse_duration)]
     pub shutdown_deadline: Duration,
     /// The operator-wide gateway, e.g. https://gateway.qg1.apps.qualys.com.
     #[arg(long, env = "QUALYS_GATEWAY_URL")]

@@ -113,7 +113,7 @@ pub fn parse_budget(s: &str) -> Result<Budget, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{calls:?} is not a whole number of calls"))?;
-    let window = sim::parse_duration(window)?;
+    let window = crate::qualys::parse_duration(window)?;
     if calls == 0 || window.is_zero() {
         return Err("both CALLS and DURATION must be more than zero".into());
     }

@@ -36,7 +36,7 @@ pub use identity::{Connection, ConnectionId, Secret};
 pub use job_cache::CachedJob;
 pub use jobs::{ItemOutcome, JobState};
 pub use model::*;
-pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings};
+pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings, parse_duration};
 
 #[cfg(test)]
 mod lossless_tests {

@@ -112,6 +112,15 @@ fn parse_pause(raw: &str) -> Result<Duration, String> {
     Duration::try_from(parsed).map_err(|_| "the pause must not be negative".to_owned())
 }
 
+/// A duration such as `30s`, `15m`, `4h`, `1h 30m` or ISO 8601 `PT4H`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a duration like 30s, 15m or 4h: {e}"))?;
+    Duration::try_from(parsed).map_err(|_| "the duration must not be negative".to_string())
+}
+
 impl BudgetArgs {
     /// `opts` with every flag given applied (0 and `none` lift a limit).
     pub fn apply(&self, opts: &mut ClientOptions) {
@@ -334,6 +343,20 @@ pub(super) fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, E
 mod tests {
     use super::*;
     use crate::qualys::{Client, Connection};
+
+    #[test]
+    fn durations_parse_in_friendly_forms() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(14_400));
+        assert_eq!(
+            parse_duration("1h 30m").unwrap(),
+            Duration::from_secs(5_400)
+        );
+        assert_eq!(parse_duration("PT2H").unwrap(), Duration::from_secs(7_200));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
 
     #[test]
     fn bad_settings_are_config_errors() {

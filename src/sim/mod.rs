@@ -36,6 +36,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::qualys::parse_duration;
+
 pub use fault::{Fault, FaultKind};
 pub use handle::{Counters, SimHandle, start};
 pub use routes::ROUTES;
@@ -408,15 +410,6 @@ pub fn parse_user(s: &str) -> Result<SimUser, String> {
     Ok(user)
 }
 
-/// A duration such as `30s`, `15m`, `4h`, `1h 30m` or ISO 8601 `PT4H`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let parsed: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("not a duration like 30s, 15m or 4h: {e}"))?;
-    Duration::try_from(parsed).map_err(|_| "the duration must not be negative".to_string())
-}
-
 /// `N/SECS`, e.g. `300/3600`.
 pub fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
     let (n, secs) = s
@@ -486,20 +479,6 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(!format!("{c:?}").contains("hunter2-secret"));
-    }
-
-    #[test]
-    fn durations_parse_in_friendly_forms() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(14_400));
-        assert_eq!(
-            parse_duration("1h 30m").unwrap(),
-            Duration::from_secs(5_400)
-        );
-        assert_eq!(parse_duration("PT2H").unwrap(), Duration::from_secs(7_200));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-5s").is_err());
     }
 
     #[derive(clap::Parser)]
