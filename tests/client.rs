@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qpm_operator::qualys::{
-    Client, ClientOptions, Connection, Endpoint, Error, JobBody, JobState, Observer, ProxySettings,
-    RateLimitInfo,
+    Client, ClientOptions, Connection, Endpoint, Error, JobBody, Observer, ProxySettings,
+    RateLimitInfo, WireState,
 };
 use qpm_operator::sim::{self, Fault, FaultKind, RateLimit, SimConfig, SimHandle, SimUser};
 use serde_json::{Value, json};
@@ -183,7 +183,7 @@ async fn every_operation_works_against_the_simulator() {
     );
 
     let enabled = client
-        .set_status(std::slice::from_ref(&linux_id), JobState::Enabled)
+        .set_status(std::slice::from_ref(&linux_id), WireState::Enabled)
         .await
         .unwrap();
     assert_eq!(enabled.len(), 1);
@@ -191,7 +191,7 @@ async fn every_operation_works_against_the_simulator() {
     assert_eq!(enabled[0].name.as_deref(), Some("ops-linux"));
     assert_eq!(sim.job(&linux_id).unwrap()["status"], json!("Enabled"));
     let disabled = client
-        .set_status(std::slice::from_ref(&linux_id), JobState::Disabled)
+        .set_status(std::slice::from_ref(&linux_id), WireState::Disabled)
         .await
         .unwrap();
     assert_eq!(disabled[0].result, Ok(()));
@@ -767,12 +767,12 @@ async fn bulk_calls_report_each_item() {
     let once = client.create_job(&job("on-demand")).await.unwrap();
     let once_id = once.job_id().unwrap().to_owned();
     let enabled = client
-        .set_status(std::slice::from_ref(&once_id), JobState::Enabled)
+        .set_status(std::slice::from_ref(&once_id), WireState::Enabled)
         .await
         .unwrap();
     assert_eq!(enabled[0].result, Ok(()));
     let disabled = client
-        .set_status(&[once_id.clone(), unknown.clone()], JobState::Disabled)
+        .set_status(&[once_id.clone(), unknown.clone()], WireState::Disabled)
         .await
         .unwrap();
     assert_eq!(
@@ -1166,7 +1166,7 @@ mod stub {
             })
         );
         let outcomes = client
-            .set_status(&["a".to_owned(), "b".to_owned()], JobState::Enabled)
+            .set_status(&["a".to_owned(), "b".to_owned()], WireState::Enabled)
             .await
             .unwrap();
         assert_eq!(

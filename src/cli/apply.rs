@@ -285,14 +285,14 @@ impl<S: StateStore> StateStore for TrackingStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::{Event, EventType};
+    use crate::reconcile::{Notice, NoticeType};
 
     fn outcome(
         reason: Reason,
         wrote: bool,
         events: &[(&'static str, &str)],
         updated_fields: &[&str],
-        state_set: Option<crate::qualys::JobState>,
+        state_set: Option<crate::qualys::WireState>,
     ) -> Outcome {
         // Build through the public fields (the constructor is the engine's).
         let mut o = crate::reconcile::engine::api_failure(
@@ -308,8 +308,8 @@ mod tests {
         o.state_set = state_set;
         o.events = events
             .iter()
-            .map(|(r, n)| Event {
-                type_: EventType::Normal,
+            .map(|(r, n)| Notice {
+                type_: NoticeType::Normal,
                 reason: r,
                 note: n.to_string(),
             })
@@ -339,7 +339,7 @@ mod tests {
                 ("Enabled", "enabled job J"),
             ],
             &[],
-            Some(crate::qualys::JobState::Enabled),
+            Some(crate::qualys::WireState::Enabled),
         ));
         assert_eq!(created.line(), "created ns/n: job J; status → Enabled");
         let updated = described(&outcome(

@@ -11,7 +11,7 @@ use super::common;
 use super::connect::{ConnectionArgs, Session};
 use super::output;
 use super::state_file::StateFile;
-use crate::qualys::{Client, Endpoint, Error, JobBody, JobState, values};
+use crate::qualys::{Client, Endpoint, Error, JobBody, WireState, values};
 use clap::Args;
 use std::fmt;
 use std::process::ExitCode;
@@ -184,11 +184,11 @@ pub async fn check(client: &Client, target: &str) -> Vec<CheckLine> {
     let status = format!(
         "{} ({})",
         Endpoint::SetStatus.as_str(),
-        JobState::Disabled.as_str()
+        WireState::Disabled.as_str()
     );
     lines.push(bulk_line(
         &status,
-        client.set_status(&ids, JobState::Disabled).await,
+        client.set_status(&ids, WireState::Disabled).await,
     ));
     lines
 }
@@ -231,7 +231,7 @@ fn skip_rest(lines: &mut Vec<CheckLine>, why: &str, done: usize) {
         format!(
             "{} ({})",
             Endpoint::SetStatus.as_str(),
-            JobState::Disabled.as_str()
+            WireState::Disabled.as_str()
         ),
     ];
     for name in all.into_iter().skip(done) {

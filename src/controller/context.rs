@@ -29,7 +29,7 @@ pub struct Settings {
     pub listing_max_age: Duration,
 }
 
-pub struct Ctx {
+pub struct Shared {
     pub kube: kube::Client,
     pub store: Store<DeploymentJob>,
     pub connections: Connections,
@@ -45,7 +45,7 @@ pub struct Ctx {
     cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
 }
 
-impl Ctx {
+impl Shared {
     pub fn new(
         kube: kube::Client,
         store: Store<DeploymentJob>,
@@ -55,7 +55,7 @@ impl Ctx {
         settings: Settings,
         trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     ) -> Self {
-        Ctx {
+        Shared {
             kube,
             store,
             connections,

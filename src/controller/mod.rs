@@ -14,7 +14,7 @@ pub mod triggers;
 use crate::api::DeploymentJob;
 use crate::qualys::{ClientOptions, Connection, Secret};
 use clap::{ArgAction, Args, ValueEnum};
-use context::{Ctx, Settings};
+use context::{Settings, Shared};
 use events::Recorder;
 use futures::StreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -438,7 +438,7 @@ async fn run_controller(
         },
     ));
     let ctx = Arc::new(
-        Ctx::new(
+        Shared::new(
             kube.clone(),
             reader.clone(),
             connections,

@@ -3,18 +3,18 @@
 //! engine decides, this adapts it to Kubernetes.
 
 use super::connections::{ConnectionError, Resolved};
-use super::context::Ctx;
+use super::context::Shared;
 use super::status::{StatusWriter, compose, paused};
 use crate::api::{
     ANNOTATION_FORCE_ORPHAN, ANNOTATION_PAUSED, DeploymentJob, DriftPolicy, FINALIZER, KeyRef,
     Reason, ScriptSource, ScriptStore, validate::UnknownFields, validate_manifest_with,
 };
 use crate::reconcile::engine::{self, CleanupOptions};
-use crate::reconcile::{Claims, Context, EngineState, EventType, Mode, Outcome, ScriptResolver};
+use crate::reconcile::{Claims, Context, EngineState, Mode, NoticeType, Outcome, ScriptResolver};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -84,12 +84,12 @@ fn is_true(dj: &DeploymentJob, annotation: &str) -> bool {
 /// the finalizer helper's borrowed arguments without the concrete type erased here.
 pub fn reconcile(
     dj: Arc<DeploymentJob>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Shared>,
 ) -> BoxFuture<'static, Result<Action, Error>> {
     Box::pin(reconcile_inner(dj, ctx))
 }
 
-async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Shared>) -> Result<Action, Error> {
     let started = Instant::now();
     let key = key_of(&dj);
     let api: Api<DeploymentJob> =
@@ -126,7 +126,7 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Ctx>) -> Result<Action
 }
 
 /// Retries with per-resource exponential backoff and jitter, capped; honours Retry-After.
-pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Shared>) -> Action {
     let key = key_of(&dj);
     if error.is_refused() {
         tracing::error!(resource = %key, error = %error, "status write refused; stopped until the resource or the CRD changes");
@@ -138,11 +138,11 @@ pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Ctx>) -> Act
     Action::requeue(delay)
 }
 
-fn apply(dj: Arc<DeploymentJob>, ctx: &Ctx) -> BoxFuture<'_, Result<Action, Error>> {
+fn apply(dj: Arc<DeploymentJob>, ctx: &Shared) -> BoxFuture<'_, Result<Action, Error>> {
     Box::pin(apply_inner(dj, ctx))
 }
 
-async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error> {
+async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Shared) -> Result<Action, Error> {
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -248,7 +248,7 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
 
 /// Write the status and events of an outcome and choose what happens next.
 async fn finish(
-    ctx: &Ctx,
+    ctx: &Shared,
     dj: &DeploymentJob,
     writer: &mut StatusWriter,
     status: crate::api::DeploymentJobStatus,
@@ -302,15 +302,15 @@ async fn write(
 }
 
 async fn stalled(
-    ctx: &Ctx,
+    ctx: &Shared,
     dj: &DeploymentJob,
     writer: &mut StatusWriter,
     reason: Reason,
     message: String,
 ) -> Result<Action, Error> {
     let mut outcome = Outcome::new(reason, message.clone());
-    outcome.events.push(crate::reconcile::Event {
-        type_: EventType::Warning,
+    outcome.events.push(crate::reconcile::Notice {
+        type_: NoticeType::Warning,
         reason: reason.as_str(),
         note: message,
     });
@@ -319,7 +319,7 @@ async fn stalled(
 
 /// Report an outcome decided before the engine ran (its memory in status stays as it was).
 async fn without_engine(
-    ctx: &Ctx,
+    ctx: &Shared,
     dj: &DeploymentJob,
     writer: &mut StatusWriter,
     outcome: &Outcome,
@@ -335,11 +335,11 @@ async fn without_engine(
     finish(ctx, dj, writer, status, outcome).await
 }
 
-fn cleanup(dj: Arc<DeploymentJob>, ctx: &Ctx) -> BoxFuture<'_, Result<Action, Error>> {
+fn cleanup(dj: Arc<DeploymentJob>, ctx: &Shared) -> BoxFuture<'_, Result<Action, Error>> {
     Box::pin(cleanup_inner(dj, ctx))
 }
 
-async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error> {
+async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Shared) -> Result<Action, Error> {
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -349,7 +349,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
         publish_one(
             ctx,
             &dj,
-            KubeEventType::Normal,
+            EventType::Normal,
             "DeletingWhilePaused",
             "the resource is being deleted: deletion proceeds although pm.qualys.io/paused is set",
         )
@@ -369,7 +369,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
                 publish_one(
                     ctx,
                     &dj,
-                    KubeEventType::Normal,
+                    EventType::Normal,
                     "UsingLastGoodCredentials",
                     &format!(
                         "{e}; deleting with the credentials that last worked for this resource"
@@ -432,7 +432,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
 
 /// The engine's view of one reconcile of `dj` through `conn`.
 fn engine_context<'a>(
-    ctx: &Ctx,
+    ctx: &Shared,
     dj: &DeploymentJob,
     conn: &'a Resolved,
     claims: &'a dyn Claims,
@@ -474,7 +474,7 @@ impl ScriptResolver for FetchedScripts {
 }
 
 async fn fetch_scripts(
-    ctx: &Ctx,
+    ctx: &Shared,
     namespace: &str,
     dj: &DeploymentJob,
 ) -> Result<FetchedScripts, Error> {
@@ -595,23 +595,17 @@ impl Claims for StoreClaims<'_> {
     }
 }
 
-async fn publish(ctx: &Ctx, dj: &DeploymentJob, outcome: &Outcome) {
+async fn publish(ctx: &Shared, dj: &DeploymentJob, outcome: &Outcome) {
     for e in &outcome.events {
         let t = match e.type_ {
-            EventType::Normal => KubeEventType::Normal,
-            EventType::Warning => KubeEventType::Warning,
+            NoticeType::Normal => EventType::Normal,
+            NoticeType::Warning => EventType::Warning,
         };
         publish_one(ctx, dj, t, e.reason, &e.note).await;
     }
 }
 
-async fn publish_one(
-    ctx: &Ctx,
-    dj: &DeploymentJob,
-    type_: KubeEventType,
-    reason: &str,
-    note: &str,
-) {
+async fn publish_one(ctx: &Shared, dj: &DeploymentJob, type_: EventType, reason: &str, note: &str) {
     // Events are at most 1 KiB; messages never hold secrets, but may be long.
     let mut note = note.to_string();
     if note.len() > 1000 {
@@ -621,7 +615,7 @@ async fn publish_one(
         }
         note.truncate(cut);
     }
-    let event = KubeEvent {
+    let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),

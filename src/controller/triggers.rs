@@ -2,7 +2,7 @@
 //! summary poller), a referenced Secret that changed (re-read by name), a referenced
 //! ConfigMap that changed (a metadata-only watch), and a parent that got its job id.
 
-use super::context::Ctx;
+use super::context::Shared;
 use super::reconciler::key_of;
 use crate::api::{DeploymentJob, DriftPolicy, ScriptStore};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// on every poll. The cursor lives in memory: after a restart the first pass reads everything
 /// the startup reconciles have not already seen. The interval stretches so polling spends at
 /// most its share of each connection's budget (`ClientOptions::poll_share`).
-pub async fn poll_summaries(ctx: Arc<Ctx>) {
+pub async fn poll_summaries(ctx: Arc<Shared>) {
     let mut wait = ctx.settings.poll_interval;
     loop {
         tokio::time::sleep(wait).await;
@@ -36,7 +36,7 @@ pub async fn poll_summaries(ctx: Arc<Ctx>) {
 
 /// One pass over every connection in use; returns the shortest interval until the next pass
 /// that keeps each connection's polling within its share of the budget.
-pub async fn poll_once(ctx: &Ctx) -> std::time::Duration {
+pub async fn poll_once(ctx: &Shared) -> std::time::Duration {
     let mut floor = std::time::Duration::ZERO;
     let active = ctx.connections.active();
     ctx.keep_cursors_of(active.iter().map(|(id, ..)| id));
@@ -81,7 +81,7 @@ pub async fn poll_once(ctx: &Ctx) -> std::time::Duration {
 
 /// Re-read every referenced Secret by name (metadata only) each interval; a change, creation
 /// or deletion re-queues exactly the resources that reference it. No list or watch of Secrets.
-pub async fn poll_secrets(ctx: Arc<Ctx>) {
+pub async fn poll_secrets(ctx: Arc<Shared>) {
     let mut seen: HashMap<(String, String), Option<String>> = HashMap::new();
     let mut interval = tokio::time::interval(ctx.settings.secret_poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -27,16 +27,16 @@ pub(super) struct LearnedPageSize {
 
 /// The states a job can be put in through the status endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobState {
+pub enum WireState {
     Enabled,
     Disabled,
 }
 
-impl JobState {
+impl WireState {
     pub fn as_str(self) -> &'static str {
         match self {
-            JobState::Enabled => values::ENABLED,
-            JobState::Disabled => values::DISABLED,
+            WireState::Enabled => values::ENABLED,
+            WireState::Disabled => values::DISABLED,
         }
     }
 }
@@ -346,7 +346,7 @@ impl Client {
     pub async fn set_status(
         &self,
         ids: &[String],
-        state: JobState,
+        state: WireState,
     ) -> Result<Vec<ItemOutcome>, Error> {
         ids.iter().for_each(|id| self.forget(id, false));
         let url = self.url(&[

@@ -34,7 +34,7 @@ pub use error::Error;
 pub use field::{Field, LooseInt};
 pub use identity::{Connection, ConnectionId, Secret};
 pub use job_cache::CachedJob;
-pub use jobs::{ItemOutcome, JobState};
+pub use jobs::{ItemOutcome, WireState};
 pub use model::*;
 pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings, parse_duration};
 

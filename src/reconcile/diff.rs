@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// One field whose live value differs from the desired one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FieldChange {
+pub struct FieldDiff {
     /// Path in the job body: `approvedPatches`, `preDeployActions[0].params.timeout`.
     pub path: String,
     /// The live value (`null` when unset).
@@ -14,7 +14,7 @@ pub struct FieldChange {
     pub to: Value,
 }
 
-impl FieldChange {
+impl FieldDiff {
     /// The form kept in `status.pendingChanges`.
     pub fn to_status(&self) -> crate::api::FieldChange {
         let show = |v: &Value| {
@@ -34,13 +34,13 @@ impl FieldChange {
 
 /// Differences between `desired` and `live`, both normalised. Keys absent from `desired` are
 /// not managed and never reported.
-pub fn diff(desired: &Value, live: &Value) -> Vec<FieldChange> {
+pub fn diff(desired: &Value, live: &Value) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     walk(desired, live, &mut String::new(), &mut out);
     out
 }
 
-fn walk(desired: &Value, live: &Value, path: &mut String, out: &mut Vec<FieldChange>) {
+fn walk(desired: &Value, live: &Value, path: &mut String, out: &mut Vec<FieldDiff>) {
     match desired {
         Value::Object(d) => {
             let empty = serde_json::Map::new();
@@ -86,8 +86,8 @@ fn live_has_objects(live: &Value) -> bool {
         .is_some_and(|l| l.iter().any(Value::is_object))
 }
 
-fn change(path: &str, from: &Value, to: &Value) -> FieldChange {
-    FieldChange {
+fn change(path: &str, from: &Value, to: &Value) -> FieldDiff {
+    FieldDiff {
         path: path.to_string(),
         from: from.clone(),
         to: to.clone(),
@@ -106,7 +106,7 @@ mod tests {
         let changes = diff(&desired, &live);
         assert_eq!(
             changes,
-            vec![FieldChange {
+            vec![FieldDiff {
                 path: "timeout".into(),
                 from: json!(7),
                 to: json!(6)

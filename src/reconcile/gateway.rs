@@ -7,8 +7,8 @@
 //! GatewayRead`) needs them to have one type.
 
 use crate::qualys::{
-    self, Audit, AuditUser, Client, Error as QError, Field, ItemOutcome, JobBody, JobState,
-    JobSummary, LooseInt,
+    self, Audit, AuditUser, Client, Error as QError, Field, ItemOutcome, JobBody, JobSummary,
+    LooseInt, WireState,
 };
 use futures::future::{BoxFuture, FutureExt};
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ pub trait GatewayWrite: GatewayRead {
     fn set_status<'a>(
         &'a self,
         ids: &'a [String],
-        state: JobState,
+        state: WireState,
     ) -> BoxFuture<'a, Result<Vec<ItemOutcome>, QError>>;
     fn delete_jobs<'a>(
         &'a self,
@@ -73,7 +73,7 @@ impl GatewayWrite for Client {
     fn set_status<'a>(
         &'a self,
         ids: &'a [String],
-        state: JobState,
+        state: WireState,
     ) -> BoxFuture<'a, Result<Vec<ItemOutcome>, QError>> {
         Client::set_status(self, ids, state).boxed()
     }
@@ -252,7 +252,7 @@ impl GatewayWrite for MemoryGateway {
     fn set_status<'a>(
         &'a self,
         ids: &'a [String],
-        state: JobState,
+        state: WireState,
     ) -> BoxFuture<'a, Result<Vec<ItemOutcome>, QError>> {
         self.count("status");
         let result = self.bulk(ids, |jobs, id| match jobs.get_mut(id) {

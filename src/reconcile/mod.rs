@@ -14,10 +14,10 @@ pub mod render;
 pub mod state;
 pub mod update;
 
-pub use diff::{FieldChange, diff};
+pub use diff::{FieldDiff, diff};
 pub use directory::Directory;
 pub use engine::{
-    Claims, Context, Event, EventType, IdentifiedBy, Mode, NoClaims, Observation, Outcome,
+    Claims, Context, IdentifiedBy, Mode, NoClaims, Notice, NoticeType, Observation, Outcome,
 };
 pub use gateway::{GatewayRead, GatewayWrite, MemoryGateway};
 pub use normalise::{normalise, normalise_desired, normalise_live, normalise_live_managed};

@@ -21,7 +21,7 @@ fn render_plain(spec: &JobSpec, linked: Option<&str>) -> Rendered {
     render(spec, &inputs).unwrap()
 }
 
-fn paths(changes: &[FieldChange]) -> Vec<&str> {
+fn paths(changes: &[FieldDiff]) -> Vec<&str> {
     changes.iter().map(|c| c.path.as_str()).collect()
 }
 

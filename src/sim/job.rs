@@ -44,7 +44,7 @@ pub struct RequestDoc {
 }
 
 /// What a create or update needs from the server.
-pub struct Ctx<'a> {
+pub struct ServerInputs<'a> {
     pub customer_id: &'a str,
     pub caller: &'a Caller,
     pub now_ms: i64,
@@ -164,7 +164,7 @@ fn list_len(list: &Field<Vec<String>>) -> i64 {
 
 /// `POST /pm/v1/deploymentjob`.
 pub fn prepare_create(
-    ctx: &mut Ctx<'_>,
+    ctx: &mut ServerInputs<'_>,
     store: &StoreView<'_>,
     req: RequestDoc,
 ) -> Result<Prepared, ApiError> {
@@ -221,7 +221,7 @@ pub fn prepare_create(
 /// `PATCH /pm/v1/deploymentjob/update/{id}`: keys absent from the body keep their stored
 /// values; keys present (even `null`) replace them.
 pub fn prepare_update(
-    ctx: &mut Ctx<'_>,
+    ctx: &mut ServerInputs<'_>,
     store: &StoreView<'_>,
     id: &str,
     stored: &JobBody,
@@ -316,7 +316,7 @@ fn same_set(a: &Field<Vec<String>>, b: &Field<Vec<String>>) -> bool {
 
 /// The transformations common to create and update, then validation.
 fn finish(
-    ctx: &mut Ctx<'_>,
+    ctx: &mut ServerInputs<'_>,
     store: &StoreView<'_>,
     out: &mut Prepared,
     known_actions: &HashSet<String>,
@@ -362,7 +362,7 @@ fn finish(
 /// new actions get new ids. Scripts: base64 content is decoded, stored, and replaced by the
 /// storage path; the action's own path keeps what is stored; `""` stays `""`.
 fn actions(
-    ctx: &mut Ctx<'_>,
+    ctx: &mut ServerInputs<'_>,
     customer: &str,
     out: &mut Prepared,
     known: &HashSet<String>,

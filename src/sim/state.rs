@@ -254,7 +254,7 @@ impl SimState {
         let mut store = self.write();
         let prepared = {
             let mut gen_id = || self.unused_id(&store);
-            let mut ctx = job::Ctx {
+            let mut ctx = job::ServerInputs {
                 customer_id: &self.config.customer_id,
                 caller,
                 now_ms: now_ms(),
@@ -330,7 +330,7 @@ impl SimState {
         }
         let prepared = {
             let mut gen_id = || self.unused_id(&store);
-            let mut ctx = job::Ctx {
+            let mut ctx = job::ServerInputs {
                 customer_id: &self.config.customer_id,
                 caller,
                 now_ms: now_ms(),

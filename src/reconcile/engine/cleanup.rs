@@ -1,7 +1,7 @@
 //! Deletion: delete the job the resource has proven its own, or leave it in Qualys.
 
 use super::observe::{IdentifiedBy, find_live};
-use super::outcome::{Event, Outcome, api_failure, finished};
+use super::outcome::{Notice, Outcome, api_failure, finished};
 use super::{Claims, Context};
 use crate::api::{DeletionPolicy, DeploymentJobSpec, Reason};
 use crate::qualys::Error as QError;
@@ -83,7 +83,7 @@ pub fn release_without_qualys(
                 "left job {job_id} in Qualys: {why}; a resource deletes only a job it created or adopted"
             ));
             o.events
-                .push(Event::normal("OrphanedNotOwned", o.message.clone()));
+                .push(Notice::normal("OrphanedNotOwned", o.message.clone()));
             Some(o)
         }
     }
@@ -143,7 +143,7 @@ pub async fn cleanup<S: StateStore, Q: GatewayWrite + ?Sized>(
                         Reason::DeletionBlocked,
                         format!("Qualys refused to delete job {id}: {message}; fix that in Qualys, or set pm.qualys.io/force-orphan: \"true\" to leave the job"),
                     )
-                    .event(Event::warning("DeleteFailed", format!("Qualys refused to delete job {id}: {message}")));
+                    .event(Notice::warning("DeleteFailed", format!("Qualys refused to delete job {id}: {message}")));
                 }
                 Err(e) => return api_failure(&e, "confirming the deletion"),
             }
@@ -165,7 +165,9 @@ pub async fn cleanup<S: StateStore, Q: GatewayWrite + ?Sized>(
     let mut o = Outcome::new(Reason::Deleting, format!("deleted job {id}"));
     o.finished = true;
     o.wrote = true;
-    o.events
-        .push(Event::normal("Deleted", format!("deleted Qualys job {id}")));
+    o.events.push(Notice::normal(
+        "Deleted",
+        format!("deleted Qualys job {id}"),
+    ));
     o
 }

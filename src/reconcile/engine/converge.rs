@@ -3,7 +3,7 @@
 
 use super::Context;
 use super::observe::{IdentifiedBy, Observation, StateAction, is_recurring};
-use super::outcome::{Event, Outcome, api_failure, with_live};
+use super::outcome::{Notice, Outcome, api_failure, with_live};
 use crate::api::{DeploymentJobSpec, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
 use crate::reconcile::diff::diff;
@@ -17,7 +17,7 @@ use jiff::Timestamp;
 struct Progress {
     id: String,
     current: JobBody,
-    events: Vec<Event>,
+    events: Vec<Notice>,
     wrote: bool,
 }
 
@@ -104,7 +104,7 @@ async fn bind<S: StateStore, Q: GatewayWrite + ?Sized>(
     Ok(true)
 }
 
-fn adoption_events(obs: &Observation, id: &str, newly_bound: bool) -> Vec<Event> {
+fn adoption_events(obs: &Observation, id: &str, newly_bound: bool) -> Vec<Notice> {
     let note = match obs.identified_by {
         IdentifiedBy::JobId if newly_bound => {
             format!("adopted existing Qualys job {id} (spec.jobId)")
@@ -115,7 +115,7 @@ fn adoption_events(obs: &Observation, id: &str, newly_bound: bool) -> Vec<Event>
         IdentifiedBy::Name if newly_bound => format!("found job {id} by its name"),
         _ => return Vec::new(),
     };
-    vec![Event::normal("Adopted", note)]
+    vec![Notice::normal("Adopted", note)]
 }
 
 /// PATCH the body fields that differ; the fields written, or the outcome that stopped it (a
@@ -163,7 +163,7 @@ async fn write_update<Q: GatewayWrite + ?Sized>(
             stuck.join(", ")
         );
         return Err(Outcome::new(Reason::NotConverging, msg.clone())
-            .event(Event::warning("NotConverging", msg)));
+            .event(Notice::warning("NotConverging", msg)));
     }
     Ok(obs.changes.iter().map(|c| c.path.clone()).collect())
 }
@@ -186,13 +186,13 @@ fn record_update(
     }
     let fields = updated_fields.join(", ");
     if drifted {
-        p.events.push(Event::normal(
+        p.events.push(Notice::normal(
             "DriftCorrected",
             format!("corrected drift of job {id} in: {fields}"),
         ));
         updated_fields.to_vec()
     } else {
-        p.events.push(Event::normal(
+        p.events.push(Notice::normal(
             "Updated",
             format!("updated job {id}: {fields}"),
         ));
@@ -207,20 +207,20 @@ async fn change_state<Q: GatewayWrite + ?Sized>(
     ctx: &Context<'_, Q>,
     obs: &Observation,
     p: &mut Progress,
-) -> Result<Option<qualys::JobState>, Outcome> {
+) -> Result<Option<qualys::WireState>, Outcome> {
     let Some(StateAction::Set(target)) = &obs.state_action else {
         return Ok(None);
     };
     let (target, id) = (*target, &p.id);
     if let Err(e) = set_state(ctx, id, target).await {
         return Err(
-            if target == qualys::JobState::Disabled && !is_recurring(spec, &p.current) {
+            if target == qualys::WireState::Disabled && !is_recurring(spec, &p.current) {
                 let msg = format!(
                     "job {id} is a non-recurring job that has been enabled; Qualys does not allow disabling it ({e}). \
                      Set spec.job.status: Enabled or remove the field"
                 );
                 Outcome::new(Reason::CannotDisable, msg.clone())
-                    .event(Event::warning("CannotDisable", msg))
+                    .event(Notice::warning("CannotDisable", msg))
             } else {
                 api_failure(&e, "changing the job's state")
             },
@@ -228,14 +228,14 @@ async fn change_state<Q: GatewayWrite + ?Sized>(
     }
     p.wrote = true;
     state.last_write_time = Some(Timestamp::now());
-    let reason = if target == qualys::JobState::Enabled {
+    let reason = if target == qualys::WireState::Enabled {
         state.last_enabled_time = Some(Timestamp::now());
         "Enabled"
     } else {
         "Disabled"
     };
     p.current.status = qualys::Field::Value(target.as_str().to_string());
-    p.events.push(Event::normal(
+    p.events.push(Notice::normal(
         reason,
         format!("set job {id} {}", target.as_str()),
     ));
@@ -287,7 +287,7 @@ fn report_differences(obs: &Observation, id: &str) -> Outcome {
             "; status would not be changed with driftPolicy Correct either: {why}"
         ));
     }
-    let mut o = Outcome::new(Reason::DriftDetected, message).event(Event::warning(
+    let mut o = Outcome::new(Reason::DriftDetected, message).event(Notice::warning(
         "DriftDetected",
         format!("job {id} differs from the spec in: {}", fields.join(", ")),
     ));
@@ -299,7 +299,7 @@ fn report_differences(obs: &Observation, id: &str) -> Outcome {
 pub(super) async fn set_state<Q: GatewayWrite + ?Sized>(
     ctx: &Context<'_, Q>,
     id: &str,
-    target: qualys::JobState,
+    target: qualys::WireState,
 ) -> Result<(), QError> {
     let items = ctx.client.set_status(&[id.to_string()], target).await?;
     match items.into_iter().find(|i| i.id == id) {

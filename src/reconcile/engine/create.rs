@@ -4,7 +4,7 @@
 use super::Context;
 use super::converge::set_state;
 use super::observe::Observation;
-use super::outcome::{Event, Outcome, api_failure, refused_outright, with_live};
+use super::outcome::{Notice, Outcome, api_failure, refused_outright, with_live};
 use crate::api::{DeploymentJobSpec, JobState, PendingCreate, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
 use crate::reconcile::directory::Listed;
@@ -66,11 +66,11 @@ pub(super) async fn create<S: StateStore, Q: GatewayWrite + ?Sized>(
     outcome.wrote = true;
     outcome
         .events
-        .push(Event::normal("Created", format!("{verb} Qualys job {id}")));
+        .push(Notice::normal("Created", format!("{verb} Qualys job {id}")));
     if let Err(e) = saved {
         outcome
             .events
-            .push(Event::warning("StateNotSaved", e.to_string()));
+            .push(Notice::warning("StateNotSaved", e.to_string()));
     }
     enable_if_asked(spec, state, ctx, outcome, created, &id).await
 }
@@ -92,7 +92,7 @@ async fn post<S: StateStore, Q: GatewayWrite + ?Sized>(
                 format!("{e}; the next attempt looks the job up before creating anything"),
             );
             o.events
-                .push(Event::warning("CreateOutcomeUnknown", o.message.clone()));
+                .push(Notice::warning("CreateOutcomeUnknown", o.message.clone()));
             Err(o)
         }
         Err(e) if refused_outright(&e) => {
@@ -121,15 +121,15 @@ async fn enable_if_asked<Q: GatewayWrite + ?Sized>(
     if spec.job.status != Some(JobState::Enabled) {
         return with_live(outcome, &live);
     }
-    if let Err(e) = set_state(ctx, id, qualys::JobState::Enabled).await {
+    if let Err(e) = set_state(ctx, id, qualys::WireState::Enabled).await {
         return with_live(api_failure(&e, "enabling the new job"), &live);
     }
     state.last_enabled_time = Some(Timestamp::now());
     live.status = qualys::Field::Value(qualys::values::ENABLED.to_string());
-    outcome.state_set = Some(qualys::JobState::Enabled);
+    outcome.state_set = Some(qualys::WireState::Enabled);
     outcome
         .events
-        .push(Event::normal("Enabled", format!("enabled job {id}")));
+        .push(Notice::normal("Enabled", format!("enabled job {id}")));
     with_live(outcome, &live)
 }
 

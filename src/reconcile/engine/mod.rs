@@ -12,10 +12,11 @@ mod outcome;
 pub use cleanup::{CleanupOptions, Ownership, cleanup, ownership, release_without_qualys};
 pub use observe::{IdentifiedBy, Observation, observe};
 pub use outcome::{
-    Event, EventType, Outcome, api_failure, last_change_ms, later_date_ms, live_summary, reason_for,
+    Notice, NoticeType, Outcome, api_failure, last_change_ms, later_date_ms, live_summary,
+    reason_for,
 };
 
-use super::diff::FieldChange;
+use super::diff::FieldDiff;
 use super::directory::Directory;
 use super::gateway::GatewayWrite;
 use super::render::ScriptResolver;
@@ -86,7 +87,7 @@ pub async fn apply<S: StateStore, Q: GatewayWrite + ?Sized>(
                 Reason::DriftDetected,
                 "the job does not exist in Qualys; driftPolicy Report creates nothing",
             );
-            o.pending_changes = vec![FieldChange {
+            o.pending_changes = vec![FieldDiff {
                 path: String::new(),
                 from: Value::Null,
                 to: Value::String("(create job)".into()),

@@ -7,7 +7,7 @@ use crate::api::{
     DeploymentJobSpec, JobState, PendingCreate, Reason, RecreatePolicy, ScheduleType,
 };
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::{FieldChange, diff};
+use crate::reconcile::diff::{FieldDiff, diff};
 use crate::reconcile::digest::value_digest;
 use crate::reconcile::directory::Listed;
 use crate::reconcile::gateway::GatewayRead;
@@ -52,10 +52,10 @@ impl IdentifiedBy {
 /// What should happen to the job's Enabled/Disabled state.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum StateAction {
-    Set(qualys::JobState),
+    Set(qualys::WireState),
     /// A difference the operator deliberately leaves alone, with why.
     Leave {
-        to: qualys::JobState,
+        to: qualys::WireState,
         why: String,
     },
 }
@@ -69,7 +69,7 @@ pub struct Observation {
     pub live: Option<JobBody>,
     pub identified_by: IdentifiedBy,
     /// Body fields that differ (never `status`).
-    pub changes: Vec<FieldChange>,
+    pub changes: Vec<FieldDiff>,
     pub(super) state_action: Option<StateAction>,
     /// True when this pass binds an existing job to the resource for the first time.
     pub(super) adopting: bool,
@@ -79,7 +79,7 @@ pub struct Observation {
 
 impl Observation {
     /// The status change, as a field change (`status`), when one is due.
-    pub fn status_change(&self) -> Option<FieldChange> {
+    pub fn status_change(&self) -> Option<FieldDiff> {
         match &self.state_action {
             Some(StateAction::Set(s)) => Some(self.status_field_change(*s)),
             _ => None,
@@ -88,7 +88,7 @@ impl Observation {
 
     /// The live state differs from the spec's, whether or not the operator would change it,
     /// with why it would not (Report mode shows both).
-    pub fn status_difference(&self) -> Option<(FieldChange, Option<&str>)> {
+    pub fn status_difference(&self) -> Option<(FieldDiff, Option<&str>)> {
         match &self.state_action {
             Some(StateAction::Set(s)) => Some((self.status_field_change(*s), None)),
             Some(StateAction::Leave { to, why }) => {
@@ -98,8 +98,8 @@ impl Observation {
         }
     }
 
-    fn status_field_change(&self, to: qualys::JobState) -> FieldChange {
-        FieldChange {
+    fn status_field_change(&self, to: qualys::WireState) -> FieldDiff {
+        FieldDiff {
             path: "status".into(),
             from: self
                 .live
@@ -112,7 +112,7 @@ impl Observation {
     }
 
     /// Every change a plan would make (body fields, then status).
-    pub fn all_changes(&self) -> Vec<FieldChange> {
+    pub fn all_changes(&self) -> Vec<FieldDiff> {
         let mut all = self.changes.clone();
         all.extend(self.status_change());
         all
@@ -442,16 +442,16 @@ fn state_action<Q: GatewayRead + ?Sized>(
         || (state.adopted_generation.is_some() && state.adopted_generation == ctx.generation);
     match desired {
         JobState::Enabled if adopted_now => Some(StateAction::Leave {
-            to: qualys::JobState::Enabled,
+            to: qualys::WireState::Enabled,
             why: "the job is Disabled in Qualys; the operator never enables a job it adopts — change the spec to enable it".into(),
         }),
         JobState::Enabled if !is_recurring(spec, live) && state.last_enabled_time.is_some() => {
             Some(StateAction::Leave {
-                to: qualys::JobState::Enabled,
+                to: qualys::WireState::Enabled,
                 why: "this non-recurring job was enabled once already; enabling it again would run it again, so the operator leaves it Disabled".into(),
             })
         }
-        JobState::Enabled => Some(StateAction::Set(qualys::JobState::Enabled)),
-        JobState::Disabled => Some(StateAction::Set(qualys::JobState::Disabled)),
+        JobState::Enabled => Some(StateAction::Set(qualys::WireState::Enabled)),
+        JobState::Disabled => Some(StateAction::Set(qualys::WireState::Disabled)),
     }
 }

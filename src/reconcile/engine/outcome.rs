@@ -3,39 +3,39 @@
 
 use crate::api::{LiveJobSummary, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::FieldChange;
+use crate::reconcile::diff::FieldDiff;
 use jiff::Timestamp;
 use serde_json::Value;
 use std::time::Duration;
 
 /// Normal or Warning, as Kubernetes events are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventType {
+pub enum NoticeType {
     Normal,
     Warning,
 }
 
 /// Something worth telling a person (a Kubernetes event in the controller, a line in the CLI).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub type_: EventType,
+pub struct Notice {
+    pub type_: NoticeType,
     /// Created, Adopted, Updated, DriftCorrected, DriftDetected, Enabled, Disabled, Deleted,
     /// Orphaned, or a failure reason.
     pub reason: &'static str,
     pub note: String,
 }
 
-impl Event {
+impl Notice {
     pub(super) fn normal(reason: &'static str, note: impl Into<String>) -> Self {
-        Event {
-            type_: EventType::Normal,
+        Notice {
+            type_: NoticeType::Normal,
             reason,
             note: note.into(),
         }
     }
     pub(super) fn warning(reason: &'static str, note: impl Into<String>) -> Self {
-        Event {
-            type_: EventType::Warning,
+        Notice {
+            type_: NoticeType::Warning,
             reason,
             note: note.into(),
         }
@@ -47,9 +47,9 @@ impl Event {
 pub struct Outcome {
     pub reason: Reason,
     pub message: String,
-    pub events: Vec<Event>,
+    pub events: Vec<Notice>,
     /// Report mode: the differences (scripts as digests).
-    pub pending_changes: Vec<FieldChange>,
+    pub pending_changes: Vec<FieldDiff>,
     /// Fields found drifted from a spec that had not changed (corrected or reported).
     pub drift_fields: Vec<String>,
     pub drift_corrected: bool,
@@ -69,7 +69,7 @@ pub struct Outcome {
     /// The body fields an update wrote (a spec change or corrected drift).
     pub updated_fields: Vec<String>,
     /// The Enabled/Disabled state the operator set.
-    pub state_set: Option<qualys::JobState>,
+    pub state_set: Option<qualys::WireState>,
 }
 
 impl Outcome {
@@ -104,11 +104,11 @@ impl Outcome {
         };
         let mut o = Outcome::new(Reason::Deleting, format!("left {what} in Qualys ({why})"));
         o.finished = true;
-        o.events.push(Event::normal("Orphaned", o.message.clone()));
+        o.events.push(Notice::normal("Orphaned", o.message.clone()));
         o
     }
 
-    pub(super) fn event(mut self, event: Event) -> Self {
+    pub(super) fn event(mut self, event: Notice) -> Self {
         self.events.push(event);
         self
     }
@@ -131,7 +131,7 @@ pub fn api_failure(e: &QError, doing: &str) -> Outcome {
     o.gateway_unreachable = matches!(e, QError::Transport { .. });
     if reason.is_stalled() {
         o.events
-            .push(Event::warning(reason.as_str(), o.message.clone()));
+            .push(Notice::warning(reason.as_str(), o.message.clone()));
     }
     o
 }
