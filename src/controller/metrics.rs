@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `qpm_reconciles_total` | counter | `result` (a condition reason, or `error`) |
 //! | `qpm_reconcile_duration_seconds` | histogram | |
+//! | `qpm_reconcile_errors_total` | counter | `error` (the kind of failure, `Error::metric_label`) |
 //! | `qpm_qualys_requests_total` | counter | `connection`, `endpoint`, `code` (`transport` when no answer) |
 //! | `qpm_qualys_request_duration_seconds` | histogram | `endpoint` |
 //! | `qpm_qualys_rate_limit_limit`, `_remaining`, `_window_seconds` | gauge | `connection` |
@@ -28,7 +29,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -57,11 +58,17 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
+}
+
 /// Every metric of one operator process.
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_duration: Histogram,
+    pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub qualys_requests: Family<RequestLabels, Counter>,
     pub qualys_request_duration: Family<EndpointLabel, Histogram>,
     pub rate_limit_limit: Family<ConnectionLabel, Gauge>,
@@ -101,6 +108,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("qpm");
         let reconciles = Family::<ResultLabel, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let reconcile_errors = Family::<ErrorLabel, Counter>::default();
         let qualys_requests = Family::<RequestLabels, Counter>::default();
         let qualys_request_duration =
             Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
@@ -143,6 +151,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Duration of one reconcile",
             reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind of failure",
+            reconcile_errors.clone(),
         );
         registry.register(
             "qualys_requests",
@@ -208,6 +221,7 @@ impl Metrics {
             registry,
             reconciles,
             reconcile_duration,
+            reconcile_errors,
             qualys_requests,
             qualys_request_duration,
             rate_limit_limit,
@@ -234,7 +248,16 @@ impl Metrics {
         out
     }
 
-    pub fn reconciled(&self, result: &str, took: Duration) {
+    /// A guard that records one reconcile when dropped; see [`ReconcileMeasurer`].
+    pub fn measure_reconcile(self: &Arc<Self>) -> ReconcileMeasurer {
+        ReconcileMeasurer {
+            started: Instant::now(),
+            metrics: self.clone(),
+            result: None,
+        }
+    }
+
+    fn reconciled(&self, result: &str, took: Duration) {
         self.reconciles
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
@@ -292,6 +315,40 @@ impl Metrics {
             metrics: self.clone(),
             connection,
         })
+    }
+}
+
+/// Records one reconcile (`qpm_reconciles_total`, its duration, the last-reconcile time) when
+/// dropped, so that no path out of a reconcile — an early `?` included — goes uncounted. A
+/// reconcile that never set its result counts as `error`.
+pub struct ReconcileMeasurer {
+    started: Instant,
+    metrics: Arc<Metrics>,
+    result: Option<String>,
+}
+
+impl ReconcileMeasurer {
+    /// The `result` label: the outcome's reason on success.
+    pub fn set_result(&mut self, result: String) {
+        self.result = Some(result);
+    }
+
+    /// A failure: counted under `error`, and by its kind in `qpm_reconcile_errors_total`.
+    pub fn set_failure(&mut self, kind: &'static str) {
+        self.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabel {
+                error: kind.to_owned(),
+            })
+            .inc();
+        self.result = Some("error".to_owned());
+    }
+}
+
+impl Drop for ReconcileMeasurer {
+    fn drop(&mut self) {
+        let result = self.result.as_deref().unwrap_or("error");
+        self.metrics.reconciled(result, self.started.elapsed());
     }
 }
 
@@ -365,5 +422,45 @@ impl Observer for ConnectionObserver {
                 .get_or_create(&label)
                 .set(as_i64(window.as_secs()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn the_measurer_counts_once_when_dropped_with_its_result() {
+        let metrics = Arc::new(Metrics::new());
+        let mut ok = metrics.measure_reconcile();
+        ok.set_result("UpToDate".to_owned());
+        drop(ok);
+        let mut failed = metrics.measure_reconcile();
+        failed.set_failure("retry");
+        drop(failed);
+        // A reconcile that ended before it said how counts as an error.
+        drop(metrics.measure_reconcile());
+
+        let text = metrics.encode();
+        assert_eq!(
+            line(&text, "qpm_reconciles_total{result=\"UpToDate\"}"),
+            Some("qpm_reconciles_total{result=\"UpToDate\"} 1")
+        );
+        assert_eq!(
+            line(&text, "qpm_reconciles_total{result=\"error\"}"),
+            Some("qpm_reconciles_total{result=\"error\"} 2")
+        );
+        assert_eq!(
+            line(&text, "qpm_reconcile_errors_total{"),
+            Some("qpm_reconcile_errors_total{error=\"retry\"} 1")
+        );
+        assert_eq!(
+            line(&text, "qpm_reconcile_duration_seconds_count"),
+            Some("qpm_reconcile_duration_seconds_count 3")
+        );
     }
 }

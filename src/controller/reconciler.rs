@@ -20,8 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::Instrument;
+use std::time::Duration;
 
 /// Errors that make the controller retry with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +51,24 @@ impl Error {
                 _ => None,
             },
             Error::Kube(_) | Error::Refused(_) => None,
+        }
+    }
+
+    /// The `error` label of `qpm_reconcile_errors_total`: the kind of failure, never its text
+    /// (which may be long or name a resource).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Retry { .. } => "retry",
+            Error::Refused(_) => "refused",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                kube::runtime::finalizer::Error::AddFinalizer(_)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "finalizer",
+                kube::runtime::finalizer::Error::UnnamedObject => "unnamed",
+                kube::runtime::finalizer::Error::InvalidFinalizer => "invalid_finalizer",
+            },
         }
     }
 
@@ -89,18 +106,21 @@ pub fn reconcile(
     Box::pin(reconcile_inner(dj, ctx))
 }
 
+// Every log line of the reconcile carries the resource and its job.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        namespace = %dj.namespace().unwrap_or_default(),
+        name = %dj.name_any(),
+        jobId = %dj.status.as_ref().and_then(|s| s.job_id.clone()).unwrap_or_default(),
+    )
+)]
 async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Shared>) -> Result<Action, Error> {
-    let started = Instant::now();
+    let mut measurer = ctx.metrics.measure_reconcile();
     let key = key_of(&dj);
     let api: Api<DeploymentJob> =
         Api::namespaced(ctx.kube.clone(), &dj.namespace().unwrap_or_default());
-    // Every log line of the reconcile carries the resource and its job.
-    let span = tracing::info_span!(
-        "reconcile",
-        namespace = %dj.namespace().unwrap_or_default(),
-        name = %dj.name_any(),
-        jobId = %dj.status.as_ref().and_then(|s| s.job_id.clone()).unwrap_or_default()
-    );
     let inner = ctx.clone();
     let result = finalizer(&api, FINALIZER, dj, move |event| {
         let ctx = inner.clone();
@@ -111,17 +131,15 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Shared>) -> Result<Act
             }
         }
     })
-    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.reset_backoff(&key);
+    match &result {
+        Ok(_) => {
+            ctx.reset_backoff(&key);
+            measurer.set_result(ctx.last_reason(&key).unwrap_or_else(|| "ok".to_string()));
+        }
+        Err(e) => measurer.set_failure(e.metric_label()),
     }
-    let label = match &result {
-        Ok(_) => ctx.last_reason(&key).unwrap_or_else(|| "ok".to_string()),
-        Err(_) => "error".to_string(),
-    };
-    ctx.metrics.reconciled(&label, started.elapsed());
     result
 }
 
