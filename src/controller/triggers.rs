@@ -172,9 +172,15 @@ pub fn configmap_readers(
 /// to delete) is.
 pub struct LinkTap {
     ctx_trigger: Arc<dyn Fn(ObjectRef<DeploymentJob>) + Send + Sync>,
-    job_ids: HashMap<String, Option<String>>,
-    children: HashMap<String, HashSet<String>>,
-    parent_of: HashMap<String, String>,
+    job_ids: HashMap<ObjectRef<DeploymentJob>, Option<String>>,
+    children: HashMap<ObjectRef<DeploymentJob>, HashSet<ObjectRef<DeploymentJob>>>,
+    parent_of: HashMap<ObjectRef<DeploymentJob>, ObjectRef<DeploymentJob>>,
+}
+
+/// The resource's key: its namespace and name only, so that a reference built from a
+/// `linkedJobRef` finds the same entry as one built from the object.
+fn key(dj: &DeploymentJob) -> ObjectRef<DeploymentJob> {
+    ObjectRef::new(&dj.name_any()).within(&dj.namespace().unwrap_or_default())
 }
 
 impl LinkTap {
@@ -196,14 +202,14 @@ impl LinkTap {
     }
 
     fn applied(&mut self, dj: &DeploymentJob) {
-        let key = key_of(dj);
+        let key = key(dj);
         let ns = dj.namespace().unwrap_or_default();
         let parent = dj
             .spec
             .job
             .linked_job_ref
             .as_ref()
-            .map(|r| format!("{ns}/{}", r.name));
+            .map(|r| ObjectRef::new(&r.name).within(&ns));
         match (self.parent_of.get(&key).cloned(), parent) {
             (old, new) if old == new => {}
             (old, new) => {
@@ -230,23 +236,19 @@ impl LinkTap {
         let before = self.job_ids.insert(key.clone(), job_id.clone());
         if job_id.is_some() && before.flatten() != job_id {
             for child in self.children.get(&key).into_iter().flatten() {
-                if let Some((cns, cname)) = child.split_once('/') {
-                    (self.ctx_trigger)(ObjectRef::new(cname).within(cns));
-                }
+                (self.ctx_trigger)(child.clone());
             }
         }
     }
 
     fn deleted(&mut self, dj: &DeploymentJob) {
-        let key = key_of(dj);
+        let key = key(dj);
         self.job_ids.remove(&key);
         if let Some(parent) = self.parent_of.remove(&key) {
             if let Some(set) = self.children.get_mut(&parent) {
                 set.remove(&key);
             }
-            if let Some((pns, pname)) = parent.split_once('/') {
-                (self.ctx_trigger)(ObjectRef::new(pname).within(pns));
-            }
+            (self.ctx_trigger)(parent);
         }
     }
 }
