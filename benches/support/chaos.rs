@@ -523,9 +523,13 @@ impl Run {
     /// Polls until every created resource not deleted is Ready and every deleted one is gone.
     async fn converge(&self, child: &mut Child, log: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.cfg.converge_timeout;
+        // Resources Stalled (no retry until something changes) for this long end the wait early.
+        let stall_limit = Duration::from_secs((5 * self.cfg.poll_secs).max(10));
+        let mut stalled_since: Option<Instant> = None;
         loop {
             let list = self.jobs.list(&Default::default()).await?.items;
-            let mut not_ready: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut not_ready: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+            let mut all_stalled = true;
             let mut lingering = Vec::new();
             for dj in &list {
                 let name = dj.name_any();
@@ -535,13 +539,22 @@ impl Run {
                 if self.deleted.contains_key(&i) {
                     lingering.push(name);
                 } else if !ready(dj) {
-                    let reason = dj
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-                        .map(|c| format!("{}: {}", c.reason, c.message))
-                        .unwrap_or_else(|| "no Ready condition".into());
-                    not_ready.entry(reason).or_default().push(name);
+                    let conditions = dj.status.as_ref().map(|s| s.conditions.as_slice());
+                    let find = |ty: &str| {
+                        conditions
+                            .unwrap_or_default()
+                            .iter()
+                            .find(|c| c.type_ == ty)
+                    };
+                    all_stalled &= find("Stalled").is_some_and(|c| c.status == "True");
+                    let (reason, message) = find("Ready").map_or_else(
+                        || ("no Ready condition".to_string(), String::new()),
+                        |c| (c.reason.clone(), c.message.clone()),
+                    );
+                    let entry = not_ready
+                        .entry(reason)
+                        .or_insert_with(|| (message, Vec::new()));
+                    entry.1.push(name);
                 }
             }
             let present = list.len() - lingering.len();
@@ -555,20 +568,33 @@ impl Run {
                     tail(&self.bed.log_path(log), 30)
                 );
             }
-            if Instant::now() > deadline {
+            stalled_since = match stalled_since {
+                Some(t) if all_stalled && !not_ready.is_empty() => Some(t),
+                _ if all_stalled && !not_ready.is_empty() => Some(Instant::now()),
+                _ => None,
+            };
+            let stuck = stalled_since.is_some_and(|t| t.elapsed() > stall_limit);
+            if stuck || Instant::now() > deadline {
                 let reasons: Vec<String> = not_ready
                     .iter()
-                    .map(|(reason, names)| {
+                    .map(|(reason, (example, names))| {
                         format!(
-                            "  {} not Ready ({reason}): {}",
+                            "  {} not Ready ({reason}), e.g. {}: {example}",
                             names.len(),
-                            names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                            names.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
                         )
                     })
                     .collect();
                 anyhow::bail!(
-                    "not converged {}s after the last kill: {} present of {expected}; still there after deletion: {:?}\n{}\noperator log (tail):\n{}",
-                    self.cfg.converge_timeout.as_secs(),
+                    "not converged{} after the last kill: {} present of {expected}; still there after deletion: {:?}\n{}\noperator log (tail):\n{}",
+                    if stuck {
+                        format!(
+                            ": every resource not Ready is Stalled, for {}s",
+                            stall_limit.as_secs()
+                        )
+                    } else {
+                        format!(" {}s", self.cfg.converge_timeout.as_secs())
+                    },
                     present,
                     lingering,
                     reasons.join("\n"),
