@@ -35,7 +35,7 @@ async fn sigkilled_five_times_during_a_rollout_the_operator_loses_and_repeats_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_from_a_sigkilled_leader_and_the_old_one_writes_nothing_after() {
-    let figures = chaos::failover(&short())
+    let figures = chaos::failover(&short(), false)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{figures}");

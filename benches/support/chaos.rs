@@ -829,6 +829,14 @@ pub async fn kills(cfg: &Config) -> anyhow::Result<Figures> {
     checked.map(|()| run.figures)
 }
 
+fn signal(child: &Child, name: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} failed: {status}");
+    Ok(())
+}
+
 async fn holder(leases: &Api<Lease>) -> Option<(String, jiff::Timestamp)> {
     let lease = leases.get_opt(LEASE).await.ok()??;
     let spec = lease.spec?;
@@ -839,8 +847,16 @@ async fn holder(leases: &Api<Lease>) -> Option<(String, jiff::Timestamp)> {
 /// done and replaced by a new pod (a third identity). The standby must take over, converge as
 /// in [`kills`], and no write may come from the old leader after the new one acquired the lease
 /// (by the User-Agent each replica sends, in the fake API server's log and the simulator's).
-pub async fn failover(cfg: &Config) -> anyhow::Result<Figures> {
-    let mut run = Run::start(cfg, "leader SIGKILLed mid-rollout").await?;
+///
+/// With `pause`, the leader is SIGSTOPped instead, until the standby holds the lease, then
+/// SIGCONTinued (a frozen node or a long GC pause): the same checks, with the old leader alive.
+pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
+    let scenario = if pause {
+        "leader SIGSTOPped mid-rollout past its lease, then resumed"
+    } else {
+        "leader SIGKILLed mid-rollout"
+    };
+    let mut run = Run::start(cfg, scenario).await?;
     let monkey = Monkey::start(run.sim.clone(), cfg.seed ^ 0xfa11);
     let leases: Api<Lease> = Api::namespaced(run.bed.client.clone(), NS);
     let mut replicas = vec![
@@ -870,9 +886,16 @@ pub async fn failover(cfg: &Config) -> anyhow::Result<Figures> {
     let (old, mut leader) = replicas.remove(position);
     let killed_at = jiff::Timestamp::now();
     let kill_clock = Instant::now();
-    run.kill(&mut leader, "leader").await?;
-    replicas.push(("replica-c", run.spawn("replica-c", true)?));
-    run.figures.restarts += 1;
+    if pause {
+        signal(&leader, "STOP")?;
+        run.figures
+            .kills_by_moment
+            .insert("leader paused".into(), 1);
+    } else {
+        run.kill(&mut leader, "leader").await?;
+        replicas.push(("replica-c", run.spawn("replica-c", true)?));
+        run.figures.restarts += 1;
+    }
     let deadline = Instant::now() + Duration::from_secs(90);
     let (new, acquired) = loop {
         if let Some((h, at)) = holder(&leases).await
@@ -882,11 +905,15 @@ pub async fn failover(cfg: &Config) -> anyhow::Result<Figures> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "no replica took over within 90s of the leader's SIGKILL"
+            "no replica took over within 90s of the leader's SIGKILL/SIGSTOP"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     run.figures.takeover = Some(Duration::try_from(acquired - killed_at).unwrap_or_default());
+    if pause {
+        signal(&leader, "CONT")?;
+        replicas.push((old, leader));
+    }
     let (ctf, rl) = monkey.finish(&run.sim).await;
     run.figures.commit_then_fail = ctf;
     run.figures.rate_limited = run.answered_429().max(rl);
