@@ -194,7 +194,7 @@ impl fmt::Display for Figures {
         if let Some(t) = self.takeover {
             writeln!(
                 f,
-                "  takeover after the leader's SIGKILL: {:.1}s",
+                "  takeover (lease acquired by the standby) after the leader's kill/pause: {:.1}s",
                 t.as_secs_f64()
             )?;
         }
@@ -950,22 +950,26 @@ pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
             r.resource == "leases" && r.is_write() && r.status < 300 && of(&r.user_agent, &new)
         })
         .ok_or_else(|| anyhow::anyhow!("no Lease write by {new} in the fake's log"))?;
-    let kube_late = log[acquired_at..]
+    let kube_late: Vec<String> = log[acquired_at..]
         .iter()
         .filter(|r| r.is_write() && of(&r.user_agent, old))
-        .count();
+        .map(|r| r.to_string())
+        .collect();
     let writes = run.sim.writes();
-    let qualys_late = writes
+    let qualys_late: Vec<String> = writes
         .iter()
         .filter(|w| w.at > acquired && of(&w.user_agent, old))
-        .count();
+        .map(|w| format!("{} {} at {}", w.status, w.route, w.at))
+        .collect();
     let by_new = writes.iter().filter(|w| of(&w.user_agent, &new)).count();
     let by_old = writes.iter().filter(|w| of(&w.user_agent, old)).count();
-    run.figures.old_leader_writes_after_takeover = Some((kube_late, qualys_late));
+    run.figures.old_leader_writes_after_takeover = Some((kube_late.len(), qualys_late.len()));
     checked?;
     anyhow::ensure!(
-        kube_late == 0 && qualys_late == 0,
-        "the old leader {old} wrote after {new} acquired the lease: {kube_late} Kubernetes writes, {qualys_late} Qualys writes\n{}",
+        kube_late.is_empty() && qualys_late.is_empty(),
+        "the old leader {old} wrote after {new} acquired the lease (at {acquired}):\n  Kubernetes: {}\n  Qualys: {}\n{}",
+        kube_late.join("; "),
+        qualys_late.join("; "),
         run.figures
     );
     anyhow::ensure!(
