@@ -180,6 +180,9 @@ pub struct Figures {
     pub quiet_qualys_writes: u64,
     pub quiet_status_writes: usize,
     pub quiet_secs: u64,
+    /// In the poll after convergence, before the quiet period.
+    pub settle_qualys_calls: BTreeMap<String, u64>,
+    pub settle_status_writes: usize,
     pub old_leader_writes_after_takeover: Option<(usize, usize)>,
 }
 
@@ -236,6 +239,11 @@ impl fmt::Display for Figures {
             .collect();
         writeln!(f, "  Qualys calls: {}", calls.join(", "))?;
         writeln!(f, "  status writes: {}", self.status_writes)?;
+        writeln!(
+            f,
+            "  in the poll after convergence: status writes {}, Qualys calls {:?}",
+            self.settle_status_writes, self.settle_qualys_calls
+        )?;
         write!(
             f,
             "  quiet period ({}s, 3 polls): Qualys writes {}, status writes {}",
@@ -321,6 +329,8 @@ struct Run {
     deleted: BTreeMap<usize, Option<String>>,
     pending_seen: BTreeSet<(usize, usize)>,
     pending_with_job: usize,
+    /// What the quiet period saw written, for the failure report.
+    quiet_detail: Vec<String>,
     figures: Figures,
     rng: StdRng,
 }
@@ -351,6 +361,7 @@ impl Run {
             deleted: BTreeMap::new(),
             pending_seen: BTreeSet::new(),
             pending_with_job: 0,
+            quiet_detail: Vec::new(),
             figures: Figures {
                 scenario: scenario.to_string(),
                 jobs: cfg.jobs,
@@ -606,14 +617,57 @@ impl Run {
     }
 
     /// Three polls with nothing written, to Qualys or to status.
-    async fn quiet_period(&mut self) {
+    async fn quiet_period(&mut self) -> anyhow::Result<()> {
+        // One poll (and a margin) to settle first: an enable's answer carries no `updated`
+        // date, so the next poll reads each job enabled last and records its new date.
         let before = totals(&self.sim.counters());
         let status_before = self.status_writes();
+        tokio::time::sleep(Duration::from_secs(self.cfg.poll_secs + 2)).await;
+        self.figures.settle_qualys_calls = calls(&before, &self.sim.counters());
+        self.figures.settle_status_writes = (self.status_writes() - status_before) as usize;
+        let before = totals(&self.sim.counters());
+        let log_before = self.bed.fake.requests().len();
+        let statuses: BTreeMap<String, Value> = self
+            .jobs
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|dj| {
+                (
+                    dj.name_any(),
+                    serde_json::to_value(&dj.status).unwrap_or_default(),
+                )
+            })
+            .collect();
         let secs = self.cfg.poll_secs * 3;
         tokio::time::sleep(Duration::from_secs(secs)).await;
         self.figures.quiet_secs = secs;
-        self.figures.quiet_qualys_writes = qualys_writes(&calls(&before, &self.sim.counters()));
-        self.figures.quiet_status_writes = (self.status_writes() - status_before) as usize;
+        let qualys = calls(&before, &self.sim.counters());
+        self.figures.quiet_qualys_writes = qualys_writes(&qualys);
+        let written: Vec<String> = self.bed.fake.requests()[log_before..]
+            .iter()
+            .filter(|r| {
+                r.is_write()
+                    && r.resource == "deploymentjobs"
+                    && r.subresource.as_deref() == Some("status")
+            })
+            .filter_map(|r| r.name.clone())
+            .collect();
+        self.figures.quiet_status_writes = written.len();
+        // What changed, to tell a needless write from a late one.
+        for name in written.iter().take(5) {
+            let now = self.jobs.get(name).await?;
+            self.quiet_detail.push(format!(
+                "{name}: status before {}\n    after {}",
+                statuses.get(name).cloned().unwrap_or_default(),
+                serde_json::to_value(&now.status)?
+            ));
+        }
+        if self.figures.quiet_qualys_writes > 0 {
+            self.quiet_detail.push(format!("Qualys calls: {qualys:?}"));
+        }
+        Ok(())
     }
 
     /// The end checks; every violation is listed.
@@ -730,8 +784,10 @@ impl Run {
         }
         if self.figures.quiet_qualys_writes != 0 || self.figures.quiet_status_writes != 0 {
             problems.push(format!(
-                "quiet period: {} Qualys writes, {} status writes",
-                self.figures.quiet_qualys_writes, self.figures.quiet_status_writes
+                "quiet period: {} Qualys writes, {} status writes:\n    {}",
+                self.figures.quiet_qualys_writes,
+                self.figures.quiet_status_writes,
+                self.quiet_detail.join("\n    ")
             ));
         }
         self.figures.pending_creates = self.pending_seen.len();
@@ -822,7 +878,7 @@ pub async fn kills(cfg: &Config) -> anyhow::Result<Figures> {
         let _ = operator.wait();
         return Err(e);
     }
-    run.quiet_period().await;
+    run.quiet_period().await?;
     let checked = run.check().await;
     let _ = operator.kill();
     let _ = operator.wait();
@@ -930,7 +986,7 @@ pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
         }
         return Err(e);
     }
-    run.quiet_period().await;
+    run.quiet_period().await?;
     let checked = run.check().await;
     for (_, c) in &mut replicas {
         let _ = c.kill();
