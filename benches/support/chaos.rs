@@ -540,7 +540,9 @@ impl Run {
         loop {
             let list = self.jobs.list(&Default::default()).await?.items;
             let mut not_ready: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-            let mut all_stalled = true;
+            // Stalled resources, and children waiting for a parent (whose stall they share).
+            let mut stalled = BTreeSet::new();
+            let mut waiting = Vec::new();
             let mut lingering = Vec::new();
             for dj in &list {
                 let name = dj.name_any();
@@ -557,11 +559,17 @@ impl Run {
                             .iter()
                             .find(|c| c.type_ == ty)
                     };
-                    all_stalled &= find("Stalled").is_some_and(|c| c.status == "True");
                     let (reason, message) = find("Ready").map_or_else(
                         || ("no Ready condition".to_string(), String::new()),
                         |c| (c.reason.clone(), c.message.clone()),
                     );
+                    if find("Stalled").is_some_and(|c| c.status == "True") {
+                        stalled.insert(i);
+                    } else if reason == "WaitingForLinkedJob" && role(i) == Role::Child {
+                        waiting.push(i - 1);
+                    } else {
+                        waiting.push(usize::MAX);
+                    }
                     let entry = not_ready
                         .entry(reason)
                         .or_insert_with(|| (message, Vec::new()));
@@ -579,6 +587,7 @@ impl Run {
                     tail(&self.bed.log_path(log), 30)
                 );
             }
+            let all_stalled = waiting.iter().all(|parent| stalled.contains(parent));
             stalled_since = match stalled_since {
                 Some(t) if all_stalled && !not_ready.is_empty() => Some(t),
                 _ if all_stalled && !not_ready.is_empty() => Some(Instant::now()),
@@ -600,7 +609,7 @@ impl Run {
                     "not converged{} after the last kill: {} present of {expected}; still there after deletion: {:?}\n{}\noperator log (tail):\n{}",
                     if stuck {
                         format!(
-                            ": every resource not Ready is Stalled, for {}s",
+                            ": every resource not Ready is Stalled (or waits for a Stalled parent), for {}s",
                             stall_limit.as_secs()
                         )
                     } else {
