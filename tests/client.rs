@@ -20,13 +20,13 @@ use tokio::time::Instant;
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse-battery-7";
 
-const AUTH: &str = "POST /auth";
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const LIST: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

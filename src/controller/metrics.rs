@@ -10,9 +10,11 @@
 //! | `qpm_drift_corrections_total` | counter | |
 //! | `qpm_status_writes_total` | counter | |
 //! | `qpm_managed_jobs` | gauge | `reason` (the Ready condition's reason of each resource) |
+//! | `qpm_qualys_connections` | gauge | |
 //! | `qpm_leader` | gauge | |
 //! | `qpm_last_successful_poll_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
+//! | `qpm_crd_missing_fields` | gauge | |
 
 use crate::qualys::{Endpoint, Observer, RateLimitInfo};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -66,9 +68,12 @@ pub struct Metrics {
     pub drift_corrections: Counter,
     pub status_writes: Counter,
     pub managed_jobs: Family<ReasonLabel, Gauge>,
+    pub connections: Gauge,
     pub leader: Gauge,
     pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub last_reconcile: Gauge<f64, AtomicU64>,
+    /// Status fields the operator writes that the installed CRD lacks (0 when it is current).
+    pub crd_missing_fields: Gauge,
     /// The Ready reason of each resource, for `qpm_managed_jobs`.
     reasons: Mutex<HashMap<String, String>>,
 }
@@ -95,9 +100,16 @@ impl Metrics {
         let drift_corrections = Counter::default();
         let status_writes = Counter::default();
         let managed_jobs = Family::<ReasonLabel, Gauge>::default();
+        let connections = Gauge::default();
         let leader = Gauge::default();
         let last_poll = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
         let last_reconcile = Gauge::<f64, AtomicU64>::default();
+        let crd_missing_fields = Gauge::default();
+        registry.register(
+            "crd_missing_fields",
+            "Status fields the operator writes that the installed CRD lacks (nothing is changed in Qualys while above 0)",
+            crd_missing_fields.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by result (condition reason)",
@@ -149,6 +161,11 @@ impl Metrics {
             managed_jobs.clone(),
         );
         registry.register(
+            "qualys_connections",
+            "Qualys connections in use (each with its own client, token and summary poll)",
+            connections.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease",
             leader.clone(),
@@ -175,9 +192,11 @@ impl Metrics {
             drift_corrections,
             status_writes,
             managed_jobs,
+            connections,
             leader,
             last_poll,
             last_reconcile,
+            crd_missing_fields,
             reasons: Mutex::new(HashMap::new()),
         }
     }

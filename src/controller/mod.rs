@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod context;
+pub mod crd_check;
 pub mod metrics;
 pub mod rbac;
 pub mod reconciler;
@@ -414,15 +415,31 @@ async fn run_controller(
         config.client_options.clone(),
         metrics.clone(),
     );
-    let ctx = Arc::new(Ctx::new(
+    // Read before anything is reconciled: a create under an older CRD would lose its record.
+    let installed = crd_check::InstalledCrd::new();
+    crd_check::read(kube.clone(), &installed, &metrics).await;
+    let crd_tx = trigger_tx.clone();
+    let crd_follow = tokio::spawn(crd_check::follow(
         kube.clone(),
-        reader.clone(),
-        connections,
+        installed.clone(),
         metrics.clone(),
-        recorder,
-        config.settings.clone(),
-        trigger_tx,
+        reader.clone(),
+        move |r| {
+            let _ = crd_tx.unbounded_send(r);
+        },
     ));
+    let ctx = Arc::new(
+        Ctx::new(
+            kube.clone(),
+            reader.clone(),
+            connections,
+            metrics.clone(),
+            recorder,
+            config.settings.clone(),
+            trigger_tx,
+        )
+        .with_crd(installed),
+    );
 
     let pollers = {
         let a = tokio::spawn(triggers::poll_summaries(ctx.clone()));
@@ -453,6 +470,7 @@ async fn run_controller(
         .await;
     pollers.0.abort();
     pollers.1.abort();
+    crd_follow.abort();
 }
 
 /// `qpm-operator run`.

@@ -29,7 +29,9 @@ pub async fn poll_summaries(ctx: Arc<Ctx>) {
 
 /// One pass over every connection in use.
 pub async fn poll_once(ctx: &Ctx) {
-    'connections: for (id, client, directory) in ctx.connections.active() {
+    let active = ctx.connections.active();
+    ctx.keep_cursors_of(active.iter().map(|(id, ..)| id));
+    'connections: for (id, client, directory) in active {
         // One platform at a time, so only one platform's listing is in memory at once.
         let mut listing = HashMap::new();
         for platform in crate::qualys::values::PLATFORMS {
@@ -40,14 +42,12 @@ pub async fn poll_once(ctx: &Ctx) {
                     continue 'connections;
                 }
             };
-            let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
-                a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
-            };
             for s in &summaries {
                 if let Some(job_id) = s.id.get() {
                     listing.insert(
                         job_id.clone(),
-                        date(&s.updated).max(date(&s.created)).unwrap_or_default(),
+                        crate::reconcile::engine::later_date_ms(&s.created, &s.updated)
+                            .unwrap_or_default(),
                     );
                 }
             }

@@ -198,7 +198,7 @@ impl Endpoint {
     ];
 
     /// `METHOD /route/{template}`, exactly as the simulator counts it.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Endpoint::Auth => "POST /auth",
             Endpoint::Create => "POST /pm/v1/deploymentjob",
