@@ -950,6 +950,9 @@ pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
         .ok_or_else(|| anyhow::anyhow!("the lease names {first}, not a replica"))?;
     let (old, mut leader) = replicas.remove(position);
     let killed_at = jiff::Timestamp::now();
+    // The new leader's acquisition is its first successful Lease write after this point (before
+    // it, it may have created the Lease, empty, at start).
+    let log_at_kill = run.bed.fake.requests().len();
     let kill_clock = Instant::now();
     if pause {
         signal(&leader, "STOP")?;
@@ -1002,19 +1005,21 @@ pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
         let _ = c.wait();
     }
 
-    // Who wrote when: the new leader's first successful Lease write is its acquisition.
+    // Who wrote when: the new leader's first successful Lease write after the kill is its
+    // acquisition.
     let of = |agent: &Option<String>, id: &str| {
         agent
             .as_deref()
             .is_some_and(|a| a.ends_with(&format!("({id})")))
     };
     let log = run.bed.fake.requests();
-    let acquired_at = log
-        .iter()
-        .position(|r| {
-            r.resource == "leases" && r.is_write() && r.status < 300 && of(&r.user_agent, &new)
-        })
-        .ok_or_else(|| anyhow::anyhow!("no Lease write by {new} in the fake's log"))?;
+    let acquired_at = log_at_kill
+        + log[log_at_kill..]
+            .iter()
+            .position(|r| {
+                r.resource == "leases" && r.is_write() && r.status < 300 && of(&r.user_agent, &new)
+            })
+            .ok_or_else(|| anyhow::anyhow!("no Lease write by {new} after the kill"))?;
     let kube_late: Vec<String> = log[acquired_at..]
         .iter()
         .filter(|r| r.is_write() && of(&r.user_agent, old))
