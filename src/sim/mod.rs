@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use fault::{Fault, FaultKind};
-pub use handle::{Counters, SimHandle, start};
+pub use handle::{Counters, SimHandle, StatusChanges, WriteRecord, start};
 pub use routes::ROUTES;
 
 /// How a simulator instance behaves. `SimConfig::default()` is a quiet, fast simulator on an
