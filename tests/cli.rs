@@ -7,13 +7,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{AUTH, CREATE, DELETE, GET, LIST, STATUS, UPDATE};
 
 const ANNOUNCE: &str = "using the embedded Qualys simulator (--sim); state: ";
 

@@ -18,11 +18,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{TestCluster, wait_for};
 
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{CREATE, DELETE, GET, STATUS, UPDATE};
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
 const OPERATOR_AGENT: &str = "qpm-operator-under-test";

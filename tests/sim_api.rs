@@ -14,12 +14,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sim_support::{Api, answer, auth, form, http, keys, seed, start};
 
-const GET_JOB: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const SUMMARY: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{
+    CREATE, DELETE, GET as GET_JOB, LIST as SUMMARY, STATUS, UPDATE,
+};
 const SUMMARY_PATH: &str = "/pm/v1/deploymentjobs/summary";
 
 async fn sim_and_api(config: SimConfig) -> (SimHandle, Api) {

@@ -18,6 +18,24 @@ pub async fn start(config: SimConfig) -> SimHandle {
     sim::start(config).await.expect("the simulator starts")
 }
 
+/// A simulator with default settings and the operator's client for its `sim` user, with quick
+/// retries and no budget (the engine's and the action tests' starting point).
+pub async fn sim_and_client() -> (SimHandle, qpm_operator::qualys::Client) {
+    use qpm_operator::qualys::{Client, ClientOptions, Connection, ProxySettings};
+    let sim = start(SimConfig::default()).await;
+    let opts = ClientOptions {
+        budget: None,
+        rps: None,
+        concurrency: None,
+        proxy: ProxySettings::none(),
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
+    (sim, client)
+}
+
 pub fn http() -> reqwest::Client {
     init();
     reqwest::Client::builder()
