@@ -108,7 +108,10 @@ fn the_krew_manifest_installs_the_binary_as_kubectl_qpm() {
     let doc = qpm_operator::api::validate::yaml_documents(&filled)
         .unwrap()
         .remove(0);
-    assert_eq!(doc["apiVersion"], "krew.googlecontainertools.github.com/v1alpha2");
+    assert_eq!(
+        doc["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
     assert_eq!(doc["kind"], "Plugin");
     // krew derives the command from the name: `kubectl qpm`.
     assert_eq!(doc["metadata"]["name"], "qpm");

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod check;
 pub mod common;
 pub mod connect;
+pub mod from_cluster;
 pub mod import;
 pub mod manifests;
 pub mod plan;

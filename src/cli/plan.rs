@@ -51,6 +51,8 @@ pub struct PlanArgs {
     pub parallel: u16,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub cluster: super::from_cluster::FromClusterArgs,
 }
 
 /// What apply would do to one resource.
@@ -176,6 +178,9 @@ impl PlanDocument {
 /// Run `plan`: print the plan; the exit code says whether anything would change.
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
+    if args.cluster.wanted() {
+        return super::from_cluster::run(args).await;
+    }
     let Some(inputs) = common::load_inputs(&args.input) else {
         if args.stats {
             eprint!("{}", super::stats::Stats::new().report());
