@@ -6,19 +6,17 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use promql_parser::parser::{self, Expr, LabelModifier};
 use qpm_operator::api::{self, DeploymentJob};
-use qpm_operator::controller::context::Settings;
 use qpm_operator::controller::{self, OperatorConfig};
-use qpm_operator::qualys::{ClientOptions, ProxySettings};
 use qpm_operator::sim::{self, RateLimit, SimConfig};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
+use support::operator::{operator_config, put_connection_secret};
 use support::{TestCluster, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -275,40 +273,10 @@ async fn scrape_running_operator() -> String {
     .await
     .expect("simulator");
     let ns = cluster.namespace().to_string();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qualys"},
-        "stringData": {"gatewayUrl": sim.base_url(), "username": "sim", "password": "sim"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(cluster.client(), &ns)
-        .patch(
-            "qualys",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("secret");
+    put_connection_secret(&cluster.client(), &ns, "qualys", &sim.base_url()).await;
     let config = OperatorConfig {
-        namespace: Some(ns.clone()),
-        settings: Settings {
-            resync: Duration::from_secs(300),
-            poll_interval: Duration::from_millis(200),
-            secret_poll_interval: Duration::from_millis(200),
-            listing_max_age: Duration::ZERO,
-        },
-        client_options: ClientOptions {
-            rps: None,
-            concurrency: None,
-            proxy: ProxySettings::none(),
-            ..Default::default()
-        },
-        default_connection: None,
-        default_connection_namespaces: None,
-        leader: None,
-        concurrency: 2,
-        shutdown_deadline: Duration::from_secs(5),
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        instance: "dashboard-test".into(),
+        ..operator_config(&ns, "dashboard-test")
     };
     let op = controller::start(cluster.new_client(), config)
         .await

@@ -175,9 +175,23 @@ fn label_values_keep_their_spaces_and_lines_join() {
 // The image, built and run
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
+    run_with_input(cmd, None)
+}
+
+/// Run `cmd` to its end, `input` on its stdin; it must succeed.
+fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdin = child.stdin.take();
+    if let (Some(text), Some(mut stdin)) = (input, stdin) {
+        use std::io::Write;
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -411,30 +425,8 @@ fn the_image_runs_as_non_root_on_a_read_only_root() {
             .args(args)
             // The environment of a container: nothing of the test's own.
             .env_clear()
-            .env("HOME", "/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("chroot");
-        if let Some(text) = input {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} in the image failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+            .env("HOME", "/");
+        run_with_input(&mut cmd, input)
     };
 
     assert_eq!(

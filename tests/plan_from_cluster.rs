@@ -5,17 +5,15 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use qpm_operator::api::{self, DeploymentJob};
-use qpm_operator::controller::context::Settings;
-use qpm_operator::controller::{self, OperatorConfig};
-use qpm_operator::qualys::{ClientOptions, ProxySettings};
+use qpm_operator::controller;
 use qpm_operator::sim::{self, SimConfig};
 use serde_json::{Value, json};
 use std::process::{Command, Output};
 use std::time::Duration;
+use support::operator::{operator_config, put_connection_secret};
 use support::{TestCluster, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -71,46 +69,13 @@ async fn it_plans_the_cluster_as_the_operator_would_and_writes_nothing() {
     cluster.register_crd(api::crd()).await;
     let sim = sim::start(SimConfig::default()).await.expect("simulator");
     let ns = cluster.namespace().to_string();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qualys"},
-        "stringData": {"gatewayUrl": sim.base_url(), "username": "sim", "password": "sim"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(cluster.client(), &ns)
-        .patch(
-            "qualys",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .expect("secret");
+    put_connection_secret(&cluster.client(), &ns, "qualys", &sim.base_url()).await;
     let jobs: Api<DeploymentJob> = Api::namespaced(cluster.client(), &ns);
 
     // Two resources the operator created jobs for; then it stops, and one spec changes.
     let op = controller::start(
         cluster.new_client(),
-        OperatorConfig {
-            namespace: Some(ns.clone()),
-            settings: Settings {
-                resync: Duration::from_secs(300),
-                poll_interval: Duration::from_secs(60),
-                secret_poll_interval: Duration::from_secs(60),
-                listing_max_age: Duration::ZERO,
-            },
-            client_options: ClientOptions {
-                rps: None,
-                concurrency: None,
-                proxy: ProxySettings::none(),
-                ..Default::default()
-            },
-            default_connection: None,
-            default_connection_namespaces: None,
-            leader: None,
-            concurrency: 2,
-            shutdown_deadline: Duration::from_secs(5),
-            listen: None,
-            instance: "from-cluster-test".into(),
-        },
+        operator_config(&ns, "from-cluster-test"),
     )
     .await
     .expect("operator starts");

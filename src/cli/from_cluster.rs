@@ -13,7 +13,7 @@ use super::common;
 use super::connect::{Conn, Session};
 use super::manifests::{Inputs, JobManifest};
 use super::plan::{
-    Action, Change, OutputFormat, PLAN_API_VERSION, PlanArgs, PlanDocument, PlannedResource,
+    Action, OutputFormat, PLAN_API_VERSION, PlanArgs, PlanDocument, PlannedResource,
 };
 use crate::api::{ANNOTATION_PAUSED, DeploymentJob, KeyRef, ScriptSource, ScriptStore};
 use crate::reconcile::{Claims, Context, EngineState, Mode, ScriptResolver, engine};
@@ -348,31 +348,8 @@ async fn plan_one(
         // One listing per connection per plan.
         listing_max_age: Duration::MAX,
     };
-    match engine::observe(&dj.spec, &state, &ctx).await {
-        Ok(obs) => {
-            r.identified_by = Some(obs.identified_by.as_str().to_string());
-            r.job_id = obs.job_id().map(str::to_string);
-            if obs.live.is_none() {
-                r.action = Action::Create;
-            } else {
-                r.changes = obs
-                    .all_changes()
-                    .into_iter()
-                    .map(|c| Change {
-                        path: c.path,
-                        from: c.from,
-                        to: c.to,
-                    })
-                    .collect();
-                r.action = if r.changes.is_empty() {
-                    Action::None
-                } else {
-                    Action::Update
-                };
-            }
-        }
-        Err(outcome) => r.error = Some(format!("{}: {}", outcome.reason, outcome.message)),
-    }
+    let observed = engine::observe(&dj.spec, &state, &ctx).await;
+    super::plan::record(&mut r, observed);
     r
 }
 

@@ -268,7 +268,17 @@ async fn plan_one(
     };
     let resource_claims = claims.for_resource(conn, &key);
     let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
-    match engine::observe(&job.job.spec, &state, &ctx).await {
+    record(&mut r, engine::observe(&job.job.spec, &state, &ctx).await);
+    r
+}
+
+/// What an observation means for the plan of one resource: create (no live job), update (the
+/// changes), nothing, or the outcome that stopped it.
+pub(super) fn record(
+    r: &mut PlannedResource,
+    observed: Result<engine::Observation, engine::Outcome>,
+) {
+    match observed {
         Ok(obs) => {
             r.identified_by = Some(obs.identified_by.as_str().to_string());
             r.job_id = obs.job_id().map(str::to_string);
@@ -295,7 +305,6 @@ async fn plan_one(
             r.error = Some(format!("{}: {}", outcome.reason, outcome.message));
         }
     }
-    r
 }
 
 #[cfg(test)]
