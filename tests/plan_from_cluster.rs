@@ -5,6 +5,7 @@
 
 mod support;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use qpm_operator::api::{self, DeploymentJob};
@@ -79,7 +80,24 @@ async fn it_plans_the_cluster_as_the_operator_would_and_writes_nothing() {
     )
     .await
     .expect("operator starts");
-    create(&jobs, "kept", spec("Kept job", Some("qualys"))).await;
+    // Its script comes from a ConfigMap: planned unchanged only if the ConfigMap is read and
+    // the digests in its status are used.
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "scripts"},
+        "data": {"pre.ps1": "Write-Output 'before patching'"}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(cluster.client(), &ns)
+        .create(&PostParams::default(), &config_map)
+        .await
+        .expect("ConfigMap");
+    let mut kept = spec("Kept job", Some("qualys"));
+    kept["job"]["preDeployActions"] = json!([{
+        "action": "Run Script", "params": {"actionItem": "pre", "timeout": 180},
+        "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "pre.ps1"}},
+        "scriptType": "ps"
+    }]);
+    create(&jobs, "kept", kept).await;
     create(&jobs, "edited", spec("Edited job", Some("qualys"))).await;
     let mut ids = Vec::new();
     for name in ["kept", "edited"] {

@@ -12,9 +12,7 @@
 use super::common;
 use super::connect::{Conn, Session};
 use super::manifests::{Inputs, JobManifest};
-use super::plan::{
-    Action, OutputFormat, PLAN_API_VERSION, PlanArgs, PlanDocument, PlannedResource,
-};
+use super::plan::{Action, PLAN_API_VERSION, PlanArgs, PlanDocument, PlannedResource};
 use crate::api::{ANNOTATION_PAUSED, DeploymentJob, KeyRef, ScriptSource, ScriptStore};
 use crate::reconcile::{Claims, Context, EngineState, Mode, ScriptResolver, engine};
 use clap::Args;
@@ -64,17 +62,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<std::process::ExitCode> {
     let resources = read_cluster(&kube, args.cluster.namespace.as_deref()).await?;
     let mut session = Session::new(&args.connection, super::state_file::StateFile::in_memory())?;
     let result = plan_cluster(&resources, &mut session, usize::from(args.parallel)).await;
-    let stats = session.stats.clone();
-    session.close().await;
-    let doc = result?;
-    match args.output {
-        OutputFormat::Human => print!("{}", doc.human()),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-    }
-    if args.stats {
-        eprint!("{}", stats.report());
-    }
-    Ok(std::process::ExitCode::from(doc.exit_code()))
+    super::plan::finish(&args, session, result).await
 }
 
 /// Everything a plan of the cluster reads, read once.

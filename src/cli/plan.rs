@@ -190,6 +190,16 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let state = connect::open_state(args.state.as_deref())?;
     let mut session = Session::new(&args.connection, state)?;
     let result = plan(&inputs, &mut session, usize::from(args.parallel)).await;
+    finish(&args, session, result).await
+}
+
+/// Close the session, then print the plan as asked (and the API calls with --stats); the exit
+/// code says whether anything would change.
+pub(super) async fn finish(
+    args: &PlanArgs,
+    session: Session,
+    result: anyhow::Result<PlanDocument>,
+) -> anyhow::Result<ExitCode> {
     let stats = session.stats.clone();
     session.close().await;
     let doc = result?;
