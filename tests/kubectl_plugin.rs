@@ -1,6 +1,6 @@
 //! `kubectl qpm`: the binary started through a symlink named `kubectl-qpm` (as krew or a user
 //! installs it on PATH) names itself `kubectl qpm` in help, usage and errors, keeps `plan`,
-//! `apply`, `import` and `check`, and runs them; `deploy/krew/qpm.yaml` installs it under that
+//! `apply`, `import` and `check`, and runs them; `deploy/krew/qpm.yaml.tmpl` installs it under that
 //! name.
 
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ fn as_kubectl_qpm_it_names_itself_kubectl_qpm() {
 
 #[test]
 fn the_krew_manifest_installs_the_binary_as_kubectl_qpm() {
-    let template = std::fs::read_to_string(repo().join("deploy/krew/qpm.yaml")).unwrap();
+    let template = std::fs::read_to_string(repo().join("deploy/krew/qpm.yaml.tmpl")).unwrap();
     let filled = template
         .replace("${VERSION}", env!("CARGO_PKG_VERSION"))
         .replace("${SHA256_LINUX_AMD64}", &"a".repeat(64))
