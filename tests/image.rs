@@ -356,7 +356,8 @@ fn the_image_runs_as_non_root_on_a_read_only_root() {
         "image size: {size} bytes ({:.1} MiB); binary {binary_size} bytes",
         size as f64 / 1048576.0
     );
-    if which == "release" {
+    // A release build (found, or named by QPM_IMAGE_BINARY) must meet the size goal.
+    if binary.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new("release")) {
         assert!(
             size <= RELEASE_IMAGE_LIMIT,
             "the release image is {size} bytes, over {RELEASE_IMAGE_LIMIT}"
