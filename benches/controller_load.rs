@@ -141,6 +141,8 @@ async fn main() -> anyhow::Result<()> {
             ns,
             "--listen",
             "127.0.0.1:0",
+            "--qualys-budget",
+            "none",
             "--qualys-rps",
             &rps.to_string(),
             "--qualys-concurrency",

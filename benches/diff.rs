@@ -104,6 +104,7 @@ fn example_cases(inputs: &Inputs) -> Vec<Case> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = sim::start(SimConfig::default()).await.expect("simulator");
         let opts = ClientOptions {
+            budget: None,
             rps: None,
             concurrency: None,
             proxy: ProxySettings::none(),

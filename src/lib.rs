@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod probe;
 pub mod qualys;
 pub mod reconcile;
 pub mod sim;

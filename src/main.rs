@@ -1,7 +1,7 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use qpm_operator::{cli, controller, sim};
+use qpm_operator::{cli, controller, probe, sim};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -31,10 +31,12 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Verify a connection: credentials, PM.API.ACCESS, and each endpoint the operator uses.
     Check(cli::check::CheckArgs),
+    /// Record how a gateway behaves (paging, rate limits, errors, deletes) as a JSON report.
+    Probe(probe::ProbeArgs),
 }
 
 fn print_crd() -> anyhow::Result<()> {
-    print!("{}", qpm_operator::api::crd_yaml()?);
+    cli::output::out(&qpm_operator::api::crd_yaml()?);
     Ok(())
 }
 
@@ -53,8 +55,9 @@ fn parse_cli() -> Cli {
             .name(KUBECTL_PLUGIN)
             .bin_name("kubectl qpm")
             .display_name("kubectl qpm");
-        // The controller and the simulator are not kubectl verbs; they still run when named.
-        for hidden in ["run", "sim", "crd"] {
+        // The controller, the simulator and the gateway probe are not kubectl verbs; they still
+        // run when named.
+        for hidden in ["run", "sim", "crd", "probe"] {
             command = command.mut_subcommand(hidden, |c| c.hide(true));
         }
     }
@@ -84,13 +87,21 @@ fn main() -> ExitCode {
             Command::Apply(args) => cli::apply::run(args).await,
             Command::Import(args) => cli::import::run(args).await,
             Command::Check(args) => cli::check::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::output::err_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
+    };
+    match cli::output::write_failure() {
+        Some(failure) => {
+            cli::output::err_line(&format!("error: {failure}"));
+            ExitCode::FAILURE
+        }
+        None => code,
     }
 }

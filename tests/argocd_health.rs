@@ -140,7 +140,7 @@ fn expected(reason: Reason, message: &str) -> (&'static str, String) {
     let described = format!("{reason}: {message}");
     match reason {
         Created | Updated | Adopted | UpToDate => ("Healthy", described),
-        Creating | Updating | Deleting | WaitingForLinkedJob | RateLimited | GatewayUnavailable => {
+        Creating | Deleting | WaitingForLinkedJob | RateLimited | GatewayUnavailable => {
             ("Progressing", described)
         }
         DriftDetected => (
@@ -148,7 +148,7 @@ fn expected(reason: Reason, message: &str) -> (&'static str, String) {
             format!("live job differs from spec; driftPolicy Report: {message}"),
         ),
         InvalidSpec | Unauthorized | Forbidden | NameConflict | JobClaimed | NotConverging
-        | CannotDisable | JobMissing | DeletionBlocked => ("Degraded", described),
+        | CannotDisable | JobMissing | DeletionBlocked | CrdMismatch => ("Degraded", described),
         Paused => (
             "Suspended",
             "Reconciling is paused by the pm.qualys.io/paused annotation".into(),

@@ -1,22 +1,21 @@
 //! The command line, run as the real binary: `plan`, `apply`, `import` and `check` against the
-//! simulator over HTTP on loopback — either the embedded one (no gateway configured) or one
-//! started here and reached with `--gateway-url`, whose counters tell exactly what the binary
-//! sent.
+//! simulator over HTTP on loopback — either the embedded one (`--sim`) or one started here and
+//! reached with `--gateway-url`, whose counters tell exactly what the binary sent.
 
 use qpm_operator::sim::{self, SimConfig, SimHandle, SimUser};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const AUTH: &str = "POST /auth";
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const LIST: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 
-const ANNOUNCE: &str = "using the embedded Qualys simulator (no gateway configured); state: ";
+const ANNOUNCE: &str = "using the embedded Qualys simulator (--sim); state: ";
 
 /// A scratch folder, removed when dropped.
 struct Dir(PathBuf);
@@ -61,6 +60,16 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     fn lines(&self) -> Vec<&str> {
         self.stdout.lines().collect()
@@ -76,6 +85,37 @@ impl Run {
 /// Run the binary with a clean environment for the Qualys settings (the test's own simulator
 /// keeps serving on the runtime meanwhile).
 async fn qpm(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = command(args, env);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("the binary runs");
+    Run::from(out)
+}
+
+/// [`qpm`] for a run that used to hang: killed (by its pid) and failed when it has not ended
+/// within `GUARD`, so a regression fails instead of stalling the suite.
+async fn qpm_guarded(args: &[&str], env: &[(&str, &str)]) -> Run {
+    const GUARD: std::time::Duration = std::time::Duration::from_secs(120);
+    let mut cmd = command(args, env);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("the binary runs");
+    let pid = child.id();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(GUARD, waiting).await {
+        Ok(out) => Run::from(out.unwrap().unwrap()),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("{args:?} did not finish within {GUARD:?}");
+        }
+    }
+}
+
+/// The command [`qpm`] runs.
+fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qpm-operator"));
     cmd.args(args);
     for var in [
@@ -91,15 +131,7 @@ async fn qpm(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("the binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd
 }
 
 fn examples() -> String {
@@ -134,6 +166,8 @@ fn gw(sim: &SimHandle) -> Vec<String> {
         "0".into(),
         "--qualys-concurrency".into(),
         "0".into(),
+        "--qualys-budget".into(),
+        "none".into(),
     ]
 }
 
@@ -159,10 +193,10 @@ const EXAMPLE_KEYS: [&str; 4] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_of_the_examples_on_a_fresh_machine_uses_the_embedded_simulator() {
+async fn apply_of_the_examples_with_sim_uses_the_embedded_simulator() {
     let home = Dir::new("fresh");
     let run = qpm(
-        &["apply", "-f", &examples()],
+        &["apply", "--sim", "-f", &examples()],
         &[("XDG_STATE_HOME", &home.s("state"))],
     )
     .await;
@@ -933,7 +967,491 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
         "{flag:?}"
     );
 
-    let embedded = qpm(&["check"], &[]).await;
+    let embedded = qpm(&["check", "--sim"], &[]).await;
     assert_eq!(embedded.code, 0, "{embedded:?}");
     assert_eq!(embedded.stderr, format!("{ANNOUNCE}in memory\n"));
+}
+
+/// `n` small DeploymentJobs in one multi-document file.
+fn many_jobs(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: pm.qualys.io/v1alpha1\nkind: DeploymentJob\nmetadata: {{name: job-{i}}}\n\
+                 spec:\n  job: {{name: Job {i}, platform: Linux, scheduleType: On-demand}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+const NOT_CONFIGURED: &str = "error: no Qualys gateway configured: set QUALYS_GATEWAY_URL (or --gateway-url) \
+     with QUALYS_USERNAME (or --username) and QUALYS_PASSWORD (or --password-file), or pass --sim \
+     to use the embedded simulator (nothing then reaches Qualys)\n";
+
+/// No gateway and no --sim: every command fails with one line saying how to configure either;
+/// a pipeline whose QUALYS_GATEWAY_URL went missing must not "succeed" against a simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_gateway_or_sim_every_command_fails_and_says_what_to_set() {
+    let dir = Dir::new("nogw");
+    let (state, examples) = (dir.s("state.json"), examples());
+    let runs = [
+        vec!["plan", "-f", &examples, "--state", &state],
+        vec!["apply", "-f", &examples, "--state", &state],
+        vec!["import", "--all"],
+        vec!["check"],
+    ];
+    for args in runs {
+        let run = qpm(&args, &[("QUALYS_USERNAME", "u"), ("QUALYS_PASSWORD", "p")]).await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert_eq!(run.stderr, NOT_CONFIGURED, "{args:?}");
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
+    assert!(!Path::new(&state).exists());
+    // The simulator and a gateway flag together are a usage error.
+    let both = qpm(
+        &["check", "--sim", "--gateway-url", "https://gw.example"],
+        &[],
+    )
+    .await;
+    assert_eq!(both.code, 2, "{both:?}");
+    assert!(both.stderr.contains("cannot be used with"), "{both:?}");
+}
+
+/// `plan -o json | head` closes the pipe early: no panic, no backtrace, the plan's own exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_output_quietly() {
+    let dir = Dir::new("pipe");
+    for (args, code) in [
+        (vec!["plan", "--sim", "-o", "json"], 2),
+        (vec!["plan", "--sim"], 2),
+        (vec!["apply", "--sim"], 0),
+    ] {
+        let mut all = args.clone();
+        let (examples, state) = (examples(), dir.s("state.json"));
+        all.extend(["-f", &examples, "--state", &state]);
+        let mut cmd = command(&all, &[("RUST_BACKTRACE", "1")]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        // The reader goes away before the first line is written, as `head` does after its lines.
+        drop(child.stdout.take());
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    }
+}
+
+/// Two applies sharing a state file: the second waits for the first's lock and then finds
+/// every job recorded, so each job is created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_applies_sharing_a_state_file_create_each_job_once() {
+    let sim = gateway().await;
+    let dir = Dir::new("twoapplies");
+    let input = dir.write("jobs.yaml", &many_jobs(20));
+    let state = dir.s("state.json");
+    let args = ["apply", "-f", &input, "--state", &state];
+    let (a, b) = tokio::join!(qpm_gw(&sim, &args), qpm_gw(&sim, &args));
+    assert_eq!((a.code, b.code), (0, 0), "{a:?}\n{b:?}");
+    assert_eq!(sim.job_count(), 20, "{a:?}\n{b:?}");
+    assert_eq!(sim.count(CREATE), 20);
+    let mut summaries = vec![a.last().to_string(), b.last().to_string()];
+    summaries.sort();
+    assert_eq!(
+        summaries,
+        [
+            "0 created, 0 updated, 20 unchanged, 0 failed",
+            "20 created, 0 updated, 0 unchanged, 0 failed"
+        ]
+    );
+}
+
+/// A lock held elsewhere: `--lock-timeout 0` fails at once naming the holder, with no API call;
+/// otherwise the run says whom it waits for and goes on once the lock is released. A killed
+/// run's temporary state file is removed by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_state_file_names_its_holder_and_is_waited_for() {
+    use std::io::{BufRead, Write};
+    let sim = gateway().await;
+    let dir = Dir::new("lock");
+    let state = dir.s("state.json");
+    let leftover = dir.write("state.json.tmp4000000", "{half a state");
+    let holder = std::fs::File::create(dir.join("state.json.lock")).unwrap();
+    holder.try_lock().unwrap();
+    (&holder)
+        .write_all(br#"{"pid":4242,"host":"build-7","started":"2026-01-02T03:04:05Z"}"#)
+        .unwrap();
+
+    let at_once = qpm_gw(
+        &sim,
+        &[
+            "apply",
+            "-f",
+            &examples(),
+            "--state",
+            &state,
+            "--lock-timeout",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(at_once.code, 1, "{at_once:?}");
+    assert_eq!(
+        at_once.stderr,
+        format!(
+            "error: state file {state} is locked by pid 4242 on build-7 (started 2026-01-02T03:04:05Z): \
+             another apply is using it; run again when it has finished, or wait longer with \
+             --lock-timeout SECONDS (now 0s)\n"
+        )
+    );
+    assert_eq!(sim.counters().total(), 0);
+    assert!(Path::new(&leftover).exists(), "untouched without the lock");
+
+    let mut args: Vec<String> = ["apply", "-f", &examples(), "--state", &state]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(gw(&sim));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = command(&refs, &SIM_USER);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first,
+        format!(
+            "state file {state} is locked by pid 4242 on build-7 (started 2026-01-02T03:04:05Z); \
+             waiting up to 60s (--lock-timeout)\n"
+        )
+    );
+    drop(holder);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("4 created, 0 updated, 0 unchanged, 0 failed")
+    );
+    assert!(
+        !Path::new(&leftover).exists(),
+        "a killed run's temporary is removed"
+    );
+    // The lock file now names the run that held it last.
+    let lock: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json.lock")).unwrap())
+            .unwrap();
+    assert!(lock["pid"].is_u64() && lock["pid"] != 4242, "{lock}");
+    assert!(
+        lock["host"].is_string() && lock["started"].is_string(),
+        "{lock}"
+    );
+}
+
+/// `-f` reads regular files only, each folder once, and at most 256 MiB per file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_used_to_hang_are_refused_or_skipped() {
+    let dir = Dir::new("inputs");
+    let state = dir.s("state.json");
+    let jobs = Dir::new("inputs-jobs");
+    jobs.write("jobs.yaml", &many_jobs(2));
+    // A folder holding two symlinks to itself, read with -R: each folder once.
+    std::os::unix::fs::symlink(&jobs.0, jobs.join("self-a")).unwrap();
+    std::os::unix::fs::symlink(".", jobs.join("self-b")).unwrap();
+    let looped = qpm_guarded(
+        &["plan", "--sim", "-R", "-f", &jobs.s(""), "--state", &state],
+        &[],
+    )
+    .await;
+    assert_eq!(looped.code, 2, "{looped:?}");
+    assert_eq!(
+        looped.last(),
+        "2 to create, 0 to update, 0 unchanged, 0 error(s)"
+    );
+
+    // A FIFO or a device named directly: an error at once, naming it.
+    let fifo = dir.s("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (path, kind) in [(fifo.as_str(), "a FIFO"), ("/dev/zero", "a device")] {
+        let run = qpm_guarded(&["plan", "--sim", "-f", path, "--state", &state], &[]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: {path}: {kind}: only regular files and folders are read\n\
+                 1 problem(s) in the input; nothing was planned or applied\n"
+            )
+        );
+    }
+
+    // A stray FIFO inside a folder: skipped with a warning.
+    jobs.write(
+        "good.yaml",
+        &many_jobs(1)
+            .replace("job-0", "good")
+            .replace("Job 0", "Good"),
+    );
+    std::fs::rename(&fifo, jobs.join("stray.yaml")).unwrap();
+    let stray = qpm_guarded(
+        &["plan", "--sim", "-f", &jobs.s(""), "--state", &state],
+        &[],
+    )
+    .await;
+    assert_eq!(stray.code, 2, "{stray:?}");
+    assert!(
+        stray.stderr.starts_with(&format!(
+            "warning: {}: skipped: a FIFO, not a regular file\n",
+            jobs.s("stray.yaml")
+        )),
+        "{stray:?}"
+    );
+    assert_eq!(
+        stray.last(),
+        "3 to create, 0 to update, 0 unchanged, 0 error(s)"
+    );
+
+    // Larger than the limit: refused unread, the limit in the message (a sparse file).
+    let big = dir.join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(256 * 1024 * 1024 + 1)
+        .unwrap();
+    let run = qpm_guarded(
+        &[
+            "plan",
+            "--sim",
+            "-f",
+            &big.display().to_string(),
+            "--state",
+            &state,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.lines().next(),
+        Some(
+            format!(
+                "error: {}: larger than 256 MiB, the most read from one file (split it)",
+                big.display()
+            )
+            .as_str()
+        )
+    );
+}
+
+/// More than 1,024 documents in a file plan fine (`import --all` of a big subscription read
+/// back); a "billion laughs" document is still refused, in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_many_documents_plans_and_a_billion_laughs_is_refused_in_words() {
+    let dir = Dir::new("many");
+    let input = dir.write("all.yaml", &many_jobs(1_100));
+    let run = qpm(
+        &[
+            "plan",
+            "--sim",
+            "-f",
+            &input,
+            "--state",
+            &dir.s("state.json"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(
+        run.last(),
+        "1100 to create, 0 to update, 0 unchanged, 0 error(s)"
+    );
+
+    let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .into_iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        laughs.push_str(&format!("{next}: &{next} [{refs}]\n"));
+    }
+    let lol = dir.write("lol.yaml", &laughs);
+    let run = qpm(
+        &["plan", "--sim", "-f", &lol, "--state", &dir.s("state.json")],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: {lol}: not valid YAML: refused: aliases expand to more than 100,000 copied \
+             values, as in a \"billion laughs\" document\n\
+             1 problem(s) in the input; nothing was planned or applied\n"
+        )
+    );
+}
+
+/// A gateway nobody listens on: one /auth sequence for the whole run, one error line, exit 1,
+/// no line per job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gateway_fails_the_run_once() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = Dir::new("closed");
+    let input = dir.write("jobs.yaml", &many_jobs(20));
+    for command in ["plan", "apply"] {
+        let run = qpm(
+            &[
+                command,
+                "-f",
+                &input,
+                "--state",
+                &dir.s("state.json"),
+                "--gateway-url",
+                &url,
+                "--stats",
+            ],
+            &SIM_USER,
+        )
+        .await;
+        assert_eq!(run.code, 1, "{command}: {run:?}");
+        assert_eq!(run.stdout, "", "{command}: {run:?}");
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{command}: {run:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "error: {url}: cannot reach the gateway (POST /auth): "
+            )),
+            "{command}: {run:?}"
+        );
+        assert!(
+            errors[0].ends_with("; nothing was planned or applied"),
+            "{command}: {run:?}"
+        );
+        // One /auth with the client's own retries (at most its 4 attempts), not one sequence
+        // per job (20 jobs used to make hundreds).
+        let total: u64 = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("  total "))
+            .and_then(|t| t.strip_suffix(", writes 0"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{command}: no totals: {run:?}"));
+        assert!(
+            (1..=4).contains(&total),
+            "{command}: {total} calls: {run:?}"
+        );
+    }
+}
+
+/// Names are data: control characters in a name, a namespace or a file name are shown
+/// escaped, never sent to the terminal; such names are refused as the API server refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_the_input_are_escaped_and_bad_names_refused() {
+    let dir = Dir::new("escape");
+    let file = dir.write(
+        "evil\n\u{1b}[2Jname.yaml",
+        "apiVersion: pm.qualys.io/v1alpha1\nkind: DeploymentJob\n\
+         metadata: {name: \"x\\e]0;pwned\\a\\nerror: forged line\", namespace: \"ns\\0\\x9b\"}\n\
+         spec:\n  job: {name: X, platform: Linux, scheduleType: On-demand}\n\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\ndata: {a: b}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {name: ok, namespace: \"a\\u202eb\"}\n",
+    );
+    let run = qpm(
+        &["plan", "--sim", "-f", &file, "--state", &dir.s("s.json")],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    for c in ['\u{1b}', '\u{7}', '\0', '\u{9b}', '\u{202e}'] {
+        assert!(
+            !run.stderr.contains(c),
+            "{c:?} reached the terminal: {run:?}"
+        );
+    }
+    let shown = dir.s("evil\\n\\u{1b}[2Jname.yaml");
+    let resource = "DeploymentJob ns\\0\\u{9b}/x\\u{1b}]0;pwned\\u{7}\\nerror: forged line";
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "error: {shown}: {resource}: metadata.name: must be a Kubernetes object name: at most 253 \
+                 lowercase letters, digits, '-' and '.' starting and ending with a letter or digit; \
+                 got \"x\\u{{1b}}]0;pwned\\u{{7}}\\nerror: forged line\""
+            ),
+            format!(
+                "error: {shown}: {resource}: metadata.namespace: must be a namespace name: at most 63 \
+                 lowercase letters, digits, '-' starting and ending with a letter or digit; got \"ns\\0\\u{{9b}}\""
+            ),
+            format!(
+                "error: {shown}: ConfigMap default/Bad_Name: metadata.name: must be a Kubernetes object \
+                 name: at most 253 lowercase letters, digits, '-' and '.' starting and ending with a letter \
+                 or digit; got \"Bad_Name\""
+            ),
+            format!(
+                "error: {shown}: Secret a\\u{{202e}}b/ok: metadata.namespace: must be a namespace name: at \
+                 most 63 lowercase letters, digits, '-' starting and ending with a letter or digit; got \
+                 \"a\\u{{202e}}b\""
+            ),
+            "4 problem(s) in the input; nothing was planned or applied".to_string(),
+        ]
+    );
+}
+
+/// A runaway password in a connectionRef Secret is refused by length, before any call, and
+/// never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_password_is_refused_by_its_length() {
+    let sim = gateway().await;
+    let dir = Dir::new("bigpw");
+    let password = "p".repeat(10_000_000);
+    let input = dir.write(
+        "in.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: qualys}}\nstringData:\n  gatewayUrl: {}\n  \
+             username: sim\n  password: {password}\n---\napiVersion: pm.qualys.io/v1alpha1\n\
+             kind: DeploymentJob\nmetadata: {{name: a}}\nspec:\n  connectionRef: {{name: qualys}}\n  \
+             job: {{name: A, platform: Linux, scheduleType: On-demand}}\n",
+            sim.base_url()
+        ),
+    );
+    let run = qpm(&["plan", "-f", &input, "--state", &dir.s("s.json")], &[]).await;
+    assert_eq!(run.code, 1, "{}", &run.stderr[..run.stderr.len().min(500)]);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: {input}: DeploymentJob default/a: spec.connectionRef: Secret default/qualys: \
+             password too long (10000000 bytes; max 1024 bytes)\n\
+             1 problem(s) in the input; nothing was planned or applied\n"
+        )
+    );
+    assert_eq!(sim.counters().total(), 0);
 }

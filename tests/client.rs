@@ -20,13 +20,13 @@ use tokio::time::Instant;
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse-battery-7";
 
-const AUTH: &str = "POST /auth";
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const LIST: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -52,6 +52,7 @@ fn fast() -> ClientOptions {
         max_retry_time: Duration::from_secs(20),
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
+        budget: None,
         rps: None,
         concurrency: None,
         proxy: ProxySettings::none(),
@@ -212,8 +213,9 @@ async fn every_operation_works_against_the_simulator() {
     assert_counts(&sim, CREATE, &[(201, 2)]);
     assert_counts(&sim, GET, &[(200, 1), (404, 1)]);
     assert_counts(&sim, UPDATE, &[(200, 1)]);
-    // One page per platform (each shorter than the page size): Windows, then Windows + Linux.
-    assert_counts(&sim, LIST, &[(200, 3)]);
+    // The page size is not known yet, and one job a page could be the gateway's clamp: each
+    // list reads on to an empty page (Windows; then Windows and Linux).
+    assert_counts(&sim, LIST, &[(200, 6)]);
     assert_counts(&sim, STATUS, &[(200, 2)]);
     assert_counts(&sim, DELETE, &[(200, 1)]);
     sim.shutdown().await;
@@ -239,7 +241,13 @@ async fn lists_walk_every_page_and_stop_at_a_short_one() {
         .map(|s| s.id.get().cloned().unwrap())
         .collect();
     assert_eq!(listed, ids, "every job once, in the server's order");
-    // Pages of 2, 2 and 1.
+    // The first list learns the page size: pages of 2, 2, 1 and the empty one.
+    assert_counts(&sim, LIST, &[(200, 4)]);
+    assert_eq!(client.learned_page_size(), Some(2));
+
+    // Once known, a short page ends the walk: 2, 2, 1.
+    sim.reset_counters();
+    assert_eq!(client.list_summaries("Windows").await.unwrap().len(), 5);
     assert_counts(&sim, LIST, &[(200, 3)]);
 
     // With an exact multiple, the empty page past the end is what stops the walk.
@@ -248,6 +256,7 @@ async fn lists_walk_every_page_and_stop_at_a_short_one() {
     let listed = client.list_summaries("Windows").await.unwrap();
     assert_eq!(listed.len(), 4);
     assert_counts(&sim, LIST, &[(200, 3)]);
+    assert_eq!(client.list_calls(), 10);
     sim.shutdown().await;
 }
 
@@ -746,6 +755,13 @@ async fn bulk_calls_report_each_item() {
         other => panic!("expected ItemFailed, got {other:?}"),
     }
     assert_eq!(sim.job_count(), 0);
+    // Confirmed, the unknown id is gone — all a delete is for — at the cost of one GET (404).
+    let confirmed = client
+        .delete_jobs_confirmed(std::slice::from_ref(&unknown))
+        .await
+        .unwrap();
+    assert_eq!(confirmed[0].result, Ok(()));
+    assert_counts(&sim, GET, &[(404, 1)]);
 
     // A non-recurring job, once enabled, cannot be disabled.
     let once = client.create_job(&job("on-demand")).await.unwrap();
@@ -771,7 +787,7 @@ async fn bulk_calls_report_each_item() {
 
     // No ids, no call.
     assert_eq!(client.delete_jobs(&[]).await.unwrap(), vec![]);
-    assert_counts(&sim, DELETE, &[(200, 1)]);
+    assert_counts(&sim, DELETE, &[(200, 2)]);
     assert_counts(&sim, STATUS, &[(200, 2)]);
     sim.shutdown().await;
 }
@@ -1128,6 +1144,7 @@ mod stub {
                     "/pm/v1/deploymentjobs",
                     delete(|| async { axum::Json(json!([{"id": "a", "name": "A", "status": "success"}])) }),
                 )
+
                 .route(
                     "/pm/v1/deploymentjobs/update/status/{action}",
                     post(|| async { axum::Json(json!([{"id": "a", "status": "failure"}, {"id": "b", "status": "success"}])) }),

@@ -15,6 +15,7 @@ const PASSWORD: &str = "correct-horse-battery-7";
 fn client_for(url: &str, password: &str) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let opts = ClientOptions {
+        budget: None,
         rps: None,
         concurrency: None,
         min_backoff: Duration::from_millis(10),

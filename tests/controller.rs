@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{TestCluster, wait_for};
 
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
 const OPERATOR_AGENT: &str = "qpm-operator-under-test";
@@ -82,6 +82,7 @@ impl Env {
                 listing_max_age: Duration::ZERO,
             },
             client_options: ClientOptions {
+                budget: None,
                 rps: None,
                 concurrency: None,
                 proxy: ProxySettings::none(),
@@ -102,6 +103,28 @@ impl Env {
 
     async fn operator(&self) -> Operator {
         controller::start(self.operator_client(), self.config("op-1"))
+            .await
+            .expect("operator starts")
+    }
+
+    /// Resources "deleted" (deletionPolicy Delete) and "orphaned" (Orphan), once Created:
+    /// their job ids.
+    async fn one_of_each_deletion_policy(&self) -> (String, String) {
+        self.create("deleted", spec("delete me")).await;
+        let mut orphan = spec("keep me");
+        orphan["deletionPolicy"] = json!("Orphan");
+        self.create("orphaned", orphan).await;
+        (
+            job_id(&self.wait_reason("deleted", "Created").await),
+            job_id(&self.wait_reason("orphaned", "Created").await),
+        )
+    }
+
+    /// An operator that resyncs every resource every `every`.
+    async fn operator_resyncing(&self, every: Duration) -> Operator {
+        let mut config = self.config("op-1");
+        config.settings.resync = every;
+        controller::start(self.operator_client(), config)
             .await
             .expect("operator starts")
     }
@@ -262,12 +285,19 @@ impl Drop for Env {
             .iter()
             .filter(|r| r.verb != support::Verb::Discovery && !r.resource.is_empty())
             .filter(|r| {
-                !install.allows(
+                // RBAC reads a list's or watch's `metadata.name` field selector as its name.
+                let selected = r.query.split('&').find_map(|kv| {
+                    let v = kv.strip_prefix("fieldSelector=")?;
+                    let v = v.replace("%3D", "=").replace("%3d", "=");
+                    v.strip_prefix("metadata.name=").map(str::to_string)
+                });
+                !install.allows_named(
                     &r.group,
                     &r.resource,
                     r.subresource.as_deref(),
                     &r.verb.to_string(),
                     r.namespace.as_deref(),
+                    r.name.as_deref().or(selected.as_deref()),
                 )
             })
             .map(|r| r.to_string())
@@ -376,9 +406,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
         ids.push(job_id(&env.wait_reason(n, "Created").await));
     }
     // Let a poll pass record everything, then change one job in the "console".
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "a poll", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 2).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 2)
+            .then_some(())
     })
     .await;
     env.sim.reset_counters();
@@ -393,9 +428,14 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
     .await;
     env.wait_event("b", "DriftCorrected").await;
     // Let more polls pass: nothing else is read or written.
-    let polls = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let polls = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "two more polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") > polls + 4).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            > polls + 4)
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -577,12 +617,79 @@ async fn a_foreign_job_with_the_same_name_is_a_conflict_and_a_claimed_job_is_not
 }
 
 #[tokio::test]
-async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
+async fn deleting_a_resource_stalled_at_job_claimed_leaves_the_other_resources_job() {
     let env = Env::start().await;
     let op = env.operator().await;
+    env.create("owner", spec("owned job")).await;
+    let id = job_id(&env.wait_reason("owner", "Created").await);
+    let mut claim = spec("owned job");
+    claim["jobId"] = json!(id);
+    claim["deletionPolicy"] = json!("Delete");
+    env.create("claimer", claim).await;
+    let dj = env.wait_reason("claimer", "JobClaimed").await;
+    assert_eq!(
+        dj.status.as_ref().and_then(|s| s.job_id.clone()),
+        None,
+        "a claimer never records the job as its own"
+    );
+    env.sim.reset_counters();
+    env.jobs
+        .delete("claimer", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("claimer").await;
+    assert_eq!(env.sim.count(DELETE), 0, "{:?}", env.sim.counters());
+    assert!(env.sim.job(&id).is_some(), "the owner's job still exists");
+    let note = env.wait_event("claimer", "OrphanedNotOwned").await;
+    assert!(note.contains(&id) && note.contains("owner"), "{note}");
+    // The owner still manages it, and deleting the owner deletes it.
+    env.jobs
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("owner").await;
+    assert_eq!(env.sim.count(DELETE), 1);
+    assert!(env.sim.job(&id).is_none());
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_stalled_without_any_qualys_call() {
+    let env = Env::start().await;
     let mut bad = spec("invalid");
     bad["job"]["timeoutUnit"] = json!("MINUTES");
     bad["job"]["timeout"] = json!(20000);
+    // The API server refuses it at admission, naming the field.
+    let dj: DeploymentJob = serde_json::from_value(json!({
+        "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+        "metadata": {"name": "invalid"}, "spec": bad
+    }))
+    .unwrap();
+    match env.jobs.create(&PostParams::default(), &dj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("spec.job.timeout"), "{}", e.message);
+        }
+        other => panic!("the API server admits an invalid spec: {other:?}"),
+    }
+    // The operator checks again, for what a looser (older, edited) CRD lets through.
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("the rest is skipped on a real cluster: it would install a looser CRD");
+        return;
+    };
+    let mut looser = api::crd_value();
+    let job = looser
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/job")
+        .and_then(Value::as_object_mut)
+        .expect("spec.job in the schema");
+    job.remove("x-kubernetes-validations");
+    job["properties"]["timeout"]
+        .as_object_mut()
+        .expect("spec.job.timeout in the schema")
+        .remove("maximum");
+    fake.register_crd(&serde_json::from_value(looser).unwrap())
+        .expect("the looser CRD");
+    let op = env.operator().await;
     env.create("invalid", bad).await;
     let dj = env.wait_reason("invalid", "InvalidSpec").await;
     let message = &condition(&dj, "Ready").unwrap().message;
@@ -635,7 +742,7 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
         .counters()
         .0
         .iter()
-        .filter(|(r, _)| r.as_str() != "POST /auth")
+        .filter(|(r, _)| r.as_str() != qpm_operator::qualys::Endpoint::Auth.as_str())
         .flat_map(|(_, by)| by.iter().filter(|(s, _)| **s != 429).map(|(_, n)| *n))
         .sum();
     // The client learns the limit from the headers instead of hammering: few refusals.
@@ -780,9 +887,14 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
     );
     // Observed on every poll (two list calls each, one per platform); never written.
     let gets = env.sim.count(GET);
-    let lists = env.sim.count("GET /pm/v1/deploymentjobs/summary");
+    let lists = env
+        .sim
+        .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str());
     wait_for(WAIT, "three polls", || async {
-        (env.sim.count("GET /pm/v1/deploymentjobs/summary") >= lists + 6).then_some(())
+        (env.sim
+            .count(qpm_operator::qualys::Endpoint::ListSummaries.as_str())
+            >= lists + 6)
+            .then_some(())
     })
     .await;
     wait_for(WAIT, "a read per poll", || async {
@@ -799,11 +911,7 @@ async fn report_mode_writes_nothing_and_shows_pending_changes() {
 #[tokio::test]
 async fn nothing_changing_means_no_status_write_over_many_resyncs() {
     let env = Env::start().await;
-    let mut config = env.config("op-1");
-    config.settings.resync = Duration::from_millis(100);
-    let op = controller::start(env.operator_client(), config)
-        .await
-        .unwrap();
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("steady", spec("steady")).await;
     let dj = env.wait_reason("steady", "Created").await;
     let writes = op.metrics.status_writes.get();
@@ -837,6 +945,38 @@ async fn nothing_changing_means_no_status_write_over_many_resyncs() {
         dj.resource_version()
     );
     assert_eq!(env.sim.count(UPDATE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn managed_jobs_counts_the_ready_reason_a_resync_keeps() {
+    let env = Env::start().await;
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("kept", spec("kept")).await;
+    env.wait_reason("kept", "Created").await;
+    let metric = |name: &str| {
+        op.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let up_to_date = r#"qpm_reconciles_total{result="UpToDate"}"#;
+    wait_for(WAIT, "three resyncs that find nothing to do", || async {
+        (metric(up_to_date)? >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(r#"qpm_managed_jobs{reason="Created"}"#), Some(1.0));
+    assert_ne!(
+        metric(r#"qpm_managed_jobs{reason="UpToDate"}"#).unwrap_or(0.0),
+        1.0,
+        "{}",
+        op.metrics.encode()
+    );
+    assert_eq!(
+        condition(&env.get("kept").await, "Ready").unwrap().reason,
+        "Created"
+    );
     op.shutdown().await;
 }
 
@@ -960,6 +1100,140 @@ async fn a_missing_connection_secret_is_an_error_until_it_appears() {
 }
 
 #[tokio::test]
+async fn a_retired_identity_stops_polling_after_its_secret_is_rotated() {
+    let mut sim_config = SimConfig::default();
+    sim_config
+        .users
+        .push(sim::SimUser::new("rotated", "rotated-password"));
+    let env = Env::start_with(sim_config).await;
+    let op = env.operator().await;
+    env.create("rotating", spec("rotating")).await;
+    env.wait_reason("rotating", "Created").await;
+    // Requests of one identity, from the operator's own metrics; `list` counts summary listings.
+    let requests = |user: &str, list: bool| -> f64 {
+        op.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("qpm_qualys_requests_total{"))
+            .filter(|l| l.contains(&format!("connection=\"{user}@")))
+            .filter(|l| !list || l.contains("endpoint=\"list_summaries\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for(WAIT, "the first identity to poll", || async {
+        (requests("sim", true) > 0.0).then_some(())
+    })
+    .await;
+
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    let rotated: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qualys"},
+        "stringData": {"gatewayUrl": env.sim.base_url(), "username": "rotated", "password": "rotated-password"}
+    }))
+    .unwrap();
+    secrets
+        .patch(
+            "qualys",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&rotated),
+        )
+        .await
+        .unwrap();
+    // The Secret poller notices the change too; asking makes the test independent of when it
+    // first read the Secret.
+    env.patch_spec(
+        "rotating",
+        json!({"metadata": {"annotations": {api::ANNOTATION_RECONCILE_REQUESTED_AT: "rotated"}}}),
+    )
+    .await;
+    wait_for(WAIT, "the old connection to be evicted", || async {
+        (requests("rotated", false) > 0.0 && op.metrics.connections.get() == 1).then_some(())
+    })
+    .await;
+    // Two more listings of both platforms by the new identity: a poll pass that began before
+    // the eviction (and may still list with the old identity) has ended.
+    let since = requests("rotated", true);
+    wait_for(
+        WAIT,
+        "a poll pass that began after the eviction",
+        || async { (requests("rotated", true) >= since + 4.0).then_some(()) },
+    )
+    .await;
+    let retired = requests("sim", false);
+    let polls = requests("rotated", true);
+    wait_for(WAIT, "three more polls by the new identity", || async {
+        (requests("rotated", true) >= polls + 6.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        requests("sim", false),
+        retired,
+        "the retired identity makes no request after the rotation:\n{}",
+        op.metrics.encode()
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_tried_once_per_connection_not_once_per_resource() {
+    let env = Env::start().await;
+    // A port nothing listens on: every connection attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nowhere"},
+        "stringData": {"gatewayUrl": url, "username": "sim", "password": "sim"}
+    }))
+    .unwrap();
+    secrets
+        .patch(
+            "nowhere",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+    let op = env.operator().await;
+    const RESOURCES: usize = 8;
+    for i in 0..RESOURCES {
+        let mut s = spec(&format!("unreachable {i}"));
+        s["connectionRef"] = json!({"name": "nowhere"});
+        env.create(&format!("unreachable-{i}"), s).await;
+    }
+    for i in 0..RESOURCES {
+        env.wait_reason(&format!("unreachable-{i}"), "GatewayUnavailable")
+            .await;
+    }
+    let auth_attempts: f64 = op
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_qualys_requests_total{") && l.contains("endpoint=\"auth\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Reconciles already in flight (4 at a time, 3 attempts each) try before the first failure
+    // is known, and at most one probe may follow; one attempt per resource would be 8 × 3.
+    assert!(
+        auth_attempts > 0.0 && auth_attempts <= 15.0,
+        "{auth_attempts} /auth attempts for {RESOURCES} resources"
+    );
+    let dj = env.get("unreachable-7").await;
+    assert!(
+        condition(&dj, "Reconciling")
+            .unwrap()
+            .message
+            .contains("could not be reached")
+            || condition(&dj, "Reconciling")
+                .unwrap()
+                .message
+                .contains("cannot reach")
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
 async fn wrong_credentials_are_stalled_and_never_leak() {
     let env = Env::start().await;
     env.put_secret("bad", "not-the-password").await;
@@ -1018,5 +1292,366 @@ async fn a_requested_reconcile_re_evaluates_a_stalled_resource() {
     .await;
     let dj = env.wait_reason("second", "Created").await;
     assert_ne!(job_id(&dj), first);
+    op.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What only a real cluster does: an older CRD, another manager's condition, namespace and CRD
+// deletion, a lagging cache.
+
+/// The generated CRD without the status fields an older operator version did not have.
+fn older_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = api::crd_value();
+    let status = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
+        .and_then(Value::as_object_mut)
+        .expect("the CRD has status properties");
+    status.remove("pendingCreate");
+    status.remove("lastEnabledTime");
+    serde_json::from_value(crd).expect("still a CRD")
+}
+
+fn reconciles(op: &Operator) -> f64 {
+    op.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_reconciles_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn gauge(op: &Operator, name: &str) -> Option<f64> {
+    op.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn an_older_crd_stops_creates_without_a_loop_until_it_is_upgraded() {
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: it would install an older CRD cluster-wide");
+        return;
+    };
+    fake.register_crd(&older_crd()).expect("the older CRD");
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("early", spec("installed too early")).await;
+    let dj = env.wait_reason("early", "CrdMismatch").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(
+        message.contains("status.pendingCreate") && message.contains("status.lastEnabledTime"),
+        "{message}"
+    );
+    assert_eq!(
+        env.sim.count(CREATE),
+        0,
+        "no create whose record would be pruned"
+    );
+    assert_eq!(gauge(&op, "qpm_crd_missing_fields"), Some(2.0));
+    assert!(op.is_ready(), "/readyz stays ready so deletion still works");
+    // No loop: further reconciles write nothing.
+    let writes = op.metrics.status_writes.get();
+    let before = reconciles(&op);
+    wait_for(WAIT, "five more reconciles", || async {
+        (reconciles(&op) >= before + 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(op.metrics.status_writes.get(), writes);
+    assert_eq!(
+        env.get("early").await.resource_version(),
+        dj.resource_version()
+    );
+    assert_eq!(env.sim.count(CREATE), 0);
+
+    // The CRD is upgraded: the operator notices by itself and creates the job, once.
+    fake.register_crd(&api::crd()).expect("the current CRD");
+    let dj = env.wait_reason("early", "Created").await;
+    assert!(dj.status.as_ref().unwrap().job_id.is_some());
+    assert_eq!(env.sim.count(CREATE), 1);
+    assert_eq!(gauge(&op, "qpm_crd_missing_fields"), Some(0.0));
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_condition_of_another_manager_is_kept_and_causes_no_write() {
+    let env = Env::start().await;
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("audited", spec("audited")).await;
+    env.wait_reason("audited", "Created").await;
+    let foreign = env
+        .jobs
+        .patch_status(
+            "audited",
+            &PatchParams::apply("auditor").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                "status": {"conditions": [{
+                    "type": "example.com/Audited", "status": "True", "reason": "Reviewed",
+                    "message": "reviewed by the audit controller",
+                    "lastTransitionTime": "2025-01-01T00:00:00Z"
+                }]},
+            })),
+        )
+        .await
+        .expect("another manager adds its condition");
+    assert!(
+        condition(&foreign, "Ready").is_some(),
+        "merged by type, not replaced"
+    );
+    let writes = op.metrics.status_writes.get();
+    let before = reconciles(&op);
+    wait_for(WAIT, "five more reconciles", || async {
+        (reconciles(&op) >= before + 5.0).then_some(())
+    })
+    .await;
+    let now = env.get("audited").await;
+    assert_eq!(now.resource_version(), foreign.resource_version());
+    assert_eq!(op.metrics.status_writes.get(), writes);
+    assert_eq!(
+        condition(&now, "example.com/Audited").unwrap().reason,
+        "Reviewed"
+    );
+    // A change of the operator's own keeps the other condition.
+    env.patch_spec("audited", json!({"spec": {"job": {"timeout": 7}}}))
+        .await;
+    let updated = env.wait_reason("audited", "Updated").await;
+    assert_eq!(
+        condition(&updated, "example.com/Audited").unwrap().reason,
+        "Reviewed"
+    );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_namespace_deleted_while_the_operator_is_stopped_ends_each_resource_clearly() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
+    op.shutdown().await;
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.cluster.client());
+    namespaces
+        .delete(env.ns(), &DeleteParams::default())
+        .await
+        .expect("namespace deleted");
+    // The Secret goes with the namespace; the DeploymentJobs wait for their finalizer.
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    wait_for(WAIT, "the Secret to go with its namespace", || async {
+        matches!(secrets.get_opt("qualys").await, Ok(None)).then_some(())
+    })
+    .await;
+
+    let op = env.operator().await;
+    // Orphan: the finalizer goes, the job stays in Qualys.
+    env.wait_gone("orphaned").await;
+    assert!(env.sim.job(&orphaned).is_some());
+    // Delete, without credentials (a fresh process has none): a clear DeletionBlocked.
+    let dj = env.wait_reason("deleted", "DeletionBlocked").await;
+    assert!(
+        condition(&dj, "Ready")
+            .unwrap()
+            .message
+            .contains("force-orphan")
+    );
+    assert!(env.sim.job(&deleted).is_some());
+    env.patch_spec(
+        "deleted",
+        json!({"metadata": {"annotations": {api::ANNOTATION_FORCE_ORPHAN: "true"}}}),
+    )
+    .await;
+    env.wait_gone("deleted").await;
+    wait_for(WAIT, "the namespace to be gone", || async {
+        matches!(namespaces.get_opt(env.ns()).await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(env.sim.count(DELETE), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_the_crd_deletes_or_orphans_each_job_per_its_policy() {
+    let env = Env::start().await;
+    if !env.cluster.is_fake() {
+        eprintln!("skipped on a real cluster: it would delete the CRD cluster-wide");
+        return;
+    }
+    let op = env.operator().await;
+    let (deleted, orphaned) = env.one_of_each_deletion_policy().await;
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(env.cluster.client());
+    crds.delete("deploymentjobs.pm.qualys.io", &DeleteParams::default())
+        .await
+        .expect("CRD deleted");
+    wait_for(WAIT, "the CRD to be gone", || async {
+        matches!(crds.get_opt("deploymentjobs.pm.qualys.io").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(env.sim.job(&deleted).is_none(), "Delete: deleted in Qualys");
+    assert!(env.sim.job(&orphaned).is_some(), "Orphan: left in Qualys");
+    assert_eq!(env.sim.count(DELETE), 1);
+    op.shutdown().await;
+}
+
+/// Reconciles that ended with `result` (a reason, `ok` or `error`); `None` counts every one.
+fn reconciled(op: &Operator, result: Option<&str>) -> f64 {
+    op.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("qpm_reconciles_total"))
+        .filter(|l| result.is_none_or(|r| l.contains(&format!("result=\"{r}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_lagging_cache_with_a_thousand_resources_creates_each_job_once() {
+    const N: usize = 1000;
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: the lag is the fake's");
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut config = env.config("op-1");
+    config.concurrency = 16;
+    config.settings.poll_interval = Duration::from_secs(60);
+    config.settings.secret_poll_interval = Duration::from_secs(60);
+    // The operator's cache is 300 ms late.
+    fake.set_lag(Some(Duration::from_millis(300)));
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    for i in 0..N {
+        env.create(&format!("job-{i:04}"), spec(&format!("job {i:04}")))
+            .await;
+    }
+    let created_in = started.elapsed();
+    wait_for(
+        Duration::from_secs(900),
+        "every resource Created",
+        || async { (reconciled(&op, Some("Created")) >= N as f64).then_some(()) },
+    )
+    .await;
+    let ready_in = started.elapsed();
+    let phase = |from: usize| {
+        // The operator's writes only (the other controller's are counted out).
+        let writes: Vec<_> = fake
+            .writes_to("deploymentjobs", Some("status"))
+            .into_iter()
+            .skip(from)
+            .filter(|r| r.user_agent.as_deref() == Some(OPERATOR_AGENT))
+            .collect();
+        (
+            writes.iter().filter(|r| r.status == 200).count(),
+            writes.iter().filter(|r| r.status == 409).count(),
+        )
+    };
+    let (ok1, conflicts1) = phase(0);
+    let all1 = fake.writes_to("deploymentjobs", Some("status")).len();
+    // One reconcile per edit ends well: Updated, or UpToDate when a retry after a conflict
+    // finds the job already updated.
+    let settled = || reconciled(&op, Some("Updated")) + reconciled(&op, Some("UpToDate"));
+    let settled_before = settled();
+
+    // Another controller writes status right after each spec edit. The operator learns of the
+    // edit only from its cache, 300 ms late, after that write: it acts on an old object, its
+    // status write meets 409, and it must retry without repeating the update in Qualys.
+    for i in 0..N {
+        let name = format!("job-{i:04}");
+        env.patch_spec(&name, json!({"spec": {"job": {"timeout": 7}}}))
+            .await;
+        env.jobs
+            .patch_status(
+                &name,
+                &PatchParams::apply("auditor").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                    "status": {"conditions": [{
+                        "type": "example.com/Audited", "status": "True", "reason": "Reviewed",
+                        "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"
+                    }]},
+                })),
+            )
+            .await
+            .expect("the other controller's status write");
+    }
+    wait_for(Duration::from_secs(900), "every edit applied", || async {
+        (settled() >= settled_before + N as f64).then_some(())
+    })
+    .await;
+    let (ok2, conflicts2) = phase(all1);
+    eprintln!(
+        "lagging cache (300 ms), {N} resources: created in {created_in:.1?}, all Created at \
+         {ready_in:.1?}, all edits applied at {:.1?}; creates: {ok1} status writes, {conflicts1} \
+         conflicts (409); spec edits racing another controller's status writes: {ok2} status \
+         writes, {conflicts2} conflicts; in Qualys: {} creates, {} updates",
+        started.elapsed(),
+        env.sim.count(CREATE),
+        env.sim.count(UPDATE)
+    );
+    let list = env.jobs.list(&Default::default()).await.unwrap().items;
+    let ids: std::collections::BTreeSet<String> = list.iter().map(job_id).collect();
+    assert_eq!(ids.len(), N, "each resource has its own job");
+    assert_eq!(env.sim.count(CREATE), N as u64, "no duplicate create");
+    assert_eq!(env.sim.count(UPDATE), N as u64, "no duplicate update");
+    assert!(conflicts2 > 0, "the conflict path ran");
+    assert!(
+        conflicts1 + conflicts2 <= 3 * N,
+        "conflicts are bounded: {conflicts1} + {conflicts2}"
+    );
+    for dj in &list {
+        assert_eq!(
+            condition(dj, "example.com/Audited").map(|c| c.reason.as_str()),
+            Some("Reviewed")
+        );
+    }
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_status_write_refused_with_422_stops_that_resource_without_retrying() {
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: it would install a stricter CRD cluster-wide");
+        return;
+    };
+    // A CRD that refuses a job id in the status of the resource named "refused" only.
+    let mut crd = api::crd_value();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = json!([{
+        "rule": "self.metadata.name != 'refused' || !has(self.status) || !has(self.status.jobId)",
+        "fieldPath": ".status.jobId",
+        "message": "this cluster refuses a job id here"
+    }]);
+    fake.register_crd(&serde_json::from_value(crd).unwrap())
+        .expect("the stricter CRD");
+    let op = env.operator_resyncing(Duration::from_millis(100)).await;
+    env.create("refused", spec("refused")).await;
+    env.create("fine", spec("fine")).await;
+    let dj = env.wait_reason("refused", "CrdMismatch").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(
+        message.contains("status.jobId") && message.contains("refuses a job id"),
+        "{message}"
+    );
+    env.wait_reason("fine", "Created").await;
+    let attempts = || {
+        fake.writes_to("deploymentjobs", Some("status"))
+            .iter()
+            .filter(|r| r.name.as_deref() == Some("refused"))
+            .count()
+    };
+    let before = attempts();
+    // Thirty resyncs of the other resource; the refused one is not retried meanwhile.
+    let start = reconciles(&op);
+    wait_for(WAIT, "thirty more reconciles", || async {
+        (reconciles(&op) >= start + 30.0).then_some(())
+    })
+    .await;
+    assert_eq!(attempts(), before, "no retry of the refused write");
+    assert_eq!(env.sim.count(CREATE), 2, "one create each, none repeated");
     op.shutdown().await;
 }

@@ -561,9 +561,9 @@ fn every_cel_rule_compiles_and_is_cheap_and_bounded() {
     let mut warnings = Vec::new();
     analyse(&compiled, "", &mut rules, &mut warnings);
     assert!(warnings.is_empty(), "{}", warnings.join("\n"));
-    // 2 on spec, 11 on spec.job, 1 on patchTuesdayPlusXDays, 2 deferments, 1 reboot countdown,
-    // 2 on each of the 2 action lists, 1 on each of their 4 script sources, 1 on chainedJobRule.
-    assert_eq!(rules, 26);
+    // 2 on spec, 13 on spec.job, 1 on patchTuesdayPlusXDays, 2 deferments, 1 reboot countdown,
+    // 6 on each of the 2 action lists, 1 on each of their 4 script sources, 1 on chainedJobRule.
+    assert_eq!(rules, 36);
     assert_eq!(
         rules,
         rule_count(openapi_schema()),
@@ -631,6 +631,13 @@ fn cases() -> Vec<Case> {
         a
     };
     let cm = json!({"configMapKeyRef": {"name": "scripts", "key": "a.ps1"}});
+    let registry = json!({"action": "Change Registry Key", "params": {
+        "actionItem": "Disable SMBv1",
+        "registryKey": "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\LanmanServer\\Parameters",
+        "registryAction": "Update", "valueName": "SMB1", "valueType": "REG_DWORD", "valueData": "0"}});
+    let uninstall = json!({"action": "Uninstall Software", "params": {
+        "actionItem": "Remove Acme", "softwareName": "Acme Agent",
+        "uninstallCommand": "msiexec /x {0F3C2B1A-0000-4000-8000-000000000001} /qn"}});
     vec![
         Case {
             rule: "Run Script pre-deploy action needs a script (unless adopting)",
@@ -648,6 +655,60 @@ fn cases() -> Vec<Case> {
             expect: vec![(
                 "spec.job.postDeployActions",
                 "a Run Script post-deploy action needs script, scriptFrom or defaultScriptType (scripts may be left unmanaged only when spec.jobId adopts an existing job)",
+            )],
+        },
+        Case {
+            rule: "Change Registry Key needs its key and what to do with it",
+            pass: json!({"preDeployActions": [registry.clone()]}),
+            fail: json!({"preDeployActions": [{"action": "Change Registry Key", "params": {"registryKey": "HKEY_LOCAL_MACHINE\\SOFTWARE\\Acme"}}]}),
+            expect: vec![(
+                "spec.job.preDeployActions[0].params",
+                "a Change Registry Key action needs params.registryKey and params.registryAction",
+            )],
+        },
+        Case {
+            rule: "registry fields only on Change Registry Key",
+            pass: json!({"postDeployActions": [registry.clone()]}),
+            fail: json!({"postDeployActions": [{"action": "Install Software", "params": {"valueName": "Level"}}]}),
+            expect: vec![(
+                "spec.job.postDeployActions[0].params",
+                "registryKey, registryAction, valueName, valueType and valueData are for Change Registry Key actions",
+            )],
+        },
+        Case {
+            rule: "Uninstall Software needs the software's name",
+            pass: json!({"postDeployActions": [uninstall.clone()]}),
+            fail: json!({"postDeployActions": [{"action": "Uninstall Software", "params": {"uninstallCommand": "x"}}]}),
+            expect: vec![(
+                "spec.job.postDeployActions[0].params",
+                "an Uninstall Software action needs params.softwareName",
+            )],
+        },
+        Case {
+            rule: "uninstall fields only on Uninstall Software",
+            pass: json!({"preDeployActions": [uninstall.clone()]}),
+            fail: json!({"preDeployActions": [{"action": "Install Software", "params": {"softwareName": "Acme"}}]}),
+            expect: vec![(
+                "spec.job.preDeployActions[0].params",
+                "softwareName and uninstallCommand are for Uninstall Software actions",
+            )],
+        },
+        Case {
+            rule: "Change Registry Key pre-deploy action only on Windows",
+            pass: json!({"platform": "Linux", "preDeployActions": [uninstall.clone()]}),
+            fail: json!({"platform": "Linux", "preDeployActions": [registry.clone()]}),
+            expect: vec![(
+                "spec.job.preDeployActions",
+                "a Change Registry Key pre-deploy action needs platform Windows",
+            )],
+        },
+        Case {
+            rule: "Change Registry Key post-deploy action only on Windows",
+            pass: json!({"platform": "Windows", "postDeployActions": [registry.clone()]}),
+            fail: json!({"platform": "Linux", "postDeployActions": [registry]}),
+            expect: vec![(
+                "spec.job.postDeployActions",
+                "a Change Registry Key post-deploy action needs platform Windows",
             )],
         },
         Case {

@@ -23,12 +23,14 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The metric families of the README's table. prometheus-client leaves a labelled family out of
 /// the scrape until it has a sample, so the scenario waits for all of them.
-const FAMILIES: [&str; 13] = [
+const FAMILIES: [&str; 15] = [
+    "qpm_crd_missing_fields",
     "qpm_drift_corrections",
     "qpm_last_reconcile_timestamp_seconds",
     "qpm_last_successful_poll_timestamp_seconds",
     "qpm_leader",
     "qpm_managed_jobs",
+    "qpm_qualys_connections",
     "qpm_qualys_rate_limit_limit",
     "qpm_qualys_rate_limit_remaining",
     "qpm_qualys_rate_limit_window_seconds",

@@ -520,6 +520,7 @@ fn check_install(docs: &[Value], namespace: &str, install: &Install) {
                 (Scope::Watched, None) => vec![None, Some("any-namespace"), Some(namespace)],
                 (Scope::Watched, Some(ns)) => vec![Some(ns)],
                 (Scope::OperatorNamespace, _) => vec![Some(namespace)],
+                (Scope::Cluster, _) => vec![None],
             };
             for ns in namespaces {
                 let request = Request {
@@ -528,6 +529,7 @@ fn check_install(docs: &[Value], namespace: &str, install: &Install) {
                     subresource,
                     verb,
                     namespace: ns,
+                    name: rule.names.first().copied(),
                 };
                 assert!(
                     objects_allow(&rendered, namespace, SERVICE_ACCOUNT, &request),
@@ -583,6 +585,7 @@ fn check_install(docs: &[Value], namespace: &str, install: &Install) {
             subresource,
             verb,
             namespace: ns,
+            name: None,
         };
         assert!(
             !objects_allow(&rendered, namespace, SERVICE_ACCOUNT, &request),
@@ -620,12 +623,14 @@ fn deploy_namespaced_renders_roles_only() {
         watched_namespace: Some(OPERATOR_NAMESPACE.into()),
     };
     check_install(&docs, OPERATOR_NAMESPACE, &install);
-    // Nothing cluster-wide is granted to the operator: its only ClusterRoles are the unbound
-    // user roles.
-    assert!(
-        !docs.iter().any(|d| kind_of(d) == "ClusterRoleBinding"),
-        "no ClusterRoleBinding in the namespaced install"
-    );
+    // Cluster-wide, the operator may only read the DeploymentJob CRD (by name); its other
+    // ClusterRoles are the unbound user roles.
+    let bindings: Vec<&str> = docs
+        .iter()
+        .filter(|d| kind_of(d) == "ClusterRoleBinding")
+        .map(name_of)
+        .collect();
+    assert_eq!(bindings, [rbac::CRD_READER_NAME]);
     let cluster_roles: BTreeSet<&str> = docs
         .iter()
         .filter(|d| kind_of(d) == "ClusterRole")
@@ -633,7 +638,20 @@ fn deploy_namespaced_renders_roles_only() {
         .collect();
     assert_eq!(
         cluster_roles,
-        BTreeSet::from([rbac::EDITOR_ROLE, rbac::VIEWER_ROLE])
+        BTreeSet::from([rbac::CRD_READER_NAME, rbac::EDITOR_ROLE, rbac::VIEWER_ROLE])
+    );
+    let reader = docs
+        .iter()
+        .find(|d| kind_of(d) == "ClusterRole" && name_of(d) == rbac::CRD_READER_NAME)
+        .unwrap();
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["deploymentjobs.pm.qualys.io"],
+            "verbs": ["get", "list", "watch"],
+        }])
     );
     let deployment: Deployment = serde_json::from_value(only(&docs, "Deployment").clone()).unwrap();
     assert_eq!(

@@ -15,12 +15,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const LIST: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 
 async fn start() -> (SimHandle, Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -28,6 +28,7 @@ async fn start() -> (SimHandle, Client) {
         .await
         .expect("simulator starts");
     let opts = ClientOptions {
+        budget: None,
         rps: None,
         concurrency: None,
         proxy: ProxySettings::none(),
@@ -265,6 +266,19 @@ async fn an_out_of_band_change_is_exactly_that_field_and_is_corrected() {
     );
 }
 
+/// Keeps the last state saved, as a crash would leave it.
+#[derive(Default)]
+struct LastSaved(Option<EngineState>);
+impl qpm_operator::reconcile::StateStore for LastSaved {
+    fn save<'a>(
+        &'a mut self,
+        state: &'a EngineState,
+    ) -> futures::future::BoxFuture<'a, Result<(), qpm_operator::reconcile::StoreError>> {
+        self.0 = Some(state.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 #[tokio::test]
 async fn a_create_whose_answer_is_lost_is_recovered_not_repeated() {
     for drop_connection in [false, true] {
@@ -272,7 +286,7 @@ async fn a_create_whose_answer_is_lost_is_recovered_not_repeated() {
         let s = spec(&format!("lost-answer-{drop_connection}"));
         sim.set_fault(Fault::on(CREATE, FaultKind::CommitThenFail { drop_connection }).times(1));
         let mut state = EngineState::default();
-        let mut store = MemoryStore::default();
+        let mut store = LastSaved::default();
         {
             let directory = Directory::new();
             let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
@@ -283,7 +297,7 @@ async fn a_create_whose_answer_is_lost_is_recovered_not_repeated() {
         assert_eq!(sim.count(CREATE), 1, "never retried blindly");
         assert_eq!(sim.job_count(), 1, "the create took effect");
         // The pending create was recorded before the POST.
-        let saved = store.last.clone().expect("saved");
+        let saved = store.0.clone().expect("saved");
         assert!(saved.pending_create.is_some() && saved.job_id.is_none());
 
         // "Restart": a fresh process with only the saved state.
@@ -401,6 +415,70 @@ async fn a_job_claimed_by_another_resource_is_not_touched() {
     assert_eq!(out.reason, Reason::JobClaimed);
     assert!(out.message.contains("patching/first"));
     assert_eq!(sim.counters().total(), 0, "writes nothing, reads nothing");
+}
+
+/// The CLI path: a resource deletes only a job it created or adopted (here by the CLI's name
+/// match); a job it names but another resource claims, or never observed, stays in Qualys.
+#[tokio::test]
+async fn cleanup_deletes_only_a_job_the_resource_has_proven_its_own() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Cli);
+    let s = spec("owned-by-cli");
+    let mut owner = EngineState::default();
+    engine::apply(&s, &mut owner, &mut MemoryStore::default(), &c).await;
+    let id = owner.job_id.clone().unwrap();
+
+    let mut claimer_spec = s.clone();
+    claimer_spec.job_id = Some(id.clone());
+    claimer_spec.deletion_policy = Some(qpm_operator::api::DeletionPolicy::Delete);
+    let claims = ClaimedBy("default/owner".into());
+    let mut claimed = ctx(&client, &directory, &NoScripts, None, Mode::Cli);
+    claimed.claims = &claims;
+    let mut claimer = EngineState::default();
+    let out = engine::apply(
+        &claimer_spec,
+        &mut claimer,
+        &mut MemoryStore::default(),
+        &claimed,
+    )
+    .await;
+    assert_eq!(out.reason, Reason::JobClaimed, "{}", out.message);
+    assert_eq!(claimer.job_id, None, "a claimer never records the job");
+    sim.reset_counters();
+    for c in [&claimed, &c] {
+        let out = engine::cleanup(
+            &claimer_spec,
+            &mut claimer,
+            &mut MemoryStore::default(),
+            c,
+            &CleanupOptions::default(),
+        )
+        .await;
+        assert!(out.finished, "{}", out.message);
+        assert_eq!(out.events[0].reason, "OrphanedNotOwned");
+        assert!(out.message.contains(&id), "{}", out.message);
+    }
+    assert_eq!(sim.counters().total(), 0, "no Qualys call at all");
+    assert!(sim.job(&id).is_some());
+
+    // Found by its name (the CLI's contract) and recorded: its own, so deleted.
+    let mut by_name = EngineState::default();
+    let fresh = Directory::new();
+    let c = ctx(&client, &fresh, &NoScripts, None, Mode::Cli);
+    let out = engine::apply(&s, &mut by_name, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Adopted, "{}", out.message);
+    let out = engine::cleanup(
+        &s,
+        &mut by_name,
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished, "{}", out.message);
+    assert_eq!(sim.count(DELETE), 1);
+    assert!(sim.job(&id).is_none());
 }
 
 #[tokio::test]
@@ -562,6 +640,63 @@ async fn report_mode_writes_nothing_and_lists_the_differences() {
 }
 
 #[tokio::test]
+async fn report_mode_lists_a_state_difference_and_why_it_would_not_change_it() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let mut original = spec("disabled-and-adopted");
+    // No script: an adopted job's scripts are unknown, and would differ too.
+    original.job.pre_deploy_actions = None;
+    let mut st = EngineState::default();
+    engine::apply(&original, &mut st, &mut MemoryStore::default(), &c).await;
+    let id = st.job_id.unwrap();
+
+    // Adopted while Disabled; the spec says Enabled.
+    original.job_id = Some(id.clone());
+    original.job.status = Some(JobState::Enabled);
+    original.drift_policy = Some(DriftPolicy::Report);
+    sim.reset_counters();
+    let mut state = EngineState::default();
+    let out = engine::apply(&original, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
+    let pending: Vec<_> = out
+        .pending_changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.from.clone(), c.to.clone()))
+        .collect();
+    assert_eq!(
+        pending,
+        vec![("status", json!("Disabled"), json!("Enabled"))]
+    );
+    assert!(
+        out.message.contains("never enables a job it adopts"),
+        "{}",
+        out.message
+    );
+    assert_eq!(sim.count(STATUS) + sim.count(UPDATE), 0);
+
+    // A one-shot job enabled once, then disabled in the console: Report says it would not
+    // re-enable it.
+    let mut once: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "one-shot-report", "platform": "Linux", "scheduleType": "On-demand", "status": "Enabled"}}))
+    .unwrap();
+    let mut state = EngineState::default();
+    let out = engine::apply(&once, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    let once_id = state.job_id.clone().unwrap();
+    sim.console_edit(&once_id, json!({"status": "Disabled"}))
+        .unwrap();
+    once.drift_policy = Some(DriftPolicy::Report);
+    sim.reset_counters();
+    let out = engine::apply(&once, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::DriftDetected, "{}", out.message);
+    assert_eq!(out.pending_changes.len(), 1);
+    assert_eq!(out.pending_changes[0].path, "status");
+    assert!(out.message.contains("run it again"), "{}", out.message);
+    assert_eq!(sim.count(STATUS), 0);
+}
+
+#[tokio::test]
 async fn an_unrenderable_spec_makes_zero_api_calls() {
     let (sim, client) = start().await;
     let directory = Directory::new();
@@ -584,6 +719,80 @@ async fn an_unrenderable_spec_makes_zero_api_calls() {
         "spec.job.preDeployActions[0].scriptFrom: ConfigMap \"missing\" key \"x.ps1\" is not available"
     );
     assert_eq!(sim.counters().total(), 0);
+}
+
+/// A ConfigMap holding `size` bytes for every key.
+struct BigScripts(usize);
+impl qpm_operator::reconcile::ScriptResolver for BigScripts {
+    fn resolve(&self, _: &qpm_operator::api::ScriptSource) -> Result<Vec<u8>, String> {
+        Ok(vec![b'#'; self.0])
+    }
+}
+
+#[tokio::test]
+async fn scripts_over_the_limit_are_refused_before_any_api_call() {
+    use qpm_operator::reconcile::render::MAX_SCRIPT_BYTES;
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let s: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "huge script", "platform": "Windows", "scheduleType": "On-demand",
+        "preDeployActions": [
+            {"action": "Run Script", "scriptType": "ps", "params": {"actionItem": "a", "timeout": 60},
+             "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "a.ps1"}}},
+            {"action": "Run Script", "scriptType": "ps", "params": {"actionItem": "b", "timeout": 60},
+             "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "b.ps1"}}}
+        ]
+    }}))
+    .unwrap();
+    // Each script alone fits; together they are one byte over.
+    let scripts = BigScripts(MAX_SCRIPT_BYTES / 2 + 1);
+    let c = ctx(&client, &directory, &scripts, None, Mode::Cli);
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::InvalidSpec, "{}", out.message);
+    assert!(
+        out.message
+            .starts_with("spec.job.preDeployActions[1].scriptFrom:")
+            && out.message.contains(&MAX_SCRIPT_BYTES.to_string()),
+        "{}",
+        out.message
+    );
+    assert_eq!(sim.counters().total(), 0);
+    assert_eq!(state, EngineState::default());
+
+    let fits = BigScripts(MAX_SCRIPT_BYTES / 2);
+    let c = ctx(&client, &directory, &fits, None, Mode::Cli);
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(
+        out.reason,
+        Reason::Created,
+        "1 MiB of scripts fits the gateway: {}",
+        out.message
+    );
+}
+
+#[tokio::test]
+async fn a_create_refused_as_too_large_clears_its_pending_record() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let c = ctx(&client, &directory, &NoScripts, None, Mode::Controller);
+    let s = spec("refused-413");
+    sim.set_fault(Fault::on(CREATE, FaultKind::Status { status: 413 }).times(1));
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::InvalidSpec, "{}", out.message);
+    assert!(
+        out.message.contains("too large") && out.message.contains("413"),
+        "{}",
+        out.message
+    );
+    assert_eq!(state.pending_create, None, "nothing was created");
+    assert_eq!(sim.job_count(), 0);
+    // The next run creates once, without a recovery lookup.
+    sim.reset_counters();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    assert_eq!((sim.count(CREATE), sim.job_count()), (1, 1));
 }
 
 #[tokio::test]
@@ -757,4 +966,61 @@ async fn every_example_and_seed_job_reports_exactly_the_field_that_changed() {
         };
         assert_eq!(paths, expected, "{key}");
     }
+}
+
+/// The engine's logic without HTTP: the in-memory gateway behind the same seam.
+#[tokio::test]
+async fn the_engine_runs_against_an_in_memory_gateway() {
+    use qpm_operator::reconcile::MemoryGateway;
+    let gateway = MemoryGateway::new();
+    let directory = Directory::new();
+    let c = Context {
+        client: &gateway,
+        directory: &directory,
+        claims: &NoClaims,
+        scripts: &NoScripts,
+        linked_job_id: None,
+        mode: Mode::Controller,
+        generation: Some(1),
+        listing_max_age: Duration::ZERO,
+    };
+    let mut s = spec("in memory");
+    s.job.pre_deploy_actions = None;
+    let mut state = EngineState::default();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    let id = state.job_id.clone().unwrap();
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    s.job.timeout = Some(9);
+    let out = engine::apply(&s, &mut state, &mut MemoryStore::default(), &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(out.updated_fields, vec!["timeout"]);
+    assert_eq!((gateway.calls("create"), gateway.calls("update")), (1, 1));
+
+    // A resource that names the job but never adopted it deletes nothing.
+    let mut other = s.clone();
+    other.job_id = Some(id.clone());
+    other.deletion_policy = Some(qpm_operator::api::DeletionPolicy::Delete);
+    let before = gateway.total_calls();
+    let out = engine::cleanup(
+        &other,
+        &mut EngineState::default(),
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert_eq!(out.events[0].reason, "OrphanedNotOwned");
+    assert_eq!(gateway.total_calls(), before);
+    let out = engine::cleanup(
+        &s,
+        &mut state,
+        &mut MemoryStore::default(),
+        &c,
+        &CleanupOptions::default(),
+    )
+    .await;
+    assert!(out.finished, "{}", out.message);
+    assert!(gateway.job(&id).is_none());
 }

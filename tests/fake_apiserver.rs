@@ -1610,3 +1610,430 @@ async fn test_cluster_gives_each_test_its_own_namespace() {
     let created = cms.create(&PostParams::default(), &cm).await.unwrap();
     assert_eq!(created.namespace().as_deref(), Some(one.namespace()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CRD's schema, keyed lists in server-side apply, namespace and CRD deletion, a lagging
+// cache: what a real server does that the operator must survive.
+
+fn deployment_jobs(client: kube::Client, namespace: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = GroupVersionKind::gvk("pm.qualys.io", "v1alpha1", "DeploymentJob");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "deploymentjobs");
+    Api::namespaced_with(client, namespace, &ar)
+}
+
+fn dj(name: &str, spec: serde_json::Value) -> kube::api::DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn dj_spec() -> serde_json::Value {
+    json!({
+        "job": {
+            "name": "Weekly", "platform": "Windows", "scheduleType": "Daily",
+            "startDateTime": "2025-07-01 09:57:18 AM", "timeout": 6, "timeoutUnit": "HOURS",
+            "approvedPatches": ["9285e676-6340-3ba7-b124-31d84542c7bf"]
+        }
+    })
+}
+
+fn causes(status: &Status) -> Vec<String> {
+    status
+        .details
+        .as_ref()
+        .map(|d| d.causes.iter().map(|c| c.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_crd_schema_prunes_defaults_and_refuses_with_a_cause_per_field() {
+    let cluster = TestCluster::start().await;
+    cluster.register_crd(qpm_operator::api::crd()).await;
+    let api = deployment_jobs(cluster.client(), cluster.namespace());
+
+    // Unknown fields are pruned, in spec and in status (the status subresource too).
+    let mut spec = dj_spec();
+    spec["notAField"] = json!(1);
+    spec["job"]["alsoNot"] = json!("x");
+    let created = api
+        .create(&PostParams::default(), &dj("pruned", spec))
+        .await
+        .unwrap();
+    assert!(created.data["spec"].get("notAField").is_none());
+    assert!(created.data["spec"]["job"].get("alsoNot").is_none());
+    let written = api
+        .patch_status(
+            "pruned",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                "status": {"jobId": "j-1", "bogus": true},
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.data["status"], json!({"jobId": "j-1"}));
+
+    // Types, enums, ranges, set uniqueness and a CEL rule: 422, each field named.
+    let mut bad = dj_spec();
+    bad["deletionPolicy"] = json!("Maybe");
+    bad["job"]["timeout"] = json!("six");
+    bad["job"]["approvedPatches"] = json!([
+        "9285e676-6340-3ba7-b124-31d84542c7bf",
+        "9285e676-6340-3ba7-b124-31d84542c7bf"
+    ]);
+    let refused = api_error(api.create(&PostParams::default(), &dj("bad", bad)).await);
+    assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
+    let fields = causes(&refused);
+    for field in [
+        "spec.deletionPolicy",
+        "spec.job.timeout",
+        "spec.job.approvedPatches[1]",
+    ] {
+        assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
+    }
+    let mut cel = dj_spec();
+    cel["job"]["patchTuesdayPlusXDays"] = json!(0);
+    let refused = api_error(api.create(&PostParams::default(), &dj("cel", cel)).await);
+    assert_eq!(refused.code, 422);
+    assert!(
+        causes(&refused)
+            .iter()
+            .any(|f| f == "spec.job.patchTuesdayPlusXDays"),
+        "{refused:?}"
+    );
+    assert!(refused.message.contains("not 0"), "{}", refused.message);
+    // /status writes are validated as well.
+    let refused = api_error(
+        api.patch_status(
+            "pruned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": "one"}})),
+        )
+        .await,
+    );
+    assert_eq!(causes(&refused), vec!["status.observedGeneration"]);
+}
+
+#[tokio::test]
+async fn an_older_crd_prunes_the_status_fields_it_lacks() {
+    let fake = FakeApiServer::start().await;
+    let mut older = qpm_operator::api::crd_value();
+    let status = older
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .unwrap();
+    status.remove("pendingCreate");
+    let older: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(older).unwrap();
+    fake.register_crd(&older).unwrap();
+    fake.create_namespace("ns").unwrap();
+    let api = deployment_jobs(fake.client(), "ns");
+    api.create(&PostParams::default(), &dj("a", dj_spec()))
+        .await
+        .unwrap();
+    let pending =
+        json!({"name": "Weekly", "platform": "Windows", "bodyDigest": "d", "startedAt": "t"});
+    let write_pending = || async {
+        api.patch_status(
+            "a",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                "status": {"observedGeneration": 1, "pendingCreate": pending},
+            })),
+        )
+        .await
+        .unwrap()
+    };
+    let first = write_pending().await;
+    assert!(first.data["status"].get("pendingCreate").is_none());
+    // Writing it again changes nothing: no new resourceVersion.
+    let again = write_pending().await;
+    assert_eq!(again.resource_version(), first.resource_version());
+    // After the upgrade the field is kept.
+    fake.register_crd(&qpm_operator::api::crd()).unwrap();
+    let upgraded = write_pending().await;
+    assert_eq!(upgraded.data["status"]["pendingCreate"], pending);
+}
+
+/// Removes every finalizer of a widget, as its controllers would when done.
+async fn release(widgets: &Api<Widget>, name: &str) {
+    widgets
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn condition(ty: &str, status: &str) -> serde_json::Value {
+    json!({"type": ty, "status": status, "reason": "R", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"})
+}
+
+#[tokio::test]
+async fn server_side_apply_merges_keyed_lists_item_by_item() {
+    let cluster = TestCluster::start().await;
+    cluster.register_crd(qpm_operator::api::crd()).await;
+    let api = deployment_jobs(cluster.client(), cluster.namespace());
+    api.create(&PostParams::default(), &dj("merged", dj_spec()))
+        .await
+        .unwrap();
+    let apply_status = |manager: &'static str, conditions: Vec<serde_json::Value>| {
+        let api = api.clone();
+        async move {
+            api.patch_status(
+                "merged",
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                    "status": {"conditions": conditions},
+                })),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let types = |o: &kube::api::DynamicObject| -> Vec<String> {
+        o.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c["type"].as_str().unwrap(),
+                    c["status"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    apply_status("operator", vec![condition("Ready", "True")]).await;
+    let both = apply_status("auditor", vec![condition("example.com/Audited", "True")]).await;
+    assert_eq!(types(&both), ["Ready=True", "example.com/Audited=True"]);
+    // The operator's next apply changes its own item and leaves the other manager's alone.
+    let after = apply_status(
+        "operator",
+        vec![condition("Ready", "False"), condition("Synced", "True")],
+    )
+    .await;
+    assert_eq!(
+        types(&after),
+        ["Ready=False", "example.com/Audited=True", "Synced=True"]
+    );
+    // An item the operator stops sending goes; the other manager's stays.
+    let dropped = apply_status("operator", vec![condition("Synced", "True")]).await;
+    assert_eq!(types(&dropped), ["example.com/Audited=True", "Synced=True"]);
+    // Re-applying the same items writes nothing.
+    let same = apply_status("operator", vec![condition("Synced", "True")]).await;
+    assert_eq!(same.resource_version(), dropped.resource_version());
+
+    // A set merges by value: each manager's values stay while it sends them.
+    let apply_spec = |manager: &'static str, patches: Vec<&'static str>| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "merged",
+                &PatchParams::apply(manager),
+                &Patch::Apply(json!({
+                    "apiVersion": "pm.qualys.io/v1alpha1", "kind": "DeploymentJob",
+                    "spec": {"job": {"approvedPatches": patches}},
+                })),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let a = "11111111-1111-1111-1111-111111111111";
+    let b = "22222222-2222-2222-2222-222222222222";
+    apply_spec("team-a", vec![a]).await;
+    let union = apply_spec("team-b", vec![b]).await;
+    let patches = union.data["spec"]["job"]["approvedPatches"].clone();
+    for p in [a, b, "9285e676-6340-3ba7-b124-31d84542c7bf"] {
+        assert!(
+            patches.as_array().unwrap().iter().any(|v| v == p),
+            "{p} in {patches}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_terminates_it_and_cascades() {
+    let cluster = TestCluster::start().await;
+    cluster.register_crd(Widget::crd()).await;
+    let ns = cluster.namespace().to_string();
+    let widgets: Api<Widget> = Api::namespaced(cluster.client(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), &ns);
+    let cm = |name: &str| ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    cms.create(&PostParams::default(), &cm("plain"))
+        .await
+        .unwrap();
+    let mut held = widget("held", 1);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    widgets.create(&PostParams::default(), &held).await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client());
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Terminating: what has no finalizer goes, what has one waits for it.
+    wait_for(WAIT, "the namespace to be Terminating", || async {
+        let n = namespaces.get(&ns).await.ok()?;
+        (n.status?.phase.as_deref() == Some("Terminating")).then_some(())
+    })
+    .await;
+    wait_for(WAIT, "the ConfigMap to be deleted", || async {
+        cms.get_opt("plain").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let marked = wait_for(WAIT, "the widget to be marked for deletion", || async {
+        let w = widgets.get("held").await.ok()?;
+        w.metadata.deletion_timestamp.is_some().then_some(w)
+    })
+    .await;
+    assert_eq!(marked.finalizers(), ["example.com/hold"]);
+    // Nothing new may be created there.
+    let refused = api_error(cms.create(&PostParams::default(), &cm("late")).await);
+    assert_eq!((refused.code, refused.reason.as_str()), (403, "Forbidden"));
+    assert!(
+        refused.message.contains("being terminated"),
+        "{}",
+        refused.message
+    );
+    // Once the finalizer goes, the object and then the namespace go.
+    release(&widgets, "held").await;
+    wait_for(
+        Duration::from_secs(120),
+        "the namespace to be gone",
+        || async { namespaces.get_opt(&ns).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_crd_deletes_its_objects_then_itself() {
+    let fake = FakeApiServer::start().await;
+    fake.register_crd(&Widget::crd()).unwrap();
+    fake.create_namespace("ns").unwrap();
+    let client = fake.client();
+    let widgets: Api<Widget> = Api::namespaced(client.clone(), "ns");
+    widgets
+        .create(&PostParams::default(), &widget("free", 1))
+        .await
+        .unwrap();
+    let mut held = widget("held", 2);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    widgets.create(&PostParams::default(), &held).await.unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let crd = crds.get("widgets.fake.qpm.test").await.unwrap();
+    assert_eq!(
+        crd.finalizers(),
+        ["customresourcecleanup.apiextensions.k8s.io"]
+    );
+    crds.delete("widgets.fake.qpm.test", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(widgets.get_opt("free").await.unwrap().is_none());
+    let held = widgets.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(
+        crds.get("widgets.fake.qpm.test")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    let refused = api_error(
+        widgets
+            .create(&PostParams::default(), &widget("new", 3))
+            .await,
+    );
+    assert_eq!(refused.code, 405);
+    release(&widgets, "held").await;
+    assert!(
+        crds.get_opt("widgets.fake.qpm.test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The resource is no longer served.
+    assert_eq!(
+        api_error(widgets.list(&ListParams::default()).await).code,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_cache_lists_old_state_and_watches_catch_up() {
+    let fake = FakeApiServer::start_with(FakeOptions {
+        read_lag: Some(Duration::from_secs(3600)),
+        ..FakeOptions::default()
+    })
+    .await;
+    fake.register_crd(&Widget::crd()).unwrap();
+    fake.create_namespace("ns").unwrap();
+    let widgets: Api<Widget> = Api::namespaced(fake.client(), "ns");
+    let first = widgets
+        .create(&PostParams::default(), &widget("first", 1))
+        .await
+        .unwrap();
+    widgets
+        .patch(
+            "first",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
+    // The cache (resourceVersion=0) is an hour behind: the widget did not exist yet.
+    let cached = widgets
+        .list(&ListParams::default().match_any())
+        .await
+        .unwrap();
+    assert!(cached.items.is_empty());
+    let cached_rv: u64 = cached.metadata.resource_version.unwrap().parse().unwrap();
+    assert!(cached_rv < first.resource_version().unwrap().parse::<u64>().unwrap());
+    // A consistent list (no resourceVersion) is current.
+    let fresh = widgets.list(&ListParams::default()).await.unwrap();
+    assert_eq!(fresh.items[0].spec.size, 2);
+    // Conflicts follow from acting on the old state: an update with an old resourceVersion.
+    let mut stale = first.clone();
+    stale.spec.size = 5;
+    let refused = api_error(
+        widgets
+            .replace("first", &PostParams::default(), &stale)
+            .await,
+    );
+    assert_eq!(refused.code, 409);
+
+    // A watch from the cached resourceVersion delivers what came after, late but in order.
+    fake.set_lag(Some(Duration::from_millis(50)));
+    let mut events = widgets
+        .watch(&WatchParams::default(), &cached_rv.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(WAIT, events.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Added(w)))) => seen.push(format!("ADDED {}", w.spec.size)),
+            Ok(Ok(Some(WatchEvent::Modified(w)))) => seen.push(format!("MODIFIED {}", w.spec.size)),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("watch ended early: {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["ADDED 1", "MODIFIED 2"]);
+}

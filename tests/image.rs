@@ -424,9 +424,10 @@ fn the_image_runs_as_non_root_on_a_read_only_root() {
             .arg(&mount)
             .arg("/qpm-operator")
             .args(args)
-            // The environment of a container: nothing of the test's own.
-            .env_clear()
-            .env("HOME", "/");
+            // Nothing of the test's environment. Without HOME (and XDG_STATE_HOME) the CLI keeps
+            // its state in memory: on this read-only root there is nowhere to write a state file
+            // or its lock (a container that wants one mounts a volume and passes --state).
+            .env_clear();
         run_with_input(&mut cmd, input)
     };
 

@@ -14,12 +14,12 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sim_support::{Api, answer, auth, form, http, keys, seed, start};
 
-const GET_JOB: &str = "GET /pm/v1/deploymentjob/{id}";
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const SUMMARY: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
-const STATUS: &str = "POST /pm/v1/deploymentjobs/update/status/{action}";
+const GET_JOB: &str = qpm_operator::qualys::Endpoint::Get.as_str();
+const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
+const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
+const SUMMARY: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
+const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
+const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
 const SUMMARY_PATH: &str = "/pm/v1/deploymentjobs/summary";
 
 async fn sim_and_api(config: SimConfig) -> (SimHandle, Api) {
@@ -148,9 +148,18 @@ async fn auth_issues_a_jwt_as_text_and_refuses_bad_credentials() {
         .await
         .unwrap();
     assert_eq!(json_body.status(), 400);
-    assert_eq!(sim.count_status("POST /auth", 201), 1);
-    assert_eq!(sim.count_status("POST /auth", 401), 2);
-    assert_eq!(sim.count_status("POST /auth", 400), 2);
+    assert_eq!(
+        sim.count_status(qpm_operator::qualys::Endpoint::Auth.as_str(), 201),
+        1
+    );
+    assert_eq!(
+        sim.count_status(qpm_operator::qualys::Endpoint::Auth.as_str(), 401),
+        2
+    );
+    assert_eq!(
+        sim.count_status(qpm_operator::qualys::Endpoint::Auth.as_str(), 400),
+        2
+    );
 }
 
 #[tokio::test]
@@ -1442,7 +1451,10 @@ async fn the_rate_limit_rolls_per_subscription_and_exempts_auth() {
         429,
         "the limit is per subscription"
     );
-    assert_eq!(sim.count_status("POST /auth", 201), 2);
+    assert_eq!(
+        sim.count_status(qpm_operator::qualys::Endpoint::Auth.as_str(), 201),
+        2
+    );
     assert_eq!(sim.count_status(SUMMARY, 429), 1);
     assert_eq!(sim.count_status(CREATE, 429), 1);
 }
@@ -1509,7 +1521,10 @@ async fn counters_are_keyed_by_route_template_and_status() {
     api.get("/pm/v1/nothing-here").await;
 
     let c = sim.counters();
-    assert_eq!(c.count_status("POST /auth", 201), 1);
+    assert_eq!(
+        c.count_status(qpm_operator::qualys::Endpoint::Auth.as_str(), 201),
+        1
+    );
     assert_eq!(c.count_status(CREATE, 201), 1);
     assert_eq!(c.count(GET_JOB), 2);
     assert_eq!(c.count_status(GET_JOB, 200), 1);

@@ -45,7 +45,7 @@ const EXAMPLES: [Example; 3] = [
         name: "01-windows-install",
         allowed: &[(
             "updatedBy.date",
-            "ex.01 is the older (2022) hand-curated sample, which was not re-stamped (qualys-pm-api.md §9.7); the simulator follows ex.02/ex.03 and re-stamps",
+            "ex.01 is the older (2022) hand-curated sample, which was not re-stamped (testdata/seed/README.md); the simulator follows ex.02/ex.03 and re-stamps",
         )],
     },
     Example {
@@ -211,7 +211,7 @@ async fn each_seed_update_gives_the_seed_response() {
             ex.name
         );
         assert_eq!(
-            sim.count_status("PATCH /pm/v1/deploymentjob/update/{id}", 200),
+            sim.count_status(qpm_operator::qualys::Endpoint::Update.as_str(), 200),
             1
         );
         sim.shutdown().await;

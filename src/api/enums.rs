@@ -82,7 +82,29 @@ api_enum! {
 
 api_enum! {
     /// What a pre- or post-deploy action does.
-    pub enum ActionKind { RunScript = "Run Script", InstallSoftware = "Install Software", }
+    pub enum ActionKind {
+        RunScript = "Run Script",
+        InstallSoftware = "Install Software",
+        ChangeRegistryKey = "Change Registry Key",
+        UninstallSoftware = "Uninstall Software",
+    }
+}
+
+api_enum! {
+    /// What a Change Registry Key action does to the key or value.
+    pub enum RegistryAction { Create = "Create", Update = "Update", Delete = "Delete", }
+}
+
+api_enum! {
+    /// The type of a registry value, as Windows names it.
+    pub enum RegistryValueType {
+        String = "REG_SZ",
+        ExpandString = "REG_EXPAND_SZ",
+        MultiString = "REG_MULTI_SZ",
+        Dword = "REG_DWORD",
+        Qword = "REG_QWORD",
+        Binary = "REG_BINARY",
+    }
 }
 
 api_enum! {

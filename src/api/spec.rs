@@ -170,6 +170,10 @@ pub struct DeploymentJobRef {
     .message("downloadRandomizeTime must be shorter than timeout").field_path(".downloadRandomizeTime"))]
 #[x_kube(validation = kube::core::Rule::new("self.scheduleType != 'Weekly' || has(self.recurringWeekDays)")
     .message("a Weekly job needs recurringWeekDays").field_path(".recurringWeekDays"))]
+#[x_kube(validation = kube::core::Rule::new("self.platform == 'Windows' || !has(self.preDeployActions) || self.preDeployActions.all(a, a.action != 'Change Registry Key')")
+    .message("a Change Registry Key pre-deploy action needs platform Windows").field_path(".preDeployActions"))]
+#[x_kube(validation = kube::core::Rule::new("self.platform == 'Windows' || !has(self.postDeployActions) || self.postDeployActions.all(a, a.action != 'Change Registry Key')")
+    .message("a Change Registry Key post-deploy action needs platform Windows").field_path(".postDeployActions"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// The job's name in Qualys; also how `apply` without a cluster finds an existing job
@@ -381,16 +385,17 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_on_patch_failure: Option<bool>,
 
-    /// Actions run before patches are deployed, in order. Matched to the live job's actions by
-    /// position; their ids are the server's.
+    /// Actions run before patches are deployed, in order (at most 5, as in the Qualys console).
+    /// Matched to the live job's actions by position; their ids are the server's. Absent: the
+    /// live job's pre-deploy actions are left as they are, whatever their kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = 5), extend("x-kubernetes-list-type" = "atomic"))]
     pub pre_deploy_actions: Option<Vec<ActionSpec>>,
 
-    /// Actions run after patches are deployed, in order. A chained child job names them by
-    /// `params.actionItem` (`chainedJobRule[].actionRefs`).
+    /// Actions run after patches are deployed, in order (at most 5). A chained child job names
+    /// them by `params.actionItem` (`chainedJobRule[].actionRefs`). Absent: left as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = 5), extend("x-kubernetes-list-type" = "atomic"))]
     pub post_deploy_actions: Option<Vec<ActionSpec>>,
 
     /// E-mail notifications.
@@ -549,9 +554,17 @@ pub struct OnCompleteSpec {
     .message("set script (base64) or scriptFrom, not both").field_path(".scriptFrom"))]
 #[x_kube(validation = kube::core::Rule::new("!(has(self.detectionScript) && has(self.detectionScriptFrom))")
     .message("set detectionScript (base64) or detectionScriptFrom, not both").field_path(".detectionScriptFrom"))]
+#[x_kube(validation = kube::core::Rule::new("self.action != 'Change Registry Key' || (has(self.params) && has(self.params.registryKey) && has(self.params.registryAction))")
+    .message("a Change Registry Key action needs params.registryKey and params.registryAction").field_path(".params"))]
+#[x_kube(validation = kube::core::Rule::new("self.action == 'Change Registry Key' || !has(self.params) || !(has(self.params.registryKey) || has(self.params.registryAction) || has(self.params.valueName) || has(self.params.valueType) || has(self.params.valueData))")
+    .message("registryKey, registryAction, valueName, valueType and valueData are for Change Registry Key actions").field_path(".params"))]
+#[x_kube(validation = kube::core::Rule::new("self.action != 'Uninstall Software' || (has(self.params) && has(self.params.softwareName))")
+    .message("an Uninstall Software action needs params.softwareName").field_path(".params"))]
+#[x_kube(validation = kube::core::Rule::new("self.action == 'Uninstall Software' || !has(self.params) || !(has(self.params.softwareName) || has(self.params.uninstallCommand))")
+    .message("softwareName and uninstallCommand are for Uninstall Software actions").field_path(".params"))]
 #[serde(rename_all = "camelCase")]
 pub struct ActionSpec {
-    /// Run Script or Install Software.
+    /// Run Script, Install Software, Change Registry Key (Windows) or Uninstall Software.
     pub action: ActionKind,
     /// Name, timeout and download details of the action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -616,6 +629,32 @@ pub struct ActionParamsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub file_checksum: Option<String>,
+    /// Change Registry Key: the key's full path, hive first, e.g. `HKEY_LOCAL_MACHINE\SOFTWARE\Vendor\App`. The API's spelling of this field is undocumented; this name is the operator's (see docs/crd.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub registry_key: Option<String>,
+    /// Change Registry Key: Create, Update or Delete the value (or the key, when valueName is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_action: Option<RegistryAction>,
+    /// Change Registry Key: the name of the value; absent for the key's default value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16383))]
+    pub value_name: Option<String>,
+    /// Change Registry Key: the value's type, REG_SZ, REG_EXPAND_SZ, REG_MULTI_SZ, REG_DWORD, REG_QWORD or REG_BINARY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_type: Option<RegistryValueType>,
+    /// Change Registry Key: the value's data as text (a number in decimal for REG_DWORD and REG_QWORD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub value_data: Option<String>,
+    /// Uninstall Software: the software's name as Windows lists it under installed programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub software_name: Option<String>,
+    /// Uninstall Software: the command that uninstalls it (absent: the software's own uninstaller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub uninstall_command: Option<String>,
 }
 
 /// Where a script's plain text lives: exactly one of a ConfigMap key or a Secret key.

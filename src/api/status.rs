@@ -3,7 +3,7 @@
 //! Conditions follow the kstatus conventions (`Ready`, `Reconciling`, `Stalled`) so `kubectl
 //! wait --for=condition=Ready`, Flux and Argo CD can judge health; `Synced` says whether the
 //! last reconcile succeeded. Every reason the operator can report is a [`Reason`] variant, and
-//! [`Reason::effect`] is the table in DESIGN.md "Status and conditions".
+//! [`Reason::effect`] is that table; docs/crd.md and the README list it for users.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
@@ -214,8 +214,6 @@ reasons! {
     UpToDate => [True, True, False, False],
     /// A create is in flight.
     Creating => [False, False, True, False],
-    /// An update is in flight.
-    Updating => [False, False, True, False],
     /// Deletion is in progress.
     Deleting => [False, False, True, False],
     /// The linkedJobRef parent has no job id yet.
@@ -244,6 +242,9 @@ reasons! {
     JobMissing => [False, False, False, True],
     /// Deletion cannot reach Qualys (no usable credentials, or the job still has children).
     DeletionBlocked => [False, False, False, True],
+    /// The installed CRD does not keep or accept what the operator writes (an older CRD, or a
+    /// status write refused with 422); nothing is changed in Qualys until it is fixed.
+    CrdMismatch => [False, False, False, True],
     /// The pm.qualys.io/paused annotation is set.
     Paused => [Unchanged, Unchanged, False, False],
 }

@@ -4,8 +4,8 @@
 //! It runs what the API server runs at admission, in the same order, against the same generated
 //! document ([`super::openapi_schema`]):
 //! 1. the OpenAPI schema: apiVersion/kind, unknown fields (the Rust types tolerate them, see
-//!    DESIGN.md "The CRD", so they are found here), types, required fields, enums, ranges,
-//!    lengths, item counts, patterns, nulls, int-or-string, set uniqueness;
+//!    ARCHITECTURE.md, "Unknown is kept", so they are found here), types, required fields,
+//!    enums, ranges, lengths, item counts, patterns, nulls, int-or-string, set uniqueness;
 //! 2. deserialisation into [`DeploymentJob`];
 //! 3. the CEL rules (`x-kubernetes-validations`), evaluated by kube's `cel` feature from the
 //!    schema itself, so there is one rule set and no Rust copy of it.
@@ -254,6 +254,7 @@ impl Checker {
     }
 
     fn metadata(&mut self, meta: &Value) {
+        // (The name rules are shared with the CLI's ConfigMaps and Secrets: see name_problem.)
         let Some(meta) = meta.as_object() else {
             self.report(
                 "metadata",
@@ -331,20 +332,8 @@ impl Checker {
     }
 
     fn name(&mut self, path: &str, name: &str, max: usize, pattern: &str, what: &str) {
-        if name.is_empty() || name.len() > max || !matches(pattern, name) {
-            self.report(
-                path,
-                format!(
-                    "must be {what}: at most {max} lowercase letters, digits, '-'{} starting and \
-                     ending with a letter or digit; got {}",
-                    if pattern == DNS_LABEL_PATTERN {
-                        ""
-                    } else {
-                        " and '.'"
-                    },
-                    quote(name)
-                ),
-            );
+        if let Some(message) = dns_name_problem(name, max, pattern, what) {
+            self.report(path, message);
         }
     }
 
@@ -725,7 +714,11 @@ fn quote(s: &str) -> String {
     const MAX: usize = 64;
     if s.chars().count() > MAX {
         let head: String = s.chars().take(MAX).collect();
-        format!("\"{head}…\" ({} characters)", s.chars().count())
+        format!(
+            "\"{}…\" ({} characters)",
+            head.escape_debug(),
+            s.chars().count()
+        )
     } else {
         format!("{s:?}")
     }
@@ -746,14 +739,179 @@ fn describe(path: &str, value: &Value) -> String {
     }
 }
 
+fn dns_name_problem(name: &str, max: usize, pattern: &str, what: &str) -> Option<String> {
+    if !name.is_empty() && name.len() <= max && matches(pattern, name) {
+        return None;
+    }
+    Some(format!(
+        "must be {what}: at most {max} lowercase letters, digits, '-'{} starting and ending \
+         with a letter or digit; got {}",
+        if pattern == DNS_LABEL_PATTERN {
+            ""
+        } else {
+            " and '.'"
+        },
+        quote(name)
+    ))
+}
+
+/// What is wrong with `metadata.name` of an object, as the API server judges it (a DNS-1123
+/// subdomain); `None` when nothing is. The message quotes the name escaped.
+pub fn name_problem(name: &str) -> Option<String> {
+    dns_name_problem(name, 253, DNS_SUBDOMAIN_PATTERN, "a Kubernetes object name")
+}
+
+/// What is wrong with `metadata.namespace` (a DNS-1123 label); `None` when nothing is.
+pub fn namespace_problem(namespace: &str) -> Option<String> {
+    dns_name_problem(namespace, 63, DNS_LABEL_PATTERN, "a namespace name")
+}
+
+/// The longest password a connection accepts. Qualys passwords are far shorter; the bound
+/// keeps a pasted file or a runaway Secret from being sent to `/auth` (where it would fail as
+/// an HTTP error that names no password problem).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// `password too long (… bytes; max 1024 bytes)` when `password` is longer than
+/// [`MAX_PASSWORD_BYTES`]. For every reader of a connection's password (a connectionRef
+/// Secret in the CLI or the controller, `--password-file`, `QUALYS_PASSWORD`); the message
+/// gives lengths only.
+pub fn password_problem(password: &[u8]) -> Option<String> {
+    (password.len() > MAX_PASSWORD_BYTES).then(|| {
+        format!(
+            "password too long ({} bytes; max {MAX_PASSWORD_BYTES} bytes)",
+            password.len()
+        )
+    })
+}
+
+/// The YAML reader's limits for one input file. Documents are sized for `import --all` of a
+/// large subscription read back by `plan` (at least 100,000 jobs in one file); nodes, events
+/// and text grow with them. The defenses against hostile YAML stay at serde-saphyr's defaults
+/// (nesting depth, aliases and anchors, the alias-per-anchor ratio) or tighter: the values
+/// aliases may copy ("billion laughs") are capped at a tenth of its default, which no manifest
+/// comes near and which refuses such a document in a fraction of the time.
+pub const YAML_MAX_DOCUMENTS: usize = 1_000_000;
+const YAML_MAX_NODES: usize = 20_000_000;
+const YAML_MAX_EVENTS: usize = 50_000_000;
+const YAML_MAX_SCALAR_BYTES: usize = 256 * 1024 * 1024;
+const YAML_MAX_ANCHOR_COPIES: usize = 100_000;
+
+fn yaml_budget() -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = YAML_MAX_DOCUMENTS;
+    budget.max_nodes = YAML_MAX_NODES;
+    budget.max_events = YAML_MAX_EVENTS;
+    budget.max_total_scalar_bytes = YAML_MAX_SCALAR_BYTES;
+    budget.max_recorded_anchor_events = YAML_MAX_ANCHOR_COPIES;
+    budget
+}
+
 /// Parse a file of one or more YAML documents into JSON values, the way manifests are read:
 /// YAML 1.2 booleans only (`y`, `no`, `on` stay strings), duplicate keys refused, empty
-/// documents skipped.
+/// documents skipped, within [`yaml_budget`]. [`yaml_error_message`] says what went wrong.
 pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
+        budget: Some(yaml_budget()),
     };
     serde_saphyr::from_multiple_with_options(text, options)
+}
+
+/// The structural-schema problems of `value` against any OpenAPI v3 `schema` node: the checks
+/// [`validate_manifest`] makes (types, enums, formats, ranges, lengths, item counts, required
+/// fields, list-set and list-map uniqueness) without the DeploymentJob specifics. Undeclared
+/// fields are skipped, as the API server prunes them before it validates. For a schema other
+/// than this binary's own, such as the CRD installed in a cluster.
+pub fn schema_problems(schema: &Value, value: &Value) -> Vec<SpecProblem> {
+    let mut check = Checker {
+        unknown: UnknownFields::Ignore,
+        problems: Vec::new(),
+    };
+    check.node(schema, value, "");
+    check.problems
+}
+
+/// A YAML error as one line of words: a budget refusal names the limit it hit (never the
+/// parser's Debug text); other errors are the parser's first line.
+pub fn yaml_error_message(error: &serde_saphyr::Error) -> String {
+    let mut inner = error;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        return budget_message(breach, &yaml_budget());
+    }
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or("parse error");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+fn budget_message(
+    breach: &serde_saphyr::budget::BudgetBreach,
+    budget: &serde_saphyr::Budget,
+) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let n = thousands;
+    let refused = match breach {
+        B::Documents { .. } => format!(
+            "more than {} documents in one file (split it)",
+            n(budget.max_documents)
+        ),
+        B::Nodes { .. } => format!(
+            "more than {} values (mappings, lists and scalars) in one file (split it)",
+            n(budget.max_nodes)
+        ),
+        B::Events { .. } => format!(
+            "more than {} YAML parser events in one file (split it)",
+            n(budget.max_events)
+        ),
+        B::ScalarBytes { .. } => format!(
+            "more than {} bytes of text in one file",
+            n(budget.max_total_scalar_bytes)
+        ),
+        B::Depth { .. } => format!("nested deeper than {} levels", n(budget.max_depth)),
+        B::Aliases { .. } => format!("more than {} aliases (*name)", n(budget.max_aliases)),
+        B::Anchors { .. } => format!("more than {} anchors (&name)", n(budget.max_anchors)),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "{} aliases for {} anchors: more than {} uses per anchor, as in a \"billion laughs\" \
+             document",
+            n(*aliases),
+            n(*anchors),
+            n(budget.alias_anchor_ratio_multiplier)
+        ),
+        B::RecordedAnchorEvents { .. } => format!(
+            "aliases expand to more than {} copied values, as in a \"billion laughs\" document",
+            n(budget.max_recorded_anchor_events)
+        ),
+        B::RecordedAnchorBytes { .. } => format!(
+            "aliases expand to more than {} bytes of copied text, as in a \"billion laughs\" \
+             document",
+            n(budget.max_recorded_anchor_bytes)
+        ),
+        B::MergeKeys { .. } => format!("more than {} merge keys (<<)", n(budget.max_merge_keys)),
+        B::InputBytes { .. } => format!(
+            "more than {} bytes",
+            n(budget.max_reader_input_bytes.unwrap_or(usize::MAX))
+        ),
+        B::SequenceUnbalanced => "a collection closes that was never opened".to_string(),
+        _ => "it exceeds a limit of the YAML reader".to_string(),
+    };
+    format!("refused: {refused}")
+}
+
+/// 1234567 → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1033,12 +1191,17 @@ mod tests {
             problems(|d| set(d, "/spec/job/name", json!("x".repeat(257)))),
             ["spec.job.name: must be at most 256 characters long; got 257"]
         );
-        let actions: Vec<Value> = (0..21)
+        // The console's limit: 5 pre- and 5 post-deploy actions.
+        let actions: Vec<Value> = (0..6)
             .map(|_| json!({"action": "Install Software"}))
             .collect();
         assert_eq!(
             problems(|d| set(d, "/spec/job/postDeployActions", json!(actions))),
-            ["spec.job.postDeployActions: must have at most 20 items; got 21"]
+            ["spec.job.postDeployActions: must have at most 5 items; got 6"]
+        );
+        assert_eq!(
+            problems(|d| set(d, "/spec/job/preDeployActions", json!(actions[..5]))),
+            Vec::<String>::new()
         );
     }
 
@@ -1163,6 +1326,50 @@ mod tests {
         assert_eq!(
             pattern_meaning("^x$"),
             "cannot be checked: the schema pattern ^x$ does not compile"
+        );
+    }
+
+    #[test]
+    fn many_documents_are_read_and_hostile_yaml_is_refused_in_words() {
+        let many = "a: 1\n---\n".repeat(1_100);
+        assert_eq!(yaml_documents(&many).unwrap().len(), 1_100);
+
+        let mut laughs = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            laughs.push_str(&format!(
+                "{next}: &{next} [{}]\n",
+                vec![format!("*{prev}"); 9].join(",")
+            ));
+        }
+        let message = yaml_error_message(&yaml_documents(&laughs).unwrap_err());
+        assert!(message.starts_with("refused: "), "{message}");
+        assert!(message.contains("billion laughs"), "{message}");
+
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            yaml_error_message(&yaml_documents(&deep).unwrap_err()),
+            "refused: nested deeper than 64 levels"
+        );
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(64), "64");
+    }
+
+    #[test]
+    fn names_passwords_and_their_messages() {
+        assert_eq!(name_problem("weekly.patching-1"), None);
+        assert_eq!(namespace_problem("team-a"), None);
+        let bad = name_problem("a\u{1b}]0;x\u{7}\nb").unwrap();
+        assert!(!bad.chars().any(char::is_control), "{bad}");
+        assert!(namespace_problem("a.b").is_some());
+        assert_eq!(password_problem(&[b'x'; MAX_PASSWORD_BYTES]), None);
+        assert_eq!(
+            password_problem(&[b'x'; 10_000_000]).unwrap(),
+            "password too long (10000000 bytes; max 1024 bytes)"
         );
     }
 

@@ -8,13 +8,17 @@
 use super::common::{self, FileArgs, InputClaims};
 use super::connect::{self, Conn, ConnectionArgs, Session};
 use super::manifests::{InputScripts, Inputs, JobManifest};
+use super::state_file::{self, StateFile};
+use super::{lock, output};
 use crate::api::Reason;
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError, engine};
+use anyhow::anyhow;
 use clap::Args;
 use futures::future::BoxFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// `qpm-operator apply`.
 #[derive(Args, Debug, Clone)]
@@ -31,6 +35,9 @@ pub struct ApplyArgs {
     /// How many resources are applied concurrently (parents always before their children).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// How long to wait for another apply holding the state file's lock; 0 fails at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub lock_timeout: u64,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -97,23 +104,33 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
     let Some(inputs) = common::load_inputs(&args.input) else {
         if args.stats {
-            eprint!("{}", super::stats::Stats::new().report());
+            output::err(&super::stats::Stats::new().report());
         }
         return Ok(ExitCode::FAILURE);
     };
-    let state = connect::open_state(args.state.as_deref())?;
+    let path = connect::state_path(args.state.as_deref());
+    // Held until this function returns: the whole run, the simulator's --sim-state write included.
+    let _lock = match &path {
+        Some(p) => {
+            let lock = lock::acquire(p, Duration::from_secs(args.lock_timeout)).await?;
+            state_file::remove_stale_temporaries(p);
+            Some(lock)
+        }
+        None => None,
+    };
+    let state = StateFile::open(path.as_deref()).map_err(|e| anyhow!(e))?;
     let mut session = Session::new(&args.connection, state)?;
     let result = apply(&inputs, &mut session, usize::from(args.parallel), |a| {
-        println!("{}", a.line())
+        output::out_line(&a.line())
     })
     .await;
     let stats = session.stats.clone();
     session.close().await;
-    let applied = result?;
-    println!("{}", summary(&applied));
     if args.stats {
-        eprint!("{}", stats.report());
+        output::err(&stats.report());
     }
+    let applied = result?;
+    output::out_line(&summary(&applied));
     Ok(if applied.iter().any(|a| a.result == Done::Failed) {
         ExitCode::FAILURE
     } else {
@@ -198,28 +215,34 @@ async fn apply_one(
 /// Fill in the result and detail from the engine's outcome.
 fn describe(a: &mut Applied, outcome: &Outcome) {
     let id = a.job_id.clone().unwrap_or_else(|| "-".into());
-    let notes = |skip: &[&str]| -> Vec<String> {
-        outcome
+    // The other events' notes, then what was written (typed, from the outcome).
+    let notes = || -> Vec<String> {
+        let written = [
+            "Created",
+            "Updated",
+            "DriftCorrected",
+            "Enabled",
+            "Disabled",
+        ];
+        let mut notes: Vec<String> = outcome
             .events
             .iter()
-            .filter(|e| !skip.contains(&e.reason))
-            .map(|e| match e.reason {
-                // "updated job X: a, b" → "a, b"
-                "Updated" | "DriftCorrected" => e
-                    .note
-                    .split_once(": ")
-                    .map_or(e.note.clone(), |(_, fields)| fields.to_string()),
-                "Enabled" => "status → Enabled".to_string(),
-                "Disabled" => "status → Disabled".to_string(),
-                _ => e.note.clone(),
-            })
-            .collect()
+            .filter(|e| !written.contains(&e.reason))
+            .map(|e| e.note.clone())
+            .collect();
+        if !outcome.updated_fields.is_empty() {
+            notes.push(outcome.updated_fields.join(", "));
+        }
+        if let Some(s) = outcome.state_set {
+            notes.push(format!("status → {}", s.as_str()));
+        }
+        notes
     };
     match outcome.reason {
         Reason::Created => {
             a.result = Done::Created;
             let mut detail = format!("job {id}");
-            for n in notes(&["Created"]) {
+            for n in notes() {
                 detail.push_str("; ");
                 detail.push_str(&n);
             }
@@ -227,7 +250,7 @@ fn describe(a: &mut Applied, outcome: &Outcome) {
         }
         Reason::Updated | Reason::Adopted | Reason::UpToDate if outcome.wrote => {
             a.result = Done::Updated;
-            a.detail = format!("job {id}: {}", notes(&[]).join("; "));
+            a.detail = format!("job {id}: {}", notes().join("; "));
         }
         Reason::Adopted | Reason::UpToDate | Reason::Updated => {
             a.result = Done::Unchanged;
@@ -264,7 +287,13 @@ mod tests {
     use super::*;
     use crate::reconcile::{Event, EventType};
 
-    fn outcome(reason: Reason, wrote: bool, events: &[(&'static str, &str)]) -> Outcome {
+    fn outcome(
+        reason: Reason,
+        wrote: bool,
+        events: &[(&'static str, &str)],
+        updated_fields: &[&str],
+        state_set: Option<crate::qualys::JobState>,
+    ) -> Outcome {
         // Build through the public fields (the constructor is the engine's).
         let mut o = crate::reconcile::engine::api_failure(
             &crate::qualys::Error::Config {
@@ -275,6 +304,8 @@ mod tests {
         o.reason = reason;
         o.message = format!("{reason} message");
         o.wrote = wrote;
+        o.updated_fields = updated_fields.iter().map(|f| f.to_string()).collect();
+        o.state_set = state_set;
         o.events = events
             .iter()
             .map(|(r, n)| Event {
@@ -307,12 +338,16 @@ mod tests {
                 ("Created", "created Qualys job J"),
                 ("Enabled", "enabled job J"),
             ],
+            &[],
+            Some(crate::qualys::JobState::Enabled),
         ));
         assert_eq!(created.line(), "created ns/n: job J; status → Enabled");
         let updated = described(&outcome(
             Reason::Updated,
             true,
             &[("Updated", "updated job J: timeout, approvedPatches")],
+            &["timeout", "approvedPatches"],
+            None,
         ));
         assert_eq!(
             updated.line(),
@@ -325,14 +360,16 @@ mod tests {
                 ("Adopted", "found job J by its name"),
                 ("Updated", "updated job J: timeout"),
             ],
+            &["timeout"],
+            None,
         ));
         assert_eq!(
             adopted_and_updated.line(),
             "updated ns/n: job J: found job J by its name; timeout"
         );
-        let same = described(&outcome(Reason::UpToDate, false, &[]));
+        let same = described(&outcome(Reason::UpToDate, false, &[], &[], None));
         assert_eq!(same.line(), "unchanged ns/n: UpToDate message");
-        let failed = described(&outcome(Reason::NameConflict, false, &[]));
+        let failed = described(&outcome(Reason::NameConflict, false, &[], &[], None));
         assert_eq!(
             failed.line(),
             "failed ns/n: NameConflict: NameConflict message"

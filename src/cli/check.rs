@@ -9,6 +9,7 @@
 
 use super::common;
 use super::connect::{ConnectionArgs, Session};
+use super::output;
 use super::state_file::StateFile;
 use crate::qualys::{Client, Endpoint, Error, JobBody, JobState, values};
 use clap::Args;
@@ -71,7 +72,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     session.close().await;
     let lines = result?;
     for l in &lines {
-        println!("{l}");
+        output::out_line(&l.to_string());
     }
     Ok(if lines.iter().all(|l| l.verdict == Verdict::Pass) {
         ExitCode::SUCCESS

@@ -3,6 +3,8 @@
 
 use super::connect::Conn;
 use super::manifests::{self, Inputs, JobManifest};
+use super::output;
+use crate::qualys::Error as QualysError;
 use crate::reconcile::{Claims, Context, Mode, ScriptResolver};
 use clap::Args;
 use std::collections::HashMap;
@@ -27,25 +29,28 @@ pub fn load_inputs(args: &FileArgs) -> Option<Inputs> {
     match manifests::load(&args.files, args.recursive) {
         Ok(inputs) => {
             for w in &inputs.warnings {
-                eprintln!("warning: {w}");
+                output::err_line(&format!("warning: {w}"));
             }
             Some(inputs)
         }
         Err(errors) => {
             for e in &errors {
-                eprintln!("error: {e}");
+                output::err_line(&format!("error: {e}"));
             }
-            eprintln!(
+            output::err_line(&format!(
                 "{} problem(s) in the input; nothing was planned or applied",
                 errors.len()
-            );
+            ));
             None
         }
     }
 }
 
 /// Connect every job of the input — before the first write, so a bad connection stops the
-/// run before anything changed.
+/// run before anything changed — and authenticate each connection once. A gateway that
+/// cannot be reached (connection refused, unknown host, no answer) fails the whole run here,
+/// with one message, instead of once per resource with retries each; refused credentials are
+/// left to each resource's line (the client answers those from its cache, without a call).
 pub async fn connect_all(
     inputs: &Inputs,
     session: &mut super::connect::Session,
@@ -54,6 +59,23 @@ pub async fn connect_all(
     for j in &inputs.jobs {
         let r = j.job.spec.connection_ref.as_ref().map(|r| r.name.as_str());
         conns.push(session.conn_for(inputs, &j.namespace, r).await?);
+    }
+    let mut distinct: Vec<&std::sync::Arc<Conn>> = Vec::new();
+    for c in &conns {
+        if !distinct.iter().any(|d| std::sync::Arc::ptr_eq(d, c)) {
+            distinct.push(c);
+        }
+    }
+    let checks = distinct.iter().map(|c| async move {
+        match c.client.authenticate().await {
+            Err(e @ (QualysError::Transport { .. } | QualysError::Timeout { .. })) => Err(
+                anyhow::anyhow!("{}: {e}; nothing was planned or applied", c.target),
+            ),
+            _ => Ok(()),
+        }
+    });
+    for result in futures::future::join_all(checks).await {
+        result?;
     }
     Ok(conns)
 }
@@ -175,13 +197,13 @@ impl Claims for ResourceClaims<'_> {
 
 /// The engine's context for one resource of the CLI: identify by jobId, recorded id, or exact
 /// name (`Mode::Cli`), with one listing per connection per run.
-pub fn context<'a>(
+pub fn context<'a, Q: ?Sized>(
     conn: &'a Conn,
-    client: &'a crate::qualys::Client,
+    client: &'a Q,
     claims: &'a ResourceClaims<'a>,
     scripts: &'a (dyn ScriptResolver + Sync),
     linked_job_id: Option<&'a str>,
-) -> Context<'a> {
+) -> Context<'a, Q> {
     Context {
         client,
         directory: &conn.directory,

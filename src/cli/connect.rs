@@ -1,12 +1,16 @@
 //! Where the commands send their calls: the gateway from flags and environment, a
-//! `spec.connectionRef` Secret given in the input, or — with no gateway configured — the
-//! embedded simulator. One client and one job [`Directory`] per connection identity, so a token
+//! `spec.connectionRef` Secret given in the input, or — only when asked for with `--sim` or
+//! `--sim-state` — the embedded simulator. Nothing configured is an error, never a silent
+//! simulator: a pipeline whose gateway variable went missing must not "succeed". One client and one job [`Directory`] per connection identity, so a token
 //! is never shared between identities and 1,000 jobs of one connection cost one listing.
 
 use super::manifests::Inputs;
-use super::state_file::StateFile;
+use super::state_file::{StateFile, write_atomically};
 use super::stats::Stats;
-use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret};
+use crate::api::validate::{MAX_PASSWORD_BYTES, password_problem};
+use crate::qualys::{
+    BudgetArgs, CachedJob, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
+};
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
 use anyhow::{Context as _, anyhow, bail};
@@ -17,14 +21,19 @@ use std::sync::Arc;
 
 /// How `target` reads in plan output and errors for the embedded simulator.
 pub const EMBEDDED_TARGET: &str = "embedded-simulator";
+/// `target` of a plan whose resources all name their connection (no default is configured).
+pub const NO_TARGET: &str = "none";
 
 /// The connection flags shared by `plan`, `apply`, `import` and `check`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConnectionArgs {
     /// The Qualys API gateway, e.g. https://gateway.qg1.apps.qualys.com [env: QUALYS_GATEWAY_URL].
-    /// Without one, the embedded simulator is used.
     #[arg(long, value_name = "URL")]
     pub gateway_url: Option<String>,
+    /// Use the embedded Qualys simulator (in memory, on loopback) instead of a gateway; it wins
+    /// over QUALYS_GATEWAY_URL. Without a gateway and without --sim the command fails.
+    #[arg(long, conflicts_with = "gateway_url")]
+    pub sim: bool,
     /// The API user [env: QUALYS_USERNAME].
     #[arg(long, value_name = "NAME")]
     pub username: Option<String>,
@@ -36,27 +45,14 @@ pub struct ConnectionArgs {
     /// [env: QUALYS_CA_BUNDLE_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Requests per second per connection; 0 = no client-side limit. Default: 1 for a gateway,
-    /// no limit for the embedded simulator.
-    #[arg(long, value_name = "N", value_parser = parse_rps)]
-    pub qualys_rps: Option<f64>,
-    /// Requests in flight per connection; 0 = no limit. Default: 2 for a gateway, no limit for
-    /// the embedded simulator.
-    #[arg(long, value_name = "N")]
-    pub qualys_concurrency: Option<usize>,
+    /// The Qualys budget per connection. For the embedded simulator every limit defaults to
+    /// none.
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Keep the embedded simulator's jobs in this file between runs (versioned JSON, written by
-    /// atomic rename, no tokens). Ignored when a gateway is configured.
-    #[arg(long, value_name = "FILE")]
+    /// atomic rename, no tokens). Implies --sim.
+    #[arg(long, value_name = "FILE", conflicts_with = "gateway_url")]
     pub sim_state: Option<PathBuf>,
-}
-
-fn parse_rps(raw: &str) -> Result<f64, String> {
-    match raw.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "{raw:?} is not a rate: give requests per second (e.g. 0.5, 2), or 0 for no limit"
-        )),
-    }
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -68,19 +64,35 @@ fn env_var(name: &str) -> Option<String> {
 pub enum DefaultConnection {
     Gateway(Connection),
     Embedded,
+    /// Neither a gateway nor `--sim`: an error once a resource needs it.
+    Missing,
 }
 
+/// What a command says when it needs a connection and none is configured.
+pub const NOT_CONFIGURED: &str = "no Qualys gateway configured: set QUALYS_GATEWAY_URL (or \
+     --gateway-url) with QUALYS_USERNAME (or --username) and QUALYS_PASSWORD (or \
+     --password-file), or pass --sim to use the embedded simulator (nothing then reaches Qualys)";
+
 impl ConnectionArgs {
-    /// The gateway configured by flags and environment, or the embedded simulator when none is.
-    /// Errors say which setting is missing; they never quote a password.
+    /// Whether the embedded simulator was asked for (`--sim`, or `--sim-state`).
+    pub fn wants_sim(&self) -> bool {
+        self.sim || self.sim_state.is_some()
+    }
+
+    /// The embedded simulator when asked for, else the gateway configured by flags and
+    /// environment, else [`DefaultConnection::Missing`]. Errors say which setting is missing;
+    /// they never quote a password.
     pub fn default_connection(&self) -> anyhow::Result<DefaultConnection> {
+        if self.wants_sim() {
+            return Ok(DefaultConnection::Embedded);
+        }
         let gateway = self
             .gateway_url
             .clone()
             .filter(|g| !g.trim().is_empty())
             .or_else(|| env_var("QUALYS_GATEWAY_URL"));
         let Some(gateway) = gateway else {
-            return Ok(DefaultConnection::Embedded);
+            return Ok(DefaultConnection::Missing);
         };
         let username = self
             .username
@@ -95,7 +107,11 @@ impl ConnectionArgs {
             None => std::env::var("QUALYS_PASSWORD")
                 .ok()
                 .filter(|p| !p.is_empty())
-                .map(Secret::new)
+                .map(|p| match password_problem(p.as_bytes()) {
+                    Some(problem) => Err(anyhow!("QUALYS_PASSWORD: {problem}")),
+                    None => Ok(Secret::new(p)),
+                })
+                .transpose()?
                 .ok_or_else(|| {
                     anyhow!(
                         "no password for the gateway: set QUALYS_PASSWORD or give --password-file \
@@ -118,30 +134,41 @@ impl ConnectionArgs {
     }
 
     /// Client options: the client's modest defaults for a gateway, no limits for the embedded
-    /// simulator, either overridden by `--qualys-rps` / `--qualys-concurrency`.
+    /// simulator, either overridden by the budget flags.
     pub fn client_options(&self, embedded: bool, stats: &Arc<Stats>) -> ClientOptions {
         let mut opts = ClientOptions::default();
         if embedded {
+            opts.budget = None;
             opts.rps = None;
             opts.concurrency = None;
             opts.proxy = ProxySettings::none();
         }
-        if let Some(rps) = self.qualys_rps {
-            opts.rps = (rps > 0.0).then_some(rps);
-        }
-        if let Some(c) = self.qualys_concurrency {
-            opts.concurrency = (c > 0).then_some(c);
-        }
+        self.budget.apply(&mut opts);
         opts.observer = Some(stats.clone());
         opts
     }
 }
 
 fn read_password_file(path: &Path) -> anyhow::Result<Secret> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    // Bounded: a wrong path (a log file, /dev/zero) must not be read to the end.
+    let limit = (MAX_PASSWORD_BYTES + 2) as u64;
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_end(&mut bytes))
         .with_context(|| format!("--password-file {}: cannot read", path.display()))?;
     // The first line, without its line ending: `echo secret > file` must work.
-    let first = text.lines().next().unwrap_or_default();
+    let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    if let Some(problem) = password_problem(first) {
+        bail!("--password-file {}: {problem}", path.display());
+    }
+    let Ok(first) = std::str::from_utf8(first) else {
+        bail!(
+            "--password-file {}: the first line is not UTF-8 text",
+            path.display()
+        );
+    };
     if first.is_empty() {
         bail!(
             "--password-file {}: the first line is empty",
@@ -190,6 +217,11 @@ pub fn secret_connection(
     };
     let gateway = text("gatewayUrl", true)?.unwrap_or_default();
     let username = text("username", true)?.unwrap_or_default();
+    if let Some(problem) = data.get("password").and_then(|p| password_problem(p)) {
+        return Err(format!(
+            "spec.connectionRef: Secret {namespace}/{name}: {problem}"
+        ));
+    }
     let password = text("password", true)?.unwrap_or_default();
     let mut conn = Connection::new(gateway.trim(), username.trim(), password);
     conn.ca_bundle = data.get("caBundle").filter(|b| !b.is_empty()).cloned();
@@ -220,11 +252,40 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// The last live body of each job, per connection, beside the state file (`state.json` →
+/// `state.jobs.json`): with it, a `plan` or `apply` lists the summaries and GETs only the jobs
+/// whose date moved — a no-op run of N jobs costs about N / page size calls, not N.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct RememberedJobs {
+    version: u32,
+    /// state key → job id → body and date.
+    targets: std::collections::BTreeMap<String, HashMap<String, CachedJob>>,
+}
+
+const REMEMBERED_JOBS_VERSION: u32 = 1;
+
+fn remembered_jobs_path(state: &StateFile) -> Option<PathBuf> {
+    state.path().map(|p| p.with_extension("jobs.json"))
+}
+
+impl RememberedJobs {
+    /// What the last runs remembered; nothing when the file is missing or unreadable (it is a
+    /// cache: a GET replaces anything it lacks).
+    fn load(state: &StateFile) -> RememberedJobs {
+        remembered_jobs_path(state)
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<RememberedJobs>(&b).ok())
+            .filter(|r| r.version == REMEMBERED_JOBS_VERSION)
+            .unwrap_or_default()
+    }
+}
+
 /// The connections of one run, and the embedded simulator when one is running.
 pub struct Session {
     pub stats: Arc<Stats>,
     args: ConnectionArgs,
     state: StateFile,
+    remembered: RememberedJobs,
     default: Option<DefaultConnection>,
     default_conn: Option<Arc<Conn>>,
     by_identity: HashMap<ConnectionId, Arc<Conn>>,
@@ -235,12 +296,10 @@ impl Session {
     /// A session whose resources remember their jobs in `state`. No connection is made yet.
     pub fn new(args: &ConnectionArgs, state: StateFile) -> anyhow::Result<Self> {
         let default = args.default_connection()?;
-        if matches!(default, DefaultConnection::Gateway(_)) && args.sim_state.is_some() {
-            eprintln!("warning: --sim-state is ignored: a gateway is configured");
-        }
         Ok(Session {
             stats: Arc::new(Stats::new()),
             args: args.clone(),
+            remembered: RememberedJobs::load(&state),
             state,
             default: Some(default),
             default_conn: None,
@@ -249,24 +308,30 @@ impl Session {
         })
     }
 
-    /// The target of resources without connectionRef, as plan output names it.
+    /// The target of resources without connectionRef, as plan output names it (`none` when
+    /// no default connection is configured: every resource then has its connectionRef).
     pub fn default_target(&self) -> String {
         match (&self.default_conn, &self.default) {
             (Some(c), _) => c.target.clone(),
             (None, Some(DefaultConnection::Gateway(c))) => gateway_target(&c.identity()),
-            _ => EMBEDDED_TARGET.to_string(),
+            (None, Some(DefaultConnection::Embedded)) => EMBEDDED_TARGET.to_string(),
+            _ => NO_TARGET.to_string(),
         }
     }
 
     /// The connection of resources without `spec.connectionRef`: the configured gateway, or
-    /// the embedded simulator (started on first use, announced on stderr).
+    /// the embedded simulator when asked for (started on first use, announced on stderr).
     pub async fn default_conn(&mut self) -> anyhow::Result<Arc<Conn>> {
         if let Some(c) = &self.default_conn {
             return Ok(c.clone());
         }
         let conn = match self.default.take() {
             Some(DefaultConnection::Gateway(conn)) => self.gateway(conn)?,
-            Some(DefaultConnection::Embedded) | None => self.embedded().await?,
+            Some(DefaultConnection::Embedded) => self.embedded().await?,
+            Some(DefaultConnection::Missing) | None => {
+                self.default = Some(DefaultConnection::Missing);
+                bail!(NOT_CONFIGURED)
+            }
         };
         self.default_conn = Some(conn.clone());
         Ok(conn)
@@ -296,9 +361,11 @@ impl Session {
         }
         let opts = self.args.client_options(false, &self.stats);
         let client = Client::new(conn, opts)?;
+        let state_key = format!("{} {}", identity.gateway_url(), identity.username());
+        self.remember_jobs(&client, &state_key);
         let c = Arc::new(Conn {
             target: gateway_target(&identity),
-            state_key: format!("{} {}", identity.gateway_url(), identity.username()),
+            state_key,
             state: self.state.clone(),
             client,
             directory: Directory::new(),
@@ -319,7 +386,9 @@ impl Session {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "in memory".to_string());
-        eprintln!("using the embedded Qualys simulator (no gateway configured); state: {shown}");
+        super::output::err_line(&format!(
+            "using the embedded Qualys simulator (--sim); state: {shown}"
+        ));
         let (state_key, state) = match &state_file {
             Some(path) => (
                 format!("embedded:{}", canonical(path).display()),
@@ -330,6 +399,9 @@ impl Session {
         };
         let opts = self.args.client_options(true, &self.stats);
         let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts)?;
+        if state_file.is_some() {
+            self.remember_jobs(&client, &state_key);
+        }
         self.sim = Some(sim);
         let c = Arc::new(Conn {
             client,
@@ -343,9 +415,46 @@ impl Session {
         Ok(c)
     }
 
+    fn remember_jobs(&mut self, client: &Client, state_key: &str) {
+        let jobs = self
+            .remembered
+            .targets
+            .remove(state_key)
+            .unwrap_or_default();
+        client.remember_jobs(jobs);
+    }
+
+    /// Keep the job bodies the clients read for the next run. A failure to write only costs
+    /// GETs next time, so it is a warning.
+    fn save_remembered_jobs(&mut self) {
+        let Some(path) = remembered_jobs_path(&self.state) else {
+            return;
+        };
+        let mut any = false;
+        for conn in self.by_identity.values() {
+            if conn.state.path().is_none() {
+                continue;
+            }
+            let jobs = conn.client.remembered_jobs();
+            any |= !jobs.is_empty();
+            self.remembered.targets.insert(conn.state_key.clone(), jobs);
+        }
+        if !any && !path.exists() {
+            return;
+        }
+        self.remembered.version = REMEMBERED_JOBS_VERSION;
+        let written = serde_json::to_vec(&self.remembered)
+            .map_err(|e| e.to_string())
+            .and_then(|b| write_atomically(&path, &b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("warning: {}: cannot write: {e}", path.display());
+        }
+    }
+
     /// Stop the embedded simulator (writing its `--sim-state`). Call it once the clients are
     /// no longer needed.
     pub async fn close(mut self) {
+        self.save_remembered_jobs();
         self.default_conn = None;
         self.by_identity.clear();
         if let Some(sim) = self.sim.take() {
@@ -390,21 +499,25 @@ pub fn default_state_path() -> Option<PathBuf> {
     Some(base.join("qpm-operator").join("state.json"))
 }
 
-/// Open the `--state` file (or its default).
-pub fn open_state(flag: Option<&Path>) -> anyhow::Result<StateFile> {
-    let path = match flag {
+/// The `--state` file, or its default; `None` (with a warning) when there is neither.
+pub fn state_path(flag: Option<&Path>) -> Option<PathBuf> {
+    match flag {
         Some(p) => Some(p.to_path_buf()),
         None => {
             let found = default_state_path();
             if found.is_none() {
-                eprintln!(
-                    "warning: neither XDG_STATE_HOME nor HOME is set: the CLI's state is kept in memory (give --state FILE)"
+                super::output::err_line(
+                    "warning: neither XDG_STATE_HOME nor HOME is set: the CLI's state is kept in memory (give --state FILE)",
                 );
             }
             found
         }
-    };
-    StateFile::open(path.as_deref()).map_err(|e| anyhow!(e))
+    }
+}
+
+/// Open the `--state` file (or its default) to read it.
+pub fn open_state(flag: Option<&Path>) -> anyhow::Result<StateFile> {
+    StateFile::open(state_path(flag).as_deref()).map_err(|e| anyhow!(e))
 }
 
 #[cfg(test)]
@@ -445,13 +558,13 @@ mod tests {
     }
 
     #[test]
-    fn rates_parse_and_zero_lifts_the_limit() {
-        assert_eq!(parse_rps("0.5"), Ok(0.5));
-        assert!(parse_rps("-1").is_err());
-        assert!(parse_rps("fast").is_err());
+    fn budget_flags_apply_and_zero_lifts_the_limit() {
         let args = ConnectionArgs {
-            qualys_rps: Some(0.0),
-            qualys_concurrency: Some(3),
+            budget: BudgetArgs {
+                qualys_rps: Some(0.0),
+                qualys_concurrency: Some(3),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let stats = Arc::new(Stats::new());
@@ -459,9 +572,19 @@ mod tests {
         assert_eq!(opts.rps, None);
         assert_eq!(opts.concurrency, Some(3));
         let gateway = ConnectionArgs::default().client_options(false, &stats);
-        assert_eq!((gateway.rps, gateway.concurrency), (Some(1.0), Some(2)));
+        assert_eq!(
+            (gateway.budget, gateway.rps, gateway.concurrency),
+            (
+                Some(crate::qualys::CallBudget::DOCUMENTED),
+                Some(1.0),
+                Some(2)
+            )
+        );
         let embedded = ConnectionArgs::default().client_options(true, &stats);
-        assert_eq!((embedded.rps, embedded.concurrency), (None, None));
+        assert_eq!(
+            (embedded.budget, embedded.rps, embedded.concurrency),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -325,8 +325,10 @@ async fn plan_one(
     };
     let me = key(dj);
     let resource_claims = ResourceClaims { claims, me: &me };
+    // Only the read half of the gateway: a plan cannot write to Qualys.
+    let reader: &dyn crate::reconcile::GatewayRead = &client;
     let ctx = Context {
-        client: &client,
+        client: reader,
         directory: &conn.directory,
         claims: &resource_claims,
         scripts: &scripts,

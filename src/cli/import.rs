@@ -9,6 +9,7 @@
 
 use super::common;
 use super::connect::{ConnectionArgs, Session};
+use super::output;
 use crate::api::validate::validate_manifest;
 use crate::api::{ActionRef, DeploymentJobRef, JobSpec};
 use crate::cli::manifests::parse_documents;
@@ -98,18 +99,18 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
                 let path = dir.join(format!("{}.yaml", i.slug));
                 std::fs::write(&path, &i.yaml)
                     .with_context(|| format!("cannot write {}", path.display()))?;
-                eprintln!("wrote {} (job {})", path.display(), i.job_id);
+                output::err_line(&format!("wrote {} (job {})", path.display(), i.job_id));
             }
         }
         None => {
             let docs: Vec<&str> = imported.iter().map(|i| i.yaml.as_str()).collect();
-            print!("{}", docs.join("---\n"));
+            output::out(&docs.join("---\n"));
         }
     }
     for f in &failures {
-        eprintln!("error: {f}");
+        output::err_line(&format!("error: {f}"));
     }
-    eprintln!(
+    output::err_line(&format!(
         "{} job(s) imported{}",
         imported.len(),
         if failures.is_empty() {
@@ -117,9 +118,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!(", {} failed", failures.len())
         }
-    );
+    ));
     if args.stats {
-        eprint!("{}", stats.report());
+        output::err(&stats.report());
     }
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS

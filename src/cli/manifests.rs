@@ -2,8 +2,15 @@
 //! multi-document YAML or JSON; DeploymentJobs, ConfigMaps and Secrets are kept, other kinds
 //! skipped with a warning; a missing namespace means `default`. Everything is validated before
 //! anything is written, and each problem is one line naming the file, the resource and the field.
+//!
+//! Only regular files are read, at most [`MAX_FILE_BYTES`] each, and each folder once (by
+//! device and inode): a FIFO would block for ever, `/dev/zero` never ends, and a symlink to its
+//! own folder would make `-R` loop.
 
-use crate::api::{DeploymentJob, KeyRef, ScriptSource, validate::validate_manifest};
+use crate::api::validate::{
+    name_problem, namespace_problem, validate_manifest, yaml_error_message,
+};
+use crate::api::{DeploymentJob, KeyRef, ScriptSource};
 use crate::reconcile::{RenderInputs, ScriptResolver, render};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -11,6 +18,10 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// The most bytes read from one input file (or stdin): room for `import --all` of 100,000 jobs
+/// (about 1 KiB each) in one file, and a bound on what a wrong path can make the CLI read.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// `apiVersion` of everything in the operator's API group starts with this.
 const GROUP_PREFIX: &str = "pm.qualys.io/";
@@ -93,11 +104,19 @@ impl fmt::Display for InputError {
 
 /// Read and validate every manifest under `paths`.
 pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError>> {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
+    let mut walk = Walk {
+        recursive,
+        ..Walk::default()
+    };
     for p in paths {
-        collect_files(p, recursive, true, &mut files, &mut errors);
+        walk.top(p);
     }
+    let Walk {
+        files,
+        mut errors,
+        warnings,
+        ..
+    } = walk;
     if files.is_empty() && errors.is_empty() {
         errors.push(InputError {
             file: paths
@@ -109,22 +128,20 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Inputs, Vec<InputError
             message: "no .yaml, .yml or .json files found".into(),
         });
     }
-    let mut inputs = Inputs::default();
+    let mut inputs = Inputs {
+        warnings,
+        ..Inputs::default()
+    };
     let mut jobs = Vec::new();
     for file in &files {
         let shown = file.display().to_string();
-        let read = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        };
-        let text = match read {
+        let text = match read_input(file) {
             Ok(t) => t,
-            Err(e) => {
+            Err(message) => {
                 errors.push(InputError {
                     file: shown,
                     resource: None,
-                    message: format!("cannot read: {e}"),
+                    message,
                 });
                 continue;
             }
@@ -223,48 +240,165 @@ fn check_references(inputs: &Inputs) -> Vec<InputError> {
     errors
 }
 
-fn collect_files(
-    path: &Path,
+/// The files under the `-f` paths, each folder visited once.
+#[derive(Default)]
+struct Walk {
     recursive: bool,
-    top: bool,
-    out: &mut Vec<PathBuf>,
-    errors: &mut Vec<InputError>,
-) {
-    let shown = path.display().to_string();
-    if path.as_os_str() == "-" {
-        out.push(path.to_path_buf());
-    } else if path.is_dir() {
-        if !top && !recursive {
+    files: Vec<PathBuf>,
+    errors: Vec<InputError>,
+    warnings: Vec<String>,
+    folders_seen: HashSet<FolderId>,
+}
+
+/// A folder's identity, however it is reached (symlinks, `..`, two `-f` of one folder).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FolderId {
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Inode(u64, u64),
+    #[cfg_attr(unix, allow(dead_code))]
+    Path(PathBuf),
+}
+
+fn folder_id(path: &Path, meta: &std::fs::Metadata) -> FolderId {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = path;
+        FolderId::Inode(meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        FolderId::Path(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()))
+    }
+}
+
+/// What a path is that is neither a folder nor a regular file, in words.
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = meta;
+    "not a regular file"
+}
+
+impl Walk {
+    fn error(&mut self, path: &Path, message: String) {
+        self.errors.push(InputError {
+            file: path.display().to_string(),
+            resource: None,
+            message,
+        });
+    }
+
+    /// A path given with `-f`: a FIFO or a device named here is an error.
+    fn top(&mut self, path: &Path) {
+        if path.as_os_str() == "-" {
+            self.files.push(path.to_path_buf());
+            return;
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => self.folder(path, &meta),
+            Ok(meta) if meta.is_file() => self.files.push(path.to_path_buf()),
+            Ok(meta) => self.error(
+                path,
+                format!(
+                    "{}: only regular files and folders are read",
+                    special_kind(&meta)
+                ),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.error(path, "no such file or folder".into())
+            }
+            Err(e) => self.error(path, format!("cannot read: {e}")),
+        }
+    }
+
+    fn folder(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        if !self.folders_seen.insert(folder_id(path, meta)) {
             return;
         }
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
             Err(e) => {
-                errors.push(InputError {
-                    file: shown,
-                    resource: None,
-                    message: format!("cannot read folder: {e}"),
-                });
+                self.error(path, format!("cannot read folder: {e}"));
                 return;
             }
         };
         entries.sort();
         for entry in entries {
-            if entry.is_dir() {
-                collect_files(&entry, recursive, false, out, errors);
-            } else if is_manifest(&entry) {
-                out.push(entry);
+            // Symlinks are followed: a link to a folder is that folder (once), a link to a
+            // file is that file.
+            match std::fs::metadata(&entry) {
+                Ok(meta) if meta.is_dir() => {
+                    if self.recursive {
+                        self.folder(&entry, &meta);
+                    }
+                }
+                Ok(meta) if meta.is_file() => {
+                    if is_manifest(&entry) {
+                        self.files.push(entry);
+                    }
+                }
+                Ok(meta) => {
+                    if is_manifest(&entry) {
+                        self.warnings.push(format!(
+                            "{}: skipped: {}, not a regular file",
+                            entry.display(),
+                            special_kind(&meta)
+                        ));
+                    }
+                }
+                Err(e) => {
+                    if is_manifest(&entry) {
+                        self.error(&entry, format!("cannot read: {e}"));
+                    }
+                }
             }
         }
-    } else if path.exists() {
-        out.push(path.to_path_buf());
-    } else {
-        errors.push(InputError {
-            file: shown,
-            resource: None,
-            message: "no such file or folder".into(),
-        });
     }
+}
+
+/// The text of one input file (or stdin), at most [`MAX_FILE_BYTES`].
+fn read_input(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_big = || {
+        format!(
+            "larger than {} MiB, the most read from one file (split it)",
+            MAX_FILE_BYTES / (1024 * 1024)
+        )
+    };
+    let mut bytes = Vec::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+        // The size the file claims refuses a big one unread; the bounded read holds for
+        // files that claim nothing (procfs) or grow meanwhile.
+        if f.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+            return Err(too_big());
+        }
+        f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)
+    };
+    read.map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -276,14 +410,8 @@ fn is_manifest(p: &Path) -> bool {
 
 /// Parse a file of one or more YAML (or JSON) documents into JSON values.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
-    crate::api::validate::yaml_documents(text).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("parse error");
-        format!(
-            "not valid YAML: {}",
-            first.strip_prefix("error: ").unwrap_or(first)
-        )
-    })
+    crate::api::validate::yaml_documents(text)
+        .map_err(|e| format!("not valid YAML: {}", yaml_error_message(&e)))
 }
 
 fn read_document(
@@ -344,6 +472,7 @@ fn read_document(
             resource: None,
             message: format!("document {} has no apiVersion and kind", index + 1),
         }),
+        ("ConfigMap" | "Secret", "v1") if !names_are_valid(&doc, &shown, &resource, errors) => {}
         ("ConfigMap", "v1") => {
             let mut data = plain_entries(&doc, "data");
             let (binary, bad) = base64_entries(&doc, "binaryData");
@@ -377,6 +506,38 @@ fn read_document(
         }),
         _ => inputs.warnings.push(format!("{shown}: skipping {kind} {namespace}/{name} ({api_version}): not a DeploymentJob, ConfigMap or Secret")),
     }
+}
+
+/// Whether a ConfigMap's or Secret's name and namespace are what the API server accepts;
+/// each problem is one error.
+fn names_are_valid(doc: &Value, file: &str, resource: &str, errors: &mut Vec<InputError>) -> bool {
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str);
+    let namespace = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty());
+    let problems = [
+        (
+            "metadata.name",
+            name.map_or_else(
+                || Some("required field is missing".to_string()),
+                name_problem,
+            ),
+        ),
+        ("metadata.namespace", namespace.and_then(namespace_problem)),
+    ];
+    let mut valid = true;
+    for (field, problem) in problems {
+        if let Some(message) = problem {
+            valid = false;
+            errors.push(InputError {
+                file: file.to_string(),
+                resource: Some(resource.to_string()),
+                message: format!("{field}: {message}"),
+            });
+        }
+    }
+    valid
 }
 
 /// The string entries of `doc[field]` as bytes.

@@ -7,6 +7,7 @@
 use super::common::{self, FileArgs, InputClaims};
 use super::connect::{self, Conn, ConnectionArgs, Session};
 use super::manifests::{InputScripts, Inputs, JobManifest};
+use super::output::{self, escape};
 use crate::reconcile::engine;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -96,7 +97,7 @@ pub struct PlannedResource {
 #[serde(rename_all = "camelCase")]
 pub struct PlanDocument {
     pub api_version: &'static str,
-    /// The gateway URL of resources without connectionRef, or `embedded-simulator`.
+    /// The gateway URL of resources without connectionRef, `embedded-simulator`, or `none`.
     pub target: String,
     pub resources: Vec<PlannedResource>,
 }
@@ -117,33 +118,30 @@ impl PlanDocument {
         }
     }
 
-    /// The plan for people.
+    /// The plan for people; names, messages and values from the input shown escaped.
     pub fn human(&self) -> String {
         use std::fmt::Write as _;
-        let mut out = format!("target: {}\n", self.target);
+        let mut out = format!("target: {}\n", escape(&self.target));
         let (mut create, mut update, mut none, mut error) = (0, 0, 0, 0);
         for r in &self.resources {
-            let id = r.job_id.as_deref().unwrap_or("-");
+            let id = escape(r.job_id.as_deref().unwrap_or("-"));
             let how = r.identified_by.as_deref().unwrap_or("none");
+            let resource = escape(&format!("{}/{}", r.namespace, r.name)).into_owned();
             match r.action {
                 Action::Create => {
                     create += 1;
-                    let _ = writeln!(out, "+ {}/{}: create", r.namespace, r.name);
+                    let _ = writeln!(out, "+ {resource}: create");
                 }
                 Action::Update => {
                     update += 1;
-                    let _ = writeln!(
-                        out,
-                        "~ {}/{}: update job {id} (identified by {how})",
-                        r.namespace, r.name
-                    );
+                    let _ = writeln!(out, "~ {resource}: update job {id} (identified by {how})");
                     for c in &r.changes {
                         let _ = writeln!(
                             out,
                             "    {}: {} → {}",
-                            c.path,
-                            common::show_value(&c.from),
-                            common::show_value(&c.to)
+                            escape(&c.path),
+                            escape(&common::show_value(&c.from)),
+                            escape(&common::show_value(&c.to))
                         );
                     }
                 }
@@ -151,18 +149,15 @@ impl PlanDocument {
                     none += 1;
                     let _ = writeln!(
                         out,
-                        "= {}/{}: no changes (job {id}, identified by {how})",
-                        r.namespace, r.name
+                        "= {resource}: no changes (job {id}, identified by {how})"
                     );
                 }
                 Action::Error => {
                     error += 1;
                     let _ = writeln!(
                         out,
-                        "! {}/{}: error: {}",
-                        r.namespace,
-                        r.name,
-                        r.error.as_deref().unwrap_or("unknown")
+                        "! {resource}: error: {}",
+                        escape(r.error.as_deref().unwrap_or("unknown"))
                     );
                 }
             }
@@ -183,7 +178,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     let Some(inputs) = common::load_inputs(&args.input) else {
         if args.stats {
-            eprint!("{}", super::stats::Stats::new().report());
+            output::err(&super::stats::Stats::new().report());
         }
         return Ok(ExitCode::FAILURE);
     };
@@ -202,13 +197,16 @@ pub(super) async fn finish(
 ) -> anyhow::Result<ExitCode> {
     let stats = session.stats.clone();
     session.close().await;
+    if args.stats {
+        output::err(&stats.report());
+    }
     let doc = result?;
     match args.output {
-        OutputFormat::Human => print!("{}", doc.human()),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-    }
-    if args.stats {
-        eprint!("{}", stats.report());
+        OutputFormat::Human => output::out(&doc.human()),
+        OutputFormat::Json => output::out(&format!(
+            "{}\n",
+            output::json_safe(&serde_json::to_string_pretty(&doc)?)
+        )),
     }
     Ok(ExitCode::from(doc.exit_code()))
 }
@@ -277,7 +275,9 @@ async fn plan_one(
         namespace: &job.namespace,
     };
     let resource_claims = claims.for_resource(conn, &key);
-    let ctx = common::context(conn, &client, &resource_claims, &scripts, linked.as_deref());
+    // Only the read half of the gateway: plan cannot write to Qualys.
+    let reader: &dyn crate::reconcile::GatewayRead = &client;
+    let ctx = common::context(conn, reader, &resource_claims, &scripts, linked.as_deref());
     record(&mut r, engine::observe(&job.job.spec, &state, &ctx).await);
     r
 }

@@ -192,6 +192,34 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Remove the `<state>.tmp<pid>` files a killed run left beside `path` (a kill between the
+/// write and the rename). Call it only while holding the state's lock: then no live run is
+/// writing one. Failures are ignored; the files are only clutter.
+pub fn remove_stale_temporaries(path: &Path) {
+    let (Some(name), dir) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let dir = dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let is_temporary = file_name
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_temporary && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// One resource's slot in a [`StateFile`].
 pub struct FileStore {
     file: StateFile,
@@ -279,6 +307,30 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn temporaries_of_killed_runs_are_removed_and_nothing_else() {
+        let path = temp("temporaries");
+        let dir = path.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "state.json.tmp123",
+            "state.json.tmp9",
+            "state.json.tmpx",
+            "other.tmp1",
+        ] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        std::fs::write(&path, "{}").unwrap();
+        remove_stale_temporaries(&path);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other.tmp1", "state.json", "state.json.tmpx"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

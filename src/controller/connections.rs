@@ -6,15 +6,27 @@
 //! namespace is allowed to. A named Secret that is missing is an error, never a fall-back.
 //! The last connection that worked for each resource is kept in memory, so a resource whose
 //! namespace is being deleted (taking its Secret with it) can still delete its job.
+//!
+//! A connection no resource uses any more (neither as the one it resolves to now nor as its
+//! last good one) is evicted: its client, token cache and job directory are dropped, and the
+//! summary poller, which polls only the connections held here, stops polling it.
 
 use super::metrics::Metrics;
 use crate::api::DeploymentJob;
 use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, Secret};
 use crate::reconcile::Directory;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::{Api, ResourceExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The first wait after a gateway could not be reached; it doubles up to the maximum.
+const UNREACHABLE_MIN: Duration = Duration::from_secs(2);
+const UNREACHABLE_MAX: Duration = Duration::from_secs(300);
+/// How long one reconcile may probe an unreachable gateway before another may.
+const PROBE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A usable connection for one resource.
 #[derive(Clone)]
@@ -74,6 +86,13 @@ struct Entry {
     directory: Arc<Directory>,
 }
 
+/// A connection whose gateway could not be reached (connection refused, DNS): until `until`,
+/// reconciles of the resources on it wait instead of each trying again; then one probes.
+struct Unreachable {
+    until: Instant,
+    delays: ExponentialBackoff,
+}
+
 /// All connections of one operator process.
 pub struct Connections {
     kube: kube::Client,
@@ -83,8 +102,11 @@ pub struct Connections {
     options: ClientOptions,
     metrics: Arc<Metrics>,
     entries: Mutex<HashMap<ConnectionId, Entry>>,
+    /// The connection each resource resolved to last.
+    current: Mutex<HashMap<String, ConnectionId>>,
     /// The connection each resource last used successfully.
     last_good: Mutex<HashMap<String, ConnectionId>>,
+    unreachable: Mutex<HashMap<ConnectionId, Unreachable>>,
 }
 
 impl Connections {
@@ -102,40 +124,70 @@ impl Connections {
             options,
             metrics,
             entries: Mutex::new(HashMap::new()),
+            current: Mutex::new(HashMap::new()),
             last_good: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
         }
     }
 
     /// The connection `dj` uses now.
     pub async fn resolve(&self, dj: &DeploymentJob) -> Result<Resolved, ConnectionError> {
         let namespace = dj.namespace().unwrap_or_default();
-        let connection = match &dj.spec.connection_ref {
-            Some(r) => self.read_secret(&namespace, &r.name).await?,
+        let connection = self.connection_of(dj, &namespace).await;
+        let resolved = {
+            // Held while the client is found or made, so an eviction cannot drop it before
+            // the resource is recorded as its user.
+            let mut current = self.current.lock().map_err(|_| ConnectionError::Invalid {
+                namespace: namespace.clone(),
+                name: String::new(),
+                message: "connection cache poisoned".into(),
+            })?;
+            let key = super::reconciler::key_of(dj);
+            let resolved = connection.and_then(|c| {
+                self.client_for(c, &namespace)
+                    .map_err(|message| ConnectionError::Invalid {
+                        namespace: namespace.clone(),
+                        name: dj
+                            .spec
+                            .connection_ref
+                            .as_ref()
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default(),
+                        message,
+                    })
+            });
+            match &resolved {
+                Ok(r) => current.insert(key, r.id.clone()),
+                Err(_) => current.remove(&key),
+            };
+            resolved
+        };
+        self.evict_unused();
+        resolved
+    }
+
+    /// The connection settings `dj` names (its Secret, or the operator-wide connection).
+    async fn connection_of(
+        &self,
+        dj: &DeploymentJob,
+        namespace: &str,
+    ) -> Result<Connection, ConnectionError> {
+        match &dj.spec.connection_ref {
+            Some(r) => self.read_secret(namespace, &r.name).await,
             None => {
                 let Some(c) = &self.operator_wide else {
                     return Err(ConnectionError::NotConfigured);
                 };
                 if let Some(allowed) = &self.allowed
-                    && !allowed.contains(&namespace)
+                    && !allowed.contains(namespace)
                 {
-                    return Err(ConnectionError::NotAllowed { namespace });
+                    return Err(ConnectionError::NotAllowed {
+                        namespace: namespace.to_string(),
+                    });
                 }
-                c.clone()
+                Ok(c.clone())
             }
-        };
-        let resolved = self.client_for(connection, &namespace).map_err(|message| {
-            ConnectionError::Invalid {
-                namespace: namespace.clone(),
-                name: dj
-                    .spec
-                    .connection_ref
-                    .as_ref()
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default(),
-                message,
-            }
-        })?;
-        Ok(resolved)
+        }
     }
 
     /// Remember that `resolved` worked for the resource `key`.
@@ -143,11 +195,77 @@ impl Connections {
         if let Ok(mut m) = self.last_good.lock() {
             m.insert(key.to_string(), resolved.id.clone());
         }
+        self.evict_unused();
     }
 
+    /// The resource `key` is gone: it uses no connection any more.
     pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.current.lock() {
+            m.remove(key);
+        }
         if let Ok(mut m) = self.last_good.lock() {
             m.remove(key);
+        }
+        self.evict_unused();
+    }
+
+    /// How long a reconcile on `id` should wait because its gateway could not be reached;
+    /// `None` lets it call the gateway (then it is the one probe until it reports back).
+    pub fn gateway_wait(&self, id: &ConnectionId) -> Option<Duration> {
+        let mut m = self.unreachable.lock().ok()?;
+        let u = m.get_mut(id)?;
+        let now = Instant::now();
+        if u.until > now {
+            return Some(u.until - now);
+        }
+        u.until = now + PROBE_WINDOW;
+        None
+    }
+
+    /// A reconcile on `id` could not reach its gateway: every resource on it waits, longer
+    /// each time.
+    pub fn gateway_unreachable(&self, id: &ConnectionId) {
+        if let Ok(mut m) = self.unreachable.lock() {
+            let u = m.entry(id.clone()).or_insert_with(|| Unreachable {
+                until: Instant::now(),
+                delays: ExponentialBuilder::new()
+                    .with_min_delay(UNREACHABLE_MIN)
+                    .with_max_delay(UNREACHABLE_MAX)
+                    .with_factor(2.0)
+                    .with_jitter()
+                    .without_max_times()
+                    .build(),
+            });
+            u.until = Instant::now() + u.delays.next().unwrap_or(UNREACHABLE_MAX);
+        }
+    }
+
+    /// The gateway of `id` answered.
+    pub fn gateway_reached(&self, id: &ConnectionId) {
+        if let Ok(mut m) = self.unreachable.lock() {
+            m.remove(id);
+        }
+    }
+
+    /// Drop every connection that no resource resolves to or last used successfully. Locks
+    /// are taken in one order (current, last_good, entries, unreachable).
+    fn evict_unused(&self) {
+        let (Ok(current), Ok(last_good)) = (self.current.lock(), self.last_good.lock()) else {
+            return;
+        };
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        entries.retain(|id, _| {
+            let used = current.values().chain(last_good.values()).any(|u| u == id);
+            if !used {
+                tracing::info!(connection = %id, "no resource uses this Qualys connection any more; dropping it");
+            }
+            used
+        });
+        self.metrics.connections.set(gauge_value(entries.len()));
+        if let Ok(mut m) = self.unreachable.lock() {
+            m.retain(|id, _| entries.contains_key(id));
         }
     }
 
@@ -203,6 +321,7 @@ impl Connections {
             id: id.clone(),
         };
         entries.insert(id, Entry { client, directory });
+        self.metrics.connections.set(gauge_value(entries.len()));
         Ok(resolved)
     }
 
@@ -244,6 +363,10 @@ impl Connections {
         connection.ca_bundle = data.get("caBundle").cloned().filter(|b| !b.is_empty());
         Ok(connection)
     }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A Secret's data (and stringData, which a server folds into data).

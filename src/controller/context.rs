@@ -36,6 +36,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// The installed CRD, as compared with this binary's.
+    pub crd: Arc<super::crd_check::InstalledCrd>,
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
     backoff: Mutex<HashMap<String, ExponentialBackoff>>,
@@ -61,11 +63,18 @@ impl Ctx {
             metrics,
             recorder,
             settings,
+            crd: super::crd_check::InstalledCrd::new(),
             trigger,
             backoff: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares what is known of the installed CRD.
+    pub fn with_crd(mut self, crd: Arc<super::crd_check::InstalledCrd>) -> Self {
+        self.crd = crd;
+        self
     }
 
     /// Ask for a reconcile of `r`.
@@ -98,11 +107,14 @@ impl Ctx {
         }
     }
 
-    pub fn set_reason(&self, key: &str, reason: Reason) {
+    /// Record a reconcile's outcome (`qpm_reconciles_total`) and the resource's Ready reason
+    /// (`qpm_managed_jobs`; the outcome's when there is no Ready condition).
+    pub fn set_reason(&self, key: &str, outcome: Reason, ready: Option<Reason>) {
         if let Ok(mut m) = self.reasons.lock() {
-            m.insert(key.to_string(), reason);
+            m.insert(key.to_string(), outcome);
         }
-        self.metrics.set_reason(key, Some(reason.as_str()));
+        self.metrics
+            .set_reason(key, Some(ready.unwrap_or(outcome).as_str()));
     }
 
     pub fn set_reason_gone(&self, key: &str) {
@@ -131,6 +143,14 @@ impl Ctx {
             c.entry(conn.id.clone())
                 .or_default()
                 .insert(id.to_string(), ms);
+        }
+    }
+
+    /// Forget the poll cursors of connections no longer in use.
+    pub fn keep_cursors_of<'a>(&self, active: impl Iterator<Item = &'a ConnectionId>) {
+        let active: Vec<&ConnectionId> = active.collect();
+        if let Ok(mut c) = self.cursors.lock() {
+            c.retain(|id, _| active.contains(&id));
         }
     }
 

@@ -7,14 +7,18 @@
 //! | `qpm_qualys_requests_total` | counter | `connection`, `endpoint`, `code` (`transport` when no answer) |
 //! | `qpm_qualys_request_duration_seconds` | histogram | `endpoint` |
 //! | `qpm_qualys_rate_limit_limit`, `_remaining`, `_window_seconds` | gauge | `connection` |
+//! | `qpm_qualys_pauses_total` | counter | `connection` (429s without rate-limit headers) |
+//! | `qpm_qualys_paused_until_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_drift_corrections_total` | counter | |
 //! | `qpm_status_writes_total` | counter | |
 //! | `qpm_managed_jobs` | gauge | `reason` (the Ready condition's reason of each resource) |
+//! | `qpm_qualys_connections` | gauge | |
 //! | `qpm_leader` | gauge | |
 //! | `qpm_last_successful_poll_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
+//! | `qpm_crd_missing_fields` | gauge | |
 
-use crate::qualys::{Endpoint, Observer, RateLimitInfo};
+use crate::qualys::{Endpoint, Observer, Pause, RateLimitInfo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,12 +67,17 @@ pub struct Metrics {
     pub rate_limit_limit: Family<ConnectionLabel, Gauge>,
     pub rate_limit_remaining: Family<ConnectionLabel, Gauge>,
     pub rate_limit_window: Family<ConnectionLabel, Gauge>,
+    pub pauses: Family<ConnectionLabel, Counter>,
+    pub paused_until: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub drift_corrections: Counter,
     pub status_writes: Counter,
     pub managed_jobs: Family<ReasonLabel, Gauge>,
+    pub connections: Gauge,
     pub leader: Gauge,
     pub last_poll: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     pub last_reconcile: Gauge<f64, AtomicU64>,
+    /// Status fields the operator writes that the installed CRD lacks (0 when it is current).
+    pub crd_missing_fields: Gauge,
     /// The Ready reason of each resource, for `qpm_managed_jobs`.
     reasons: Mutex<HashMap<String, String>>,
 }
@@ -92,12 +101,31 @@ impl Metrics {
         let rate_limit_limit = Family::<ConnectionLabel, Gauge>::default();
         let rate_limit_remaining = Family::<ConnectionLabel, Gauge>::default();
         let rate_limit_window = Family::<ConnectionLabel, Gauge>::default();
+        let pauses = Family::<ConnectionLabel, Counter>::default();
+        let paused_until = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "qualys_pauses",
+            "Pauses of a connection after a 429 without rate-limit headers",
+            pauses.clone(),
+        );
+        registry.register(
+            "qualys_paused_until_timestamp_seconds",
+            "When the last pause of a connection ends",
+            paused_until.clone(),
+        );
         let drift_corrections = Counter::default();
         let status_writes = Counter::default();
         let managed_jobs = Family::<ReasonLabel, Gauge>::default();
+        let connections = Gauge::default();
         let leader = Gauge::default();
         let last_poll = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
         let last_reconcile = Gauge::<f64, AtomicU64>::default();
+        let crd_missing_fields = Gauge::default();
+        registry.register(
+            "crd_missing_fields",
+            "Status fields the operator writes that the installed CRD lacks (nothing is changed in Qualys while above 0)",
+            crd_missing_fields.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by result (condition reason)",
@@ -149,6 +177,11 @@ impl Metrics {
             managed_jobs.clone(),
         );
         registry.register(
+            "qualys_connections",
+            "Qualys connections in use (each with its own client, token and summary poll)",
+            connections.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease",
             leader.clone(),
@@ -172,12 +205,16 @@ impl Metrics {
             rate_limit_limit,
             rate_limit_remaining,
             rate_limit_window,
+            pauses,
+            paused_until,
             drift_corrections,
             status_writes,
             managed_jobs,
+            connections,
             leader,
             last_poll,
             last_reconcile,
+            crd_missing_fields,
             reasons: Mutex::new(HashMap::new()),
         }
     }
@@ -273,6 +310,20 @@ impl Observer for ConnectionObserver {
                 endpoint: endpoint.label().to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    fn on_pause(&self, pause: &Pause) {
+        let label = ConnectionLabel {
+            connection: self.connection.clone(),
+        };
+        self.metrics.pauses.get_or_create(&label).inc();
+        let left = pause
+            .until
+            .saturating_duration_since(tokio::time::Instant::now());
+        self.metrics
+            .paused_until
+            .get_or_create(&label)
+            .set(now_seconds() + left.as_secs_f64());
     }
 
     fn on_rate_limit(&self, info: &RateLimitInfo) {

@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod context;
+pub mod crd_check;
 pub mod metrics;
 pub mod rbac;
 pub mod reconciler;
@@ -43,12 +44,13 @@ pub struct RunArgs {
     /// How often referenced Secrets are re-read by name to notice changes.
     #[arg(long, default_value = "30s", value_parser = crate::sim::parse_duration)]
     pub secret_poll_interval: Duration,
-    /// Requests per second to Qualys, per connection (lowered by X-RateLimit-* headers).
-    #[arg(long, default_value_t = 1.0)]
-    pub qualys_rps: f64,
-    /// Requests in flight to Qualys, per connection.
-    #[arg(long, default_value_t = 2)]
-    pub qualys_concurrency: usize,
+    /// The Qualys budget per connection (--qualys-budget, --qualys-concurrency, …).
+    #[command(flatten)]
+    pub budget: crate::qualys::BudgetArgs,
+    /// The share of each connection's budget the summary poller may spend; the poll interval
+    /// stretches beyond --poll-interval when the listing needs more pages.
+    #[arg(long, default_value_t = 0.25)]
+    pub poll_budget_share: f64,
     /// Namespaces allowed to use the operator-wide connection (comma-separated). Default: all
     /// (a multi-tenancy risk: any namespace can then act with the operator's Qualys account).
     #[arg(long, value_delimiter = ',')]
@@ -414,15 +416,31 @@ async fn run_controller(
         config.client_options.clone(),
         metrics.clone(),
     );
-    let ctx = Arc::new(Ctx::new(
+    // Read before anything is reconciled: a create under an older CRD would lose its record.
+    let installed = crd_check::InstalledCrd::new();
+    crd_check::read(kube.clone(), &installed, &metrics).await;
+    let crd_tx = trigger_tx.clone();
+    let crd_follow = tokio::spawn(crd_check::follow(
         kube.clone(),
-        reader.clone(),
-        connections,
+        installed.clone(),
         metrics.clone(),
-        recorder,
-        config.settings.clone(),
-        trigger_tx,
+        reader.clone(),
+        move |r| {
+            let _ = crd_tx.unbounded_send(r);
+        },
     ));
+    let ctx = Arc::new(
+        Ctx::new(
+            kube.clone(),
+            reader.clone(),
+            connections,
+            metrics.clone(),
+            recorder,
+            config.settings.clone(),
+            trigger_tx,
+        )
+        .with_crd(installed),
+    );
 
     let pollers = {
         let a = tokio::spawn(triggers::poll_summaries(ctx.clone()));
@@ -453,6 +471,7 @@ async fn run_controller(
         .await;
     pollers.0.abort();
     pollers.1.abort();
+    crd_follow.abort();
 }
 
 /// `qpm-operator run`.
@@ -505,10 +524,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             secret_poll_interval: args.secret_poll_interval,
             listing_max_age: args.poll_interval.saturating_mul(2),
         },
-        client_options: ClientOptions {
-            rps: Some(args.qualys_rps),
-            concurrency: Some(args.qualys_concurrency),
-            ..Default::default()
+        client_options: {
+            let mut opts = ClientOptions {
+                poll_share: args.poll_budget_share,
+                ..Default::default()
+            };
+            args.budget.apply(&mut opts);
+            opts
         },
         default_connection,
         default_connection_namespaces: if args.default_connection_namespaces.is_empty() {

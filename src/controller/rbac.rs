@@ -28,6 +28,9 @@ pub enum Scope {
     Watched,
     /// The operator's own namespace only (a Role and RoleBinding there), whatever it watches.
     OperatorNamespace,
+    /// Cluster-scoped objects, only those the rule names (a ClusterRole and
+    /// ClusterRoleBinding in every install, namespaced ones included).
+    Cluster,
 }
 
 /// One permission the operator needs, and why.
@@ -41,6 +44,8 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
     /// Where the rule applies.
     pub scope: Scope,
+    /// The only objects it applies to (`resourceNames`); empty for all.
+    pub names: &'static [&'static str],
     /// What the controller does with it; written into the generated manifests.
     pub why: &'static str,
 }
@@ -52,6 +57,7 @@ pub const RULES: &[Rule] = &[
         resource: "deploymentjobs",
         verbs: &["get", "list", "watch", "patch"],
         scope: Scope::Watched,
+        names: &[],
         why: "watch DeploymentJobs; add and remove the finalizer by JSON patch",
     },
     Rule {
@@ -59,6 +65,7 @@ pub const RULES: &[Rule] = &[
         resource: "deploymentjobs/status",
         verbs: &["patch"],
         scope: Scope::Watched,
+        names: &[],
         why: "write status by server-side apply",
     },
     Rule {
@@ -66,6 +73,7 @@ pub const RULES: &[Rule] = &[
         resource: "configmaps",
         verbs: &["get", "list", "watch"],
         scope: Scope::Watched,
+        names: &[],
         why: "a metadata-only watch re-queues the DeploymentJobs that reference a ConfigMap; scripts are read by get",
     },
     Rule {
@@ -73,6 +81,7 @@ pub const RULES: &[Rule] = &[
         resource: "secrets",
         verbs: &["get"],
         scope: Scope::Watched,
+        names: &[],
         why: "read a referenced Secret (connectionRef, secretKeyRef scripts) by name; never listed or watched",
     },
     Rule {
@@ -80,6 +89,7 @@ pub const RULES: &[Rule] = &[
         resource: "events",
         verbs: &["create", "patch"],
         scope: Scope::Watched,
+        names: &[],
         why: "publish events on DeploymentJobs (a repeated event is patched)",
     },
     Rule {
@@ -87,7 +97,16 @@ pub const RULES: &[Rule] = &[
         resource: "leases",
         verbs: &["get", "create", "patch"],
         scope: Scope::OperatorNamespace,
+        names: &[],
         why: "leader election on one Lease (kube-lease-manager: get, create if missing, strategic-merge and apply patches)",
+    },
+    Rule {
+        group: "apiextensions.k8s.io",
+        resource: "customresourcedefinitions",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Cluster,
+        names: &[super::crd_check::CRD_NAME],
+        why: "read the installed DeploymentJob CRD (that one only) at start and follow it, to find status fields it would prune",
     },
 ];
 
@@ -95,6 +114,8 @@ pub const RULES: &[Rule] = &[
 pub const NAME: &str = "qpm-operator";
 /// Name of the Role and RoleBinding for leader election, in the operator's namespace.
 pub const LEADER_ELECTION_NAME: &str = "qpm-operator-leader-election";
+/// ClusterRole (and binding) for the [`Scope::Cluster`] rules: reading the DeploymentJob CRD.
+pub const CRD_READER_NAME: &str = "qpm-operator-crd-reader";
 /// ClusterRole that lets people manage DeploymentJobs where it is bound (not aggregated).
 pub const EDITOR_ROLE: &str = "qpm-operator-deploymentjob-editor";
 /// ClusterRole that lets people read DeploymentJobs where it is bound (not aggregated).
@@ -183,6 +204,19 @@ impl Install {
         verb: &str,
         namespace: Option<&str>,
     ) -> bool {
+        self.allows_named(group, resource, subresource, verb, namespace, None)
+    }
+
+    /// [`Install::allows`] for a request that names its object (`name`).
+    pub fn allows_named(
+        &self,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        verb: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> bool {
         objects_allow(
             &self.objects(),
             &self.operator_namespace,
@@ -193,6 +227,7 @@ impl Install {
                 subresource,
                 verb,
                 namespace,
+                name,
             },
         )
     }
@@ -211,6 +246,9 @@ pub struct Request<'a> {
     pub verb: &'a str,
     /// Namespace of the request; `None` for all namespaces or a cluster-scoped resource.
     pub namespace: Option<&'a str>,
+    /// The object's name (for a list or watch, a `metadata.name` field selector's value), if
+    /// the request names one; rules with `resourceNames` grant only named requests.
+    pub name: Option<&'a str>,
 }
 
 /// Does a rule of [`RULES`] with scope `scope` grant `verb` on `resource` (and `subresource`)
@@ -278,7 +316,9 @@ pub fn objects_allow(
             rule.verbs.iter().any(|v| v == request.verb)
                 && rule.api_groups.iter().flatten().any(|g| g == request.group)
                 && rule.resources.iter().flatten().any(|r| *r == full)
-                && rule.resource_names.as_ref().is_none_or(Vec::is_empty)
+                && rule.resource_names.as_ref().is_none_or(|names| {
+                    names.is_empty() || request.name.is_some_and(|n| names.iter().any(|x| x == n))
+                })
         })
     };
     objects.iter().any(|o| match o {
@@ -341,8 +381,26 @@ fn policy_rule(r: &Rule) -> PolicyRule {
         api_groups: Some(vec![r.group.to_string()]),
         resources: Some(vec![r.resource.to_string()]),
         verbs: r.verbs.iter().map(|v| v.to_string()).collect(),
+        resource_names: (!r.names.is_empty())
+            .then(|| r.names.iter().map(|n| n.to_string()).collect()),
         ..PolicyRule::default()
     }
+}
+
+/// The ClusterRole and ClusterRoleBinding of the [`Scope::Cluster`] rules, in every install.
+fn cluster_scoped_rbac(operator_namespace: &str, sa: &str) -> [RbacObject; 2] {
+    [
+        RbacObject::ClusterRole(ClusterRole {
+            metadata: meta(CRD_READER_NAME, None),
+            rules: Some(policy_rules(Scope::Cluster)),
+            aggregation_rule: None,
+        }),
+        RbacObject::ClusterRoleBinding(ClusterRoleBinding {
+            metadata: meta(CRD_READER_NAME, None),
+            role_ref: role_ref("ClusterRole", CRD_READER_NAME),
+            subjects: service_account(operator_namespace, sa),
+        }),
+    ]
 }
 
 fn service_account(namespace: &str, name: &str) -> Option<Vec<Subject>> {
@@ -397,6 +455,10 @@ pub fn cluster_rbac(operator_namespace: &str, service_account_name: &str) -> Vec
         operator_namespace,
         service_account_name,
     ));
+    out.extend(cluster_scoped_rbac(
+        operator_namespace,
+        service_account_name,
+    ));
     out
 }
 
@@ -412,6 +474,10 @@ pub fn namespaced_rbac(
         watched_namespace_rbac(watched_namespace, operator_namespace, service_account_name)
             .to_vec();
     out.extend(operator_namespace_rbac(
+        operator_namespace,
+        service_account_name,
+    ));
+    out.extend(cluster_scoped_rbac(
         operator_namespace,
         service_account_name,
     ));
@@ -626,11 +692,41 @@ mod tests {
             "patch",
             Some("patching")
         ));
-        assert!(
-            i.objects()
-                .iter()
-                .all(|o| matches!(o, RbacObject::Role(_) | RbacObject::RoleBinding(_)))
-        );
+        // Cluster-wide, only the CRD reader, and only for the DeploymentJob CRD.
+        for o in i.objects() {
+            if matches!(
+                o,
+                RbacObject::ClusterRole(_) | RbacObject::ClusterRoleBinding(_)
+            ) {
+                assert_eq!(o.metadata().name.as_deref(), Some(CRD_READER_NAME));
+            }
+        }
+        let crd = super::super::crd_check::CRD_NAME;
+        for verb in ["get", "list", "watch"] {
+            assert!(i.allows_named(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                None,
+                verb,
+                None,
+                Some(crd)
+            ));
+            assert!(!i.allows_named(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                None,
+                verb,
+                None,
+                Some("other.example.com")
+            ));
+            assert!(!i.allows(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                None,
+                verb,
+                None
+            ));
+        }
     }
 
     #[test]
@@ -644,21 +740,18 @@ mod tests {
                 assert!(allows(rule.group, resource, sub, verb, rule.scope));
                 let other = match rule.scope {
                     Scope::Watched => Scope::OperatorNamespace,
-                    Scope::OperatorNamespace => Scope::Watched,
+                    Scope::OperatorNamespace | Scope::Cluster => Scope::Watched,
                 };
                 assert!(!allows(rule.group, resource, sub, verb, other));
                 let ns = match rule.scope {
-                    Scope::Watched => "patching",
-                    Scope::OperatorNamespace => "qpm-system",
+                    Scope::Watched => Some("patching"),
+                    Scope::OperatorNamespace => Some("qpm-system"),
+                    Scope::Cluster => None,
                 };
-                assert!(install(None).allows(rule.group, resource, sub, verb, Some(ns)));
-                assert!(install(Some("patching")).allows(
-                    rule.group,
-                    resource,
-                    sub,
-                    verb,
-                    Some(ns)
-                ));
+                let name = rule.names.first().copied();
+                for i in [install(None), install(Some("patching"))] {
+                    assert!(i.allows_named(rule.group, resource, sub, verb, ns, name));
+                }
             }
         }
     }
@@ -697,6 +790,7 @@ mod tests {
             subresource: None,
             verb: "delete",
             namespace: Some("a"),
+            name: None,
         };
         assert!(!objects_allow(
             &objects,

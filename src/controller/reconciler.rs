@@ -6,9 +6,8 @@ use super::connections::{ConnectionError, Resolved};
 use super::context::Ctx;
 use super::status::{StatusWriter, compose, paused};
 use crate::api::{
-    ANNOTATION_FORCE_ORPHAN, ANNOTATION_PAUSED, DeletionPolicy, DeploymentJob, DriftPolicy,
-    FINALIZER, KeyRef, Reason, ScriptSource, ScriptStore, validate::UnknownFields,
-    validate_manifest_with,
+    ANNOTATION_FORCE_ORPHAN, ANNOTATION_PAUSED, DeploymentJob, DriftPolicy, FINALIZER, KeyRef,
+    Reason, ScriptSource, ScriptStore, validate::UnknownFields, validate_manifest_with,
 };
 use crate::reconcile::engine::{self, CleanupOptions};
 use crate::reconcile::{Claims, Context, EngineState, EventType, Mode, Outcome, ScriptResolver};
@@ -37,6 +36,10 @@ pub enum Error {
     },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The API server refused a status write (422): retrying the same write cannot help, so
+    /// the resource waits for a change (of its spec, or of the CRD).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -48,7 +51,19 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
                 _ => None,
             },
-            Error::Kube(_) => None,
+            Error::Kube(_) | Error::Refused(_) => None,
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        match self {
+            Error::Refused(_) => true,
+            Error::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::ApplyFailed(Error::Refused(_))
+                    | kube::runtime::finalizer::Error::CleanupFailed(Error::Refused(_))
+            ),
+            _ => false,
         }
     }
 }
@@ -113,6 +128,10 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Ctx>) -> Result<Action
 /// Retries with per-resource exponential backoff and jitter, capped; honours Retry-After.
 pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Ctx>) -> Action {
     let key = key_of(&dj);
+    if error.is_refused() {
+        tracing::error!(resource = %key, error = %error, "status write refused; stopped until the resource or the CRD changes");
+        return Action::await_change();
+    }
     let backoff = ctx.next_retry_delay(&key);
     let delay = error.retry_after().map_or(backoff, |r| r.max(backoff));
     tracing::warn!(resource = %key, error = %error, retry_in = ?delay, "reconcile failed; retrying");
@@ -127,12 +146,13 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone());
+    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone()).checked(ctx.crd.clone());
     let previous = dj.status.clone().unwrap_or_default();
 
     if is_true(&dj, ANNOTATION_PAUSED) {
-        write(&mut writer, paused(&previous)).await?;
-        ctx.set_reason(&key, Reason::Paused);
+        let status = paused(&previous);
+        ctx.set_reason(&key, Reason::Paused, ready_reason(&status));
+        write(&mut writer, status).await?;
         return Ok(Action::await_change());
     }
 
@@ -157,6 +177,10 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
         .await;
     }
 
+    if let Some(why) = ctx.crd.blocked() {
+        return stalled(ctx, &dj, &mut writer, Reason::CrdMismatch, why).await;
+    }
+
     let conn = match ctx.connections.resolve(&dj).await {
         Ok(c) => c,
         Err(e) if e.is_transient() => {
@@ -173,6 +197,19 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
             return stalled(ctx, &dj, &mut writer, reason, e.to_string()).await;
         }
     };
+    // One attempt for all the resources on a gateway that could not be reached, not one each.
+    if let Some(wait) = ctx.connections.gateway_wait(&conn.id) {
+        let mut outcome = Outcome::new(
+            Reason::GatewayUnavailable,
+            format!(
+                "the gateway of connection {} could not be reached; trying again in {}s (one attempt for every resource on it)",
+                conn.id,
+                wait.as_secs().max(1)
+            ),
+        );
+        outcome.retry_after = Some(wait);
+        return without_engine(ctx, &dj, &mut writer, &outcome).await;
+    }
     let scripts = fetch_scripts(ctx, &namespace, &dj).await?;
     let linked = parent_job_id(&ctx.store, &dj);
     let claims = StoreClaims {
@@ -182,7 +219,14 @@ async fn apply_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Error>
     let engine_ctx = engine_context(ctx, &dj, &conn, &claims, &scripts, linked.as_deref());
     let mut state = EngineState::from_status(dj.status.as_ref());
     let outcome = engine::apply(&dj.spec, &mut state, &mut writer, &engine_ctx).await;
-    if !matches!(outcome.reason, Reason::Unauthorized | Reason::Forbidden) {
+    if outcome.gateway_unreachable {
+        ctx.connections.gateway_unreachable(&conn.id);
+    } else {
+        ctx.connections.gateway_reached(&conn.id);
+    }
+    if !matches!(outcome.reason, Reason::Unauthorized | Reason::Forbidden)
+        && !outcome.gateway_unreachable
+    {
         ctx.connections.worked(&key, &conn);
     }
     let report = dj.spec.effective_drift_policy() == DriftPolicy::Report;
@@ -211,20 +255,29 @@ async fn finish(
     outcome: &Outcome,
 ) -> Result<Action, Error> {
     let key = key_of(dj);
+    let ready = ready_reason(&status);
     write(writer, status).await?;
     publish(ctx, dj, outcome).await;
-    ctx.set_reason(&key, outcome.reason);
+    ctx.set_reason(&key, outcome.reason, ready);
     match outcome.reason {
-        Reason::RateLimited
-        | Reason::GatewayUnavailable
-        | Reason::Creating
-        | Reason::Updating
-        | Reason::Deleting => Err(Error::Retry {
-            message: outcome.message.clone(),
-            retry_after: outcome.retry_after,
-        }),
+        Reason::RateLimited | Reason::GatewayUnavailable | Reason::Creating | Reason::Deleting => {
+            Err(Error::Retry {
+                message: outcome.message.clone(),
+                retry_after: outcome.retry_after,
+            })
+        }
         _ => Ok(Action::requeue(ctx.resync_delay())),
     }
+}
+
+/// The reason of a status's Ready condition (what `qpm_managed_jobs` counts): a resync that
+/// finds nothing to do keeps a `Created`, and a retry keeps the Ready it had.
+fn ready_reason(status: &crate::api::DeploymentJobStatus) -> Option<Reason> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition_type::READY)
+        .and_then(|c| Reason::from_name(&c.reason))
 }
 
 async fn write(
@@ -239,6 +292,11 @@ async fn write(
             message: format!("status changed while reconciling ({}); retrying", e.message),
             retry_after: Some(Duration::from_millis(500)),
         }),
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            let message = super::status::refusal(&e);
+            writer.refused(&message).await;
+            Err(Error::Refused(message))
+        }
         Err(e) => Err(Error::Kube(e)),
     }
 }
@@ -250,21 +308,31 @@ async fn stalled(
     reason: Reason,
     message: String,
 ) -> Result<Action, Error> {
-    let state = EngineState::from_status(dj.status.as_ref());
     let mut outcome = Outcome::new(reason, message.clone());
     outcome.events.push(crate::reconcile::Event {
         type_: EventType::Warning,
         reason: reason.as_str(),
         note: message,
     });
+    without_engine(ctx, dj, writer, &outcome).await
+}
+
+/// Report an outcome decided before the engine ran (its memory in status stays as it was).
+async fn without_engine(
+    ctx: &Ctx,
+    dj: &DeploymentJob,
+    writer: &mut StatusWriter,
+    outcome: &Outcome,
+) -> Result<Action, Error> {
+    let state = EngineState::from_status(dj.status.as_ref());
     let status = compose(
         &writer.current,
         &state,
-        &outcome,
+        outcome,
         dj.metadata.generation,
         false,
     );
-    finish(ctx, dj, writer, status, &outcome).await
+    finish(ctx, dj, writer, status, outcome).await
 }
 
 fn cleanup(dj: Arc<DeploymentJob>, ctx: &Ctx) -> BoxFuture<'_, Result<Action, Error>> {
@@ -275,9 +343,8 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
     let key = key_of(&dj);
     let namespace = dj.namespace().unwrap_or_default();
     let api: Api<DeploymentJob> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone());
+    let mut writer = StatusWriter::new(api, &dj, ctx.metrics.clone()).checked(ctx.crd.clone());
     let force_orphan = is_true(&dj, ANNOTATION_FORCE_ORPHAN);
-    let orphan = force_orphan || dj.spec.effective_deletion_policy() == DeletionPolicy::Orphan;
     if is_true(&dj, ANNOTATION_PAUSED) {
         publish_one(
             ctx,
@@ -314,34 +381,27 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Ctx) -> Result<Action, Erro
             None => None,
         },
     };
+    let claims = StoreClaims {
+        store: &ctx.store,
+        me: &dj,
+    };
     let outcome = match &conn {
         Some(conn) => {
             let scripts = NoScriptsNeeded;
-            let claims = StoreClaims {
-                store: &ctx.store,
-                me: &dj,
-            };
             let engine_ctx = engine_context(ctx, &dj, conn, &claims, &scripts, None);
             engine::cleanup(&dj.spec, &mut state, &mut writer, &engine_ctx, &options).await
         }
-        None if orphan
-            || (state.job_id.is_none()
-                && state.pending_create.is_none()
-                && dj.spec.job_id.is_none()) =>
-        {
-            Outcome::finished_orphan(
-                state.job_id.clone().or(dj.spec.job_id.clone()),
-                force_orphan,
-            )
-        }
-        None => Outcome::new(
-            Reason::DeletionBlocked,
-            format!(
-                "cannot delete job {}: no usable Qualys credentials (the connection Secret is gone and none worked before in this process); \
-                 restore the Secret, or set the annotation pm.qualys.io/force-orphan: \"true\" (or deletionPolicy: Orphan) to leave the job",
-                state.job_id.clone().unwrap_or_default()
-            ),
-        ),
+        None => engine::release_without_qualys(&dj.spec, &state, &claims, force_orphan)
+            .unwrap_or_else(|| {
+                Outcome::new(
+                    Reason::DeletionBlocked,
+                    format!(
+                        "cannot delete job {}: no usable Qualys credentials (the connection Secret is gone and none worked before in this process); \
+                         restore the Secret, or set the annotation pm.qualys.io/force-orphan: \"true\" (or deletionPolicy: Orphan) to leave the job",
+                        state.job_id.clone().unwrap_or_default()
+                    ),
+                )
+            }),
     };
     if outcome.finished {
         publish(ctx, &dj, &outcome).await;

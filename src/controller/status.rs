@@ -3,6 +3,7 @@
 //! from as a precondition — a replica that lost its lease, or read a stale object, gets a
 //! conflict instead of overwriting newer state (and, before a create, instead of creating).
 
+use super::crd_check::{InstalledCrd, owned};
 use super::metrics::Metrics;
 use crate::api::{DeploymentJob, DeploymentJobStatus, FIELD_MANAGER, Reason, conditions_for};
 use crate::reconcile::{EngineState, Outcome, StateStore, StoreError};
@@ -13,11 +14,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 
-/// Now, to the second: the API server keeps RFC 3339 seconds, so a finer time would never
-/// compare equal to what it stored and every reconcile would rewrite status.
+/// Now, to the second (as the API server stores it).
 pub fn now() -> Time {
-    let t = jiff::Timestamp::now();
-    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+    crate::reconcile::state::to_second(jiff::Timestamp::now())
 }
 
 /// Writes one resource's status; remembers what is stored.
@@ -29,8 +28,8 @@ pub struct StatusWriter {
     pub current: DeploymentJobStatus,
     resource_version: Option<String>,
     metrics: Arc<Metrics>,
-    /// Writes made by this writer.
-    pub writes: u32,
+    /// The installed CRD: status is compared as it would be stored under it.
+    installed: Option<Arc<InstalledCrd>>,
 }
 
 impl StatusWriter {
@@ -42,8 +41,15 @@ impl StatusWriter {
             current: dj.status.clone().unwrap_or_default(),
             resource_version: dj.resource_version(),
             metrics,
-            writes: 0,
+            installed: None,
         }
+    }
+
+    /// Compares status as the installed CRD would keep it, and refuses to record a pending
+    /// create that it would drop.
+    pub fn checked(mut self, installed: Arc<InstalledCrd>) -> Self {
+        self.installed = Some(installed);
+        self
     }
 
     /// Store `status` unless it is what is stored already.
@@ -52,7 +58,13 @@ impl StatusWriter {
     }
 
     async fn write_inner(&mut self, status: DeploymentJobStatus) -> Result<(), kube::Error> {
-        if status == self.current {
+        // Only what the operator owns is compared and sent: the fields the installed schema
+        // keeps, and its own conditions (another manager's stay as they are).
+        let status = match &self.installed {
+            Some(installed) => owned(&installed.as_stored(&status)),
+            None => owned(&status),
+        };
+        if status == owned(&self.current) {
             return Ok(());
         }
         let mut body = json!({
@@ -68,7 +80,6 @@ impl StatusWriter {
         let patch = Patch::Apply(body);
         let stored = self.api.patch_status(&self.name, &params, &patch).await?;
         self.metrics.status_writes.inc();
-        self.writes += 1;
         self.resource_version = stored.resource_version();
         self.current = stored.status.unwrap_or(status);
         Ok(())
@@ -94,7 +105,16 @@ impl StatusWriter {
 impl StateStore for StatusWriter {
     fn save<'a>(&'a mut self, state: &'a EngineState) -> BoxFuture<'a, Result<(), StoreError>> {
         let status = self.in_flight(state);
+        let dropped = state
+            .pending_create
+            .as_ref()
+            .and(self.installed.as_ref())
+            .and_then(|i| i.blocked());
         Box::pin(async move {
+            if let Some(why) = dropped {
+                // A record the server would prune is no record: refuse, so nothing is created.
+                return Err(StoreError(why));
+            }
             self.write(status)
                 .await
                 .map_err(|e| StoreError(e.to_string()))
@@ -158,6 +178,66 @@ fn kept_success(previous: &DeploymentJobStatus) -> Option<(Reason, String)> {
     let reason = Reason::from_name(&ready.reason)?;
     (ready.status == "True" && reason.effect().ready == crate::api::Effect::True)
         .then(|| (reason, ready.message.clone()))
+}
+
+/// The message of a 422 answer, naming each field it lists.
+pub fn refusal(status: &kube::core::Status) -> String {
+    let causes: Vec<String> = status
+        .details
+        .as_ref()
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        })
+        .unwrap_or_default();
+    let what = if causes.is_empty() {
+        status.message.clone()
+    } else {
+        causes.join("; ")
+    };
+    format!(
+        "the API server refused the status write ({what}); the installed CRD does not accept what this operator writes: \
+         apply the CRD of this operator version (kubectl apply --server-side -f crds/deploymentjob.yaml)"
+    )
+}
+
+impl StatusWriter {
+    /// After a refused write: record why in the conditions, on top of the status as stored
+    /// (which the server accepted before; sending less would make the apply remove the rest),
+    /// so the resource shows it; a failure here is only logged.
+    pub async fn refused(&mut self, message: &str) {
+        let mut s = owned(&self.current);
+        s.conditions = conditions_for(
+            &self.current.conditions,
+            Reason::CrdMismatch,
+            message,
+            self.generation,
+            &now(),
+        );
+        let body = json!({
+            "apiVersion": "pm.qualys.io/v1alpha1",
+            "kind": "DeploymentJob",
+            "metadata": {"name": self.name},
+            "status": s,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match self
+            .api
+            .patch_status(&self.name, &params, &Patch::Apply(body))
+            .await
+        {
+            Ok(stored) => {
+                self.metrics.status_writes.inc();
+                self.resource_version = stored.resource_version();
+                self.current = stored.status.unwrap_or(s);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record that the status write was refused")
+            }
+        }
+    }
 }
 
 /// The status of a paused resource: only the conditions change, and observedGeneration stays

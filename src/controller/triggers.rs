@@ -16,20 +16,32 @@ use std::sync::Arc;
 /// One summary listing per connection per interval; reconcile only the resources whose job's
 /// last-change date moved (or that vanished), plus Report-mode resources, which are observed
 /// on every poll. The cursor lives in memory: after a restart the first pass reads everything
-/// the startup reconciles have not already seen.
+/// the startup reconciles have not already seen. The interval stretches so polling spends at
+/// most its share of each connection's budget (`ClientOptions::poll_share`).
 pub async fn poll_summaries(ctx: Arc<Ctx>) {
-    let mut interval = tokio::time::interval(ctx.settings.poll_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
+    let mut wait = ctx.settings.poll_interval;
     loop {
-        interval.tick().await;
-        poll_once(&ctx).await;
+        tokio::time::sleep(wait).await;
+        let floor = poll_once(&ctx).await;
+        let next = ctx.settings.poll_interval.max(floor);
+        if next != wait {
+            tracing::info!(
+                interval_s = next.as_secs_f64(),
+                "summary poll interval set to keep polling within its share of the Qualys budget"
+            );
+        }
+        wait = next;
     }
 }
 
-/// One pass over every connection in use.
-pub async fn poll_once(ctx: &Ctx) {
-    'connections: for (id, client, directory) in ctx.connections.active() {
+/// One pass over every connection in use; returns the shortest interval until the next pass
+/// that keeps each connection's polling within its share of the budget.
+pub async fn poll_once(ctx: &Ctx) -> std::time::Duration {
+    let mut floor = std::time::Duration::ZERO;
+    let active = ctx.connections.active();
+    ctx.keep_cursors_of(active.iter().map(|(id, ..)| id));
+    'connections: for (id, client, directory) in active {
+        let calls_before = client.list_calls();
         // One platform at a time, so only one platform's listing is in memory at once.
         let mut listing = HashMap::new();
         for platform in crate::qualys::values::PLATFORMS {
@@ -40,20 +52,19 @@ pub async fn poll_once(ctx: &Ctx) {
                     continue 'connections;
                 }
             };
-            let date = |a: &crate::qualys::Field<crate::qualys::Audit>| {
-                a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64())
-            };
             for s in &summaries {
                 if let Some(job_id) = s.id.get() {
                     listing.insert(
                         job_id.clone(),
-                        date(&s.updated).max(date(&s.created)).unwrap_or_default(),
+                        crate::reconcile::engine::later_date_ms(&s.created, &s.updated)
+                            .unwrap_or_default(),
                     );
                 }
             }
             directory.replace(platform, summaries);
         }
         ctx.metrics.polled(&id.to_string());
+        floor = floor.max(client.min_poll_interval(client.list_calls() - calls_before));
         let changed: HashSet<String> = ctx.advance_cursor(&id, &listing).into_iter().collect();
         for dj in ctx.store.state() {
             let key = key_of(&dj);
@@ -65,6 +76,7 @@ pub async fn poll_once(ctx: &Ctx) {
             }
         }
     }
+    floor
 }
 
 /// Re-read every referenced Secret by name (metadata only) each interval; a change, creation

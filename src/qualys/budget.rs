@@ -1,14 +1,19 @@
-//! The request budget of one connection: a rate, a concurrency cap, and a pause after the
-//! gateway says "wait", shared by every clone and tenant of a [`Client`] and handed out
-//! round-robin between tenants so one busy namespace cannot starve the others.
+//! The request budget of one connection: calls per window, a rate ceiling, a concurrency cap,
+//! and a pause after the gateway says "wait", shared by every clone and tenant of a [`Client`]
+//! and handed out round-robin between tenants so one busy namespace cannot starve the others.
 //!
 //! A Qualys subscription has one quota for all its users, so the budget belongs to the
-//! connection, not to a caller. The rate is two token buckets, and a request needs a token from
-//! each: the configured one (`rps`, bursts of `max(1, ⌊rps⌋)`), which never changes, and the
-//! gateway's (`X-RateLimit-Limit` per `X-RateLimit-Window-Sec`, bursts up to the limit, tokens
-//! capped by `X-RateLimit-Remaining`), which exists once the gateway has reported a limit. What
-//! the gateway says can therefore only lower the rate below the configuration, never raise it;
-//! `X-ConcurrencyLimit-Limit` lowers the concurrency cap the same way.
+//! connection, not to a caller. Qualys states its limits as calls per rolling window (the
+//! documented example: 300 an hour), and the gateway may not say so in headers; the configured
+//! [`CallBudget`] is therefore a sliding window kept on our side: a call counts from the moment
+//! it is granted until `window` after its answer arrived, so the gateway — whenever within that
+//! span it counted the call — never sees more than `calls` in any window. On top of it, a
+//! request needs a token from each of two token buckets: the configured ceiling (`rps`, bursts
+//! of `max(1, ⌊rps⌋)`), which never changes, and the gateway's (`X-RateLimit-Limit` per
+//! `X-RateLimit-Window-Sec`, bursts up to the limit, tokens capped by `X-RateLimit-Remaining`),
+//! which exists once the gateway has reported a limit. What the gateway says can therefore only
+//! lower the budget, never raise it; `X-ConcurrencyLimit-Limit` lowers the concurrency cap the
+//! same way.
 //!
 //! [`Client`]: super::client::Client
 
@@ -18,6 +23,107 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// A budget of `calls` per rolling `window`, written `CALLS/DURATION` (`300/1h`, `20/30s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallBudget {
+    pub calls: u32,
+    pub window: Duration,
+}
+
+impl CallBudget {
+    /// The documented example of a gateway's limit: 300 calls an hour.
+    pub const DOCUMENTED: CallBudget = CallBudget {
+        calls: 300,
+        window: Duration::from_secs(3600),
+    };
+
+    /// The long-run rate the budget allows.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.calls) / self.window.as_secs_f64()
+    }
+}
+
+impl std::str::FromStr for CallBudget {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let (calls, window) = raw.split_once('/').ok_or_else(|| {
+            format!("{raw:?} is not a budget: give CALLS/DURATION, e.g. 300/1h or 20/30s")
+        })?;
+        let calls: u32 = calls
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("{calls:?} is not a positive whole number of calls"))?;
+        let window = window.trim();
+        // A bare number is seconds, like the gateway's X-RateLimit-Window-Sec.
+        let parsed: Result<jiff::SignedDuration, _> = match window.parse::<u64>() {
+            Ok(secs) => Ok(jiff::SignedDuration::from_secs(
+                secs.min(i64::MAX as u64) as i64
+            )),
+            Err(_) => window.parse(),
+        };
+        let window = parsed
+            .ok()
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!("{window:?} is not a positive duration such as 30s, 15m or 1h")
+            })?;
+        Ok(CallBudget { calls, window })
+    }
+}
+
+impl std::fmt::Display for CallBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.window.as_secs_f64();
+        if secs % 3600.0 == 0.0 {
+            write!(f, "{}/{}h", self.calls, secs / 3600.0)
+        } else if secs % 60.0 == 0.0 {
+            write!(f, "{}/{}m", self.calls, secs / 60.0)
+        } else {
+            write!(f, "{}/{}s", self.calls, secs)
+        }
+    }
+}
+
+/// Why the connection is paused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PauseCause {
+    /// The gateway asked for a wait (`Retry-After`, `X-RateLimit-ToWait-Sec`).
+    GatewayAskedToWait,
+    /// A 429 that said neither how long nor how much: the configured pause applies.
+    RateLimitedWithoutHeaders,
+}
+
+/// A pause of the whole connection, as callers may report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pause {
+    pub until: Instant,
+    /// How long the pause was when it began.
+    pub length: Duration,
+    pub cause: PauseCause,
+}
+
+impl std::fmt::Display for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.length.as_secs_f64().ceil();
+        match self.cause {
+            PauseCause::GatewayAskedToWait => write!(
+                f,
+                "the gateway asked to wait; the connection is paused for {secs}s"
+            ),
+            PauseCause::RateLimitedWithoutHeaders => write!(
+                f,
+                "rate limited without headers (HTTP 429 with neither Retry-After nor X-RateLimit-*); \
+                 pausing the connection for {secs}s (--qualys-pause-on-429); lower --qualys-budget \
+                 to the gateway's real limit"
+            ),
+        }
+    }
+}
 
 /// Rate-limit facts read from the headers of one response.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,6 +168,8 @@ pub struct Budget {
 
 #[derive(Debug)]
 struct State {
+    /// The configured calls per window.
+    window: Option<Window>,
     /// The configured rate.
     local: Option<Bucket>,
     /// The rate the gateway reported.
@@ -69,6 +177,10 @@ struct State {
     concurrency: Option<usize>,
     in_flight: usize,
     paused_until: Option<Instant>,
+    /// The pause in force, as reported to callers.
+    pause: Option<Pause>,
+    /// Header-less 429s seen so far.
+    pauses_without_headers: u64,
     /// Waiting tickets per tenant, oldest first.
     queues: HashMap<Arc<str>, VecDeque<u64>>,
     /// Tenants with waiting tickets, in the order they get their next grant.
@@ -78,6 +190,31 @@ struct State {
 }
 
 const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// A sliding window of `budget.calls` per `budget.window`: a call occupies a place from its
+/// grant (counted in `State::in_flight` while it runs) until `window` after its end.
+#[derive(Debug)]
+struct Window {
+    budget: CallBudget,
+    /// When recent calls ended, oldest first; only those less than `window` ago.
+    ended: VecDeque<Instant>,
+}
+
+impl Window {
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .ended
+            .front()
+            .is_some_and(|t| *t + self.budget.window <= now)
+        {
+            self.ended.pop_front();
+        }
+    }
+
+    fn is_full(&self, in_flight: usize) -> bool {
+        self.ended.len() + in_flight >= self.budget.calls as usize
+    }
+}
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
@@ -117,15 +254,31 @@ impl Budget {
     /// most `concurrency` requests in flight; `None` means unlimited (until the gateway says
     /// otherwise).
     pub fn new(rps: Option<f64>, concurrency: Option<usize>) -> Arc<Budget> {
+        Budget::with_window(None, rps, concurrency)
+    }
+
+    /// A budget of `window` (calls per rolling window) besides the rate ceiling `rps` and the
+    /// concurrency cap; `None` leaves each unlimited.
+    pub fn with_window(
+        window: Option<CallBudget>,
+        rps: Option<f64>,
+        concurrency: Option<usize>,
+    ) -> Arc<Budget> {
         let now = Instant::now();
         Arc::new(Budget {
             configured_concurrency: concurrency,
             state: Mutex::new(State {
+                window: window.map(|budget| Window {
+                    budget,
+                    ended: VecDeque::new(),
+                }),
                 local: rps.map(|r| Bucket::full(r, r.floor().max(1.0), now)),
                 server: None,
                 concurrency,
                 in_flight: 0,
                 paused_until: None,
+                pause: None,
+                pauses_without_headers: 0,
                 queues: HashMap::new(),
                 rotation: VecDeque::new(),
                 granted: HashSet::new(),
@@ -224,8 +377,7 @@ impl Budget {
             info.to_wait.filter(|w| !w.is_zero())
         };
         if let Some(wait) = wait {
-            let until = now + wait;
-            state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+            state.pause_for(now, wait, PauseCause::GatewayAskedToWait);
             // The gateway said when the next call is welcome: let at least one through then,
             // rather than also waiting for its bucket to refill. Its `Remaining: 0` on a 429 is
             // not taken as "empty" either: the wait already says when, and should the gateway
@@ -238,10 +390,57 @@ impl Budget {
         }
     }
 
+    /// A 429 that carried no rate-limit header at all: nothing says how long to wait, so the
+    /// whole connection stops for `length` (every tenant, not only the caller), and the pause is
+    /// reported through [`Budget::pause`].
+    pub fn pause_without_headers(&self, length: Duration) -> Pause {
+        let mut state = self.lock();
+        state.pauses_without_headers += 1;
+        state.pause_for(
+            Instant::now(),
+            length,
+            PauseCause::RateLimitedWithoutHeaders,
+        );
+        state.pause.clone().unwrap_or(Pause {
+            until: Instant::now() + length,
+            length,
+            cause: PauseCause::RateLimitedWithoutHeaders,
+        })
+    }
+
+    /// The pause in force now, if any.
+    pub fn pause(&self) -> Option<Pause> {
+        let state = self.lock();
+        let now = Instant::now();
+        state.pause.clone().filter(|p| p.until > now)
+    }
+
+    /// How many 429s without any rate-limit header paused the connection so far.
+    pub fn pauses_without_headers(&self) -> u64 {
+        self.lock().pauses_without_headers
+    }
+
     /// The rate in force now (requests per second), `None` when unlimited.
     pub fn effective_rps(&self) -> Option<f64> {
         let state = self.lock();
         state.buckets().map(|b| b.rate).reduce(f64::min)
+    }
+
+    /// The long-run calls per second the budget allows: the least of the configured window's
+    /// rate, the rate ceiling and the gateway's reported rate; `None` when all are unlimited.
+    pub fn calls_per_second(&self) -> Option<f64> {
+        let state = self.lock();
+        let window = state.window.as_ref().map(|w| w.budget.per_second());
+        state
+            .buckets()
+            .map(|b| b.rate)
+            .chain(window)
+            .reduce(f64::min)
+    }
+
+    /// The configured calls per window.
+    pub fn call_budget(&self) -> Option<CallBudget> {
+        self.lock().window.as_ref().map(|w| w.budget)
     }
 
     /// The concurrency cap in force now, `None` when unlimited.
@@ -267,6 +466,10 @@ impl Budget {
     fn release(&self) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
+        let now = Instant::now();
+        if let Some(window) = &mut state.window {
+            window.ended.push_back(now);
+        }
         state.dispatch(Instant::now());
         drop(state);
         self.changed.notify_waiters();
@@ -295,6 +498,21 @@ impl State {
 
     fn refill(&mut self, now: Instant) {
         self.buckets_mut().for_each(|b| b.refill(now));
+        if let Some(window) = &mut self.window {
+            window.forget_old(now);
+        }
+    }
+
+    fn pause_for(&mut self, now: Instant, length: Duration, cause: PauseCause) {
+        let until = now + length;
+        if self.paused_until.is_none_or(|p| p < until) {
+            self.paused_until = Some(until);
+            self.pause = Some(Pause {
+                until,
+                length,
+                cause,
+            });
+        }
     }
 
     /// Grant as many waiting tickets as the budget allows, one tenant at a time in rotation.
@@ -309,6 +527,13 @@ impl State {
                 break;
             }
             if self.buckets().any(|b| !b.has_token()) {
+                break;
+            }
+            if self
+                .window
+                .as_ref()
+                .is_some_and(|w| w.is_full(self.in_flight))
+            {
                 break;
             }
             let Some(tenant) = self.rotation.pop_front() else {
@@ -345,10 +570,19 @@ impl State {
         if self.concurrency.is_some_and(|c| self.in_flight >= c) {
             return None;
         }
+        let window_opens = match &self.window {
+            // Full with only calls in flight: the next place frees when one of them ends.
+            Some(w) if w.is_full(self.in_flight) => match w.ended.front() {
+                Some(oldest) => Some(*oldest + w.budget.window),
+                None => return None,
+            },
+            _ => None,
+        };
         self.buckets()
             .filter(|b| !b.has_token())
             // At least a millisecond: a wait rounded down to nothing would spin.
             .map(|b| now + Duration::from_secs_f64((1.0 - b.tokens) / b.rate).max(MIN_WAIT))
+            .chain(window_opens)
             .max()
     }
 
@@ -597,6 +831,76 @@ mod tests {
         drop(held);
         let _p = budget.acquire("b").await;
         assert_eq!(budget.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_call_budget_is_a_sliding_window_from_grant_to_answer() {
+        let budget = Budget::with_window(
+            Some(CallBudget {
+                calls: 3,
+                window: Duration::from_secs(10),
+            }),
+            None,
+            None,
+        );
+        let start = Instant::now();
+        // Three at once; the first answer takes 2 s, the others none.
+        let slow = budget.acquire("a").await;
+        drop(budget.acquire("a").await);
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(slow);
+        // The fourth waits for the window of the second call (ended at 0 s) …
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // … the fifth for the third's (0 s) …
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // … and the sixth for the slow first call's, counted from its answer (2 s).
+        drop(budget.acquire("a").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(12));
+        assert_eq!(budget.calls_per_second(), Some(0.3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_headers_pauses_every_tenant_and_is_reported() {
+        let budget = Budget::new(None, None);
+        let start = Instant::now();
+        let pause = budget.pause_without_headers(Duration::from_secs(60));
+        assert_eq!(pause.cause, PauseCause::RateLimitedWithoutHeaders);
+        assert_eq!(budget.pause(), Some(pause.clone()));
+        drop(budget.acquire("other").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        assert_eq!(budget.pause(), None);
+        assert_eq!(budget.pauses_without_headers(), 1);
+    }
+
+    #[test]
+    fn budgets_parse_as_calls_per_duration() {
+        let parse = |s: &str| s.parse::<CallBudget>();
+        assert_eq!(parse("300/1h"), Ok(CallBudget::DOCUMENTED));
+        assert_eq!(parse("300/3600"), Ok(CallBudget::DOCUMENTED));
+        assert_eq!(
+            parse("20/30s"),
+            Ok(CallBudget {
+                calls: 20,
+                window: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(
+            parse("300"),
+            Err("\"300\" is not a budget: give CALLS/DURATION, e.g. 300/1h or 20/30s".into())
+        );
+        assert_eq!(
+            parse("0/1h"),
+            Err("\"0\" is not a positive whole number of calls".into())
+        );
+        assert_eq!(
+            parse("5/0s"),
+            Err("\"0s\" is not a positive duration such as 30s, 15m or 1h".into())
+        );
+        assert_eq!(CallBudget::DOCUMENTED.to_string(), "300/1h");
     }
 
     async fn wait_until(cond: impl Fn() -> bool) {

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::client::Endpoint;
+use super::endpoint::Endpoint;
 use super::model::ErrorBody;
 
 /// The `errorCode` the gateway uses when a list would pass the 10,000-record cap.
@@ -24,11 +24,9 @@ pub enum Error {
     #[error("authentication failed: {message}")]
     Unauthorized { message: String },
 
-    /// HTTP 403 from the API.
-    #[error(
-        "access denied (HTTP 403): {message}; the user needs the PM.API.ACCESS permission and the \
-         subscription a Patch Management licence (PM APIs are not available on the Free licence)"
-    )]
+    /// HTTP 403 from the API: for the whole API (the message names PM.API.ACCESS and the
+    /// licence), or for one job (the message names the job and its likely cause, job scope).
+    #[error("access denied (HTTP 403): {message}")]
     Forbidden { message: String },
 
     /// HTTP 404: the job (or, for other endpoints, the route) does not exist.
@@ -320,9 +318,7 @@ mod tests {
                 Error::Forbidden {
                     message: "user lacks permission".into(),
                 },
-                "access denied (HTTP 403): user lacks permission; the user needs the PM.API.ACCESS \
-                 permission and the subscription a Patch Management licence (PM APIs are not \
-                 available on the Free licence)",
+                "access denied (HTTP 403): user lacks permission",
             ),
             (
                 Error::NotFound {

@@ -46,13 +46,6 @@ impl<T> Field<T> {
         }
     }
 
-    pub fn into_option(self) -> Option<T> {
-        match self {
-            Field::Value(v) => Some(v),
-            _ => None,
-        }
-    }
-
     pub fn as_ref(&self) -> Field<&T> {
         match self {
             Field::Absent => Field::Absent,

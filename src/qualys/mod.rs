@@ -1,20 +1,42 @@
-//! The Qualys PM API: the wire model of a deployment job and (in `client`) the HTTP client.
+//! The Qualys PM API: the wire model of a deployment job and the HTTP client.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `identity.rs` | `Secret`, `Connection`, `ConnectionId` |
+//! | `options.rs` | `ClientOptions`, `ProxySettings`, the gateway URL / proxy / TLS checks |
+//! | `client.rs` | `Client`: one call through the budget, the token and the retries |
+//! | `token.rs` | the token cache |
+//! | `retry.rs` | what a failure means: retried, after how long, never for a create |
+//! | `budget.rs` | the per-connection budget |
+//! | `endpoint.rs`, `jobs.rs` | the endpoints and the job calls |
+//! | `job_cache.rs` | remembered job bodies, served while the listing shows them unchanged |
+//! | `error.rs` | `Error` |
+//! | `model.rs`, `field.rs`, `schedule.rs` | the wire model |
 
 pub mod budget;
 pub mod client;
+pub mod endpoint;
 pub mod error;
 pub mod field;
+pub mod identity;
+pub mod job_cache;
+pub mod jobs;
 pub mod model;
+pub mod options;
+mod retry;
 pub mod schedule;
+mod token;
 
-pub use budget::{Budget, RateLimitInfo};
-pub use client::{
-    Client, ClientOptions, Connection, ConnectionId, Endpoint, ItemOutcome, JobState, Observer,
-    ProxySettings, Secret,
-};
+pub use budget::{Budget, CallBudget, Pause, PauseCause, RateLimitInfo};
+pub use client::{Client, Observer};
+pub use endpoint::Endpoint;
 pub use error::Error;
 pub use field::{Field, LooseInt};
+pub use identity::{Connection, ConnectionId, Secret};
+pub use job_cache::CachedJob;
+pub use jobs::{ItemOutcome, JobState};
 pub use model::*;
+pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings};
 
 #[cfg(test)]
 mod lossless_tests {

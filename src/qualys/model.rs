@@ -101,7 +101,9 @@ wire_struct! {
         dynamic_qql_type: LooseInt,
         platform: String,
         continue_on_patch_failure: bool,
+        #[serde(deserialize_with = "lenient_actions")]
         pre_deploy_actions: Vec<Action>,
+        #[serde(deserialize_with = "lenient_actions")]
         post_deploy_actions: Vec<Action>,
         applicable_asset_count: LooseInt,
         monthly_recurring_type: LooseInt,
@@ -195,7 +197,9 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// A pre- or post-deploy action.
+    /// A pre- or post-deploy action. Read leniently (see [`Action::from_value_lenient`]): an
+    /// action of a kind this version does not know, or with members of unexpected types, is
+    /// kept whole and sent back as it came.
     pub struct Action {
         action_id: String,
         action: String,
@@ -223,6 +227,22 @@ wire_struct! {
         file_checksum: String,
         timeout: LooseInt,
         remediation_scope: bool,
+        // Change Registry Key and Uninstall Software: the console's fields under names this
+        // project chose, the API's spelling being undocumented (docs/crd.md says so).
+        /// Change Registry Key: the key's full path, hive first.
+        registry_key: String,
+        /// Change Registry Key: `Create`, `Update` or `Delete`.
+        registry_action: String,
+        /// Change Registry Key: the value's name.
+        value_name: String,
+        /// Change Registry Key: the value's type (`REG_SZ`, `REG_DWORD`, ...).
+        value_type: String,
+        /// Change Registry Key: the value's data.
+        value_data: String,
+        /// Uninstall Software: the software's name as Windows lists it.
+        software_name: String,
+        /// Uninstall Software: the command that uninstalls it.
+        uninstall_command: String,
     }
 }
 
@@ -267,6 +287,7 @@ wire_struct! {
         threshold: LooseInt,
         action_ids: Vec<String>,
         condition: String,
+        #[serde(deserialize_with = "lenient_actions")]
         action_details: Vec<Action>,
     }
 }
@@ -477,6 +498,15 @@ pub mod values {
     pub const MONTHLY: &str = "Monthly";
     pub const RUN_SCRIPT: &str = "Run Script";
     pub const INSTALL_SOFTWARE: &str = "Install Software";
+    pub const CHANGE_REGISTRY_KEY: &str = "Change Registry Key";
+    pub const UNINSTALL_SOFTWARE: &str = "Uninstall Software";
+    /// The action kinds the Qualys console offers; a job may still carry others.
+    pub const ACTION_KINDS: [&str; 4] = [
+        RUN_SCRIPT,
+        INSTALL_SOFTWARE,
+        CHANGE_REGISTRY_KEY,
+        UNINSTALL_SOFTWARE,
+    ];
     pub const PREDEPLOY: &str = "predeploy";
     pub const POSTDEPLOY: &str = "postdeploy";
     pub const CHAINED_FIELD: &str = "postDeployAction";
@@ -518,6 +548,95 @@ pub fn is_script_path(value: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The members of [`Action`] as the API spells them. A key of this list found in
+/// `Action::extra` is one the typed view could not read (a test keeps the list complete).
+pub const ACTION_KEYS: [&str; 10] = [
+    "actionId",
+    "action",
+    "actionType",
+    "params",
+    "script",
+    "scriptType",
+    "detectionScript",
+    "detectionScriptType",
+    "actionLinkedToJob",
+    "defaultScriptType",
+];
+
+impl Action {
+    /// Read one action without refusing it: members whose value has a type this version does
+    /// not expect (say a console-made kind with `params.timeout: true`) are kept verbatim in
+    /// `extra` instead of failing the whole job, so the job can still be read, diffed and sent
+    /// back unchanged. Only a value that is not a JSON object is refused.
+    pub fn from_value_lenient(value: &Value) -> Result<Action, String> {
+        let Value::Object(map) = value else {
+            return Err(format!(
+                "an action must be a JSON object, not {}",
+                kind_of(value)
+            ));
+        };
+        if let Ok(action) = Action::deserialize(value) {
+            return Ok(action);
+        }
+        // Members are independent of each other, so a member that fails alone is exactly
+        // one that fails in the whole.
+        let (mut readable, mut kept) = (Map::new(), Map::new());
+        for (key, member) in map {
+            let alone = Value::Object(Map::from_iter([(key.clone(), member.clone())]));
+            if Action::deserialize(&alone).is_ok() {
+                readable.insert(key.clone(), member.clone());
+            } else {
+                kept.insert(key.clone(), member.clone());
+            }
+        }
+        let mut action = Action::deserialize(Value::Object(readable)).map_err(|e| e.to_string())?;
+        action.extra.extend(kept);
+        Ok(action)
+    }
+
+    /// The action's kind (`Run Script`, ...), also when the typed view could not read it.
+    pub fn kind(&self) -> Option<&str> {
+        match self.action.get() {
+            Some(kind) => Some(kind),
+            None => self.extra.get("action").and_then(Value::as_str),
+        }
+    }
+
+    /// Keys of this action that the typed view could not read and kept verbatim in `extra`.
+    pub fn unreadable_keys(&self) -> impl Iterator<Item = &str> {
+        self.extra
+            .keys()
+            .map(String::as_str)
+            .filter(|k| ACTION_KEYS.contains(k))
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `deserialize_with` of every action list: each item through [`Action::from_value_lenient`].
+fn lenient_actions<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Field<Vec<Action>>, D::Error> {
+    let Some(items) = Option::<Vec<Value>>::deserialize(deserializer)? else {
+        return Ok(Field::Null);
+    };
+    items
+        .iter()
+        .map(Action::from_value_lenient)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Field::Value)
+        .map_err(serde::de::Error::custom)
 }
 
 impl JobBody {
@@ -567,6 +686,67 @@ mod tests {
         assert!(!is_script_path(""));
         assert!(!is_script_path("a/b/c/Script"));
         assert!(!is_script_path("/a/Script"));
+    }
+
+    #[test]
+    fn action_keys_name_every_member() {
+        let full = Action {
+            action_id: "a".to_string().into(),
+            action: "a".to_string().into(),
+            action_type: "a".to_string().into(),
+            params: ActionParams::default().into(),
+            script: "a".to_string().into(),
+            script_type: "a".to_string().into(),
+            detection_script: "a".to_string().into(),
+            detection_script_type: "a".to_string().into(),
+            action_linked_to_job: false.into(),
+            default_script_type: "a".to_string().into(),
+            extra: Map::new(),
+        };
+        let value = serde_json::to_value(&full).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ACTION_KEYS);
+    }
+
+    #[test]
+    fn an_action_of_unexpected_shape_is_kept_whole() {
+        let odd = serde_json::json!({
+            "actionId": "0b7c7f5e-1d2b-4c1e-9f1a-3f6f2b8a9c01",
+            "action": "Set Wallpaper",
+            "params": {"actionItem": 7, "timeout": true, "colour": "teal"},
+            "script": {"inline": true},
+            "steps": [1, 2, 3],
+        });
+        let job = serde_json::json!({"name": "j", "preDeployActions": [odd.clone()]});
+        let body: JobBody = serde_json::from_value(job.clone()).unwrap();
+        let action = &body.pre_deploy_actions.get().unwrap()[0];
+        assert_eq!(action.kind(), Some("Set Wallpaper"));
+        assert_eq!(
+            action.action_id.get().map(String::as_str),
+            Some("0b7c7f5e-1d2b-4c1e-9f1a-3f6f2b8a9c01")
+        );
+        let mut unreadable: Vec<&str> = action.unreadable_keys().collect();
+        unreadable.sort_unstable();
+        assert_eq!(unreadable, ["params", "script"]);
+        assert_eq!(serde_json::to_value(&body).unwrap(), job);
+        // Through bytes as well (how the client reads a GET).
+        let bytes = serde_json::to_vec(&job).unwrap();
+        assert_eq!(
+            serde_json::to_value(JobBody::from_json(&bytes).unwrap()).unwrap(),
+            job
+        );
+        // Only a non-object is refused.
+        let err = serde_json::from_value::<JobBody>(serde_json::json!({"postDeployActions": [5]}))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("an action must be a JSON object"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! reconcile of one connection. Name lookups (NameConflict, the CLI's "identify by name",
 //! pending-create recovery) read it; the controller's poller refreshes it; a create adds to it.
 
-use crate::qualys::{Audit, Client, Error, Field, JobSummary};
+use super::gateway::GatewayRead;
+use crate::qualys::{Audit, Error, Field, JobSummary};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,9 +58,9 @@ impl Directory {
 
     /// The jobs named `name` on `platform`, from a listing at most `max_age` old
     /// (`Duration::ZERO` forces a fresh one).
-    pub async fn named(
+    pub async fn named<C: GatewayRead + ?Sized>(
         &self,
-        client: &Client,
+        client: &C,
         platform: &str,
         name: &str,
         max_age: Duration,

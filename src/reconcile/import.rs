@@ -118,10 +118,18 @@ pub fn spec_from_live(live: &JobBody) -> Result<(JobSpec, Vec<String>), ImportEr
         additional_dynamic_patches_qql: live.additional_dynamic_patches_qql.get().cloned(),
         additional_dynamic_qql_type: int(&live.additional_dynamic_qql_type),
         continue_on_patch_failure: copy(&live.continue_on_patch_failure),
-        pre_deploy_actions: actions(&live.pre_deploy_actions, "preDeployActions", &mut e)
-            .map_err(|(f, m)| err(&f, m))?,
-        post_deploy_actions: actions(&live.post_deploy_actions, "postDeployActions", &mut e)
-            .map_err(|(f, m)| err(&f, m))?,
+        pre_deploy_actions: actions(
+            &live.pre_deploy_actions,
+            "preDeployActions",
+            platform,
+            &mut e,
+        ),
+        post_deploy_actions: actions(
+            &live.post_deploy_actions,
+            "postDeployActions",
+            platform,
+            &mut e,
+        ),
         notification: live.notification.get().map(|n| NotificationSpec {
             notification_types: n.notification_types.get().map(|t| NotificationTypesSpec {
                 email: copy(&t.email),
@@ -218,52 +226,124 @@ fn deferrable(
     }
 }
 
+/// The spec of an action list, or `None` (the list left unmanaged, with a note) when one of
+/// its actions cannot be expressed: a kind this version does not know, members it cannot
+/// read, or fields a valid spec would need. Managing the list would replace such an action;
+/// leaving the list out keeps every action of the live job as it is.
 fn actions(
     value: &Field<Vec<qualys::Action>>,
     list: &str,
+    platform: Platform,
     e: &mut EnumReader<'_>,
-) -> Result<Option<Vec<ActionSpec>>, (String, String)> {
-    let Some(items) = value.get() else {
-        return Ok(None);
-    };
+) -> Option<Vec<ActionSpec>> {
+    let items = value.get()?;
+    let mut notes = Vec::new();
+    let mut reader = EnumReader { notes: &mut notes };
     let mut out = Vec::with_capacity(items.len());
     for (i, a) in items.iter().enumerate() {
         let at = format!("{list}[{i}]");
-        let action = required_enum(&a.action, ActionKind::from_wire)
-            .map_err(|m| (format!("{at}.action"), m))?;
-        out.push(ActionSpec {
-            action,
-            params: a.params.get().map(|p| ActionParamsSpec {
-                action_item: p.action_item.get().cloned(),
-                timeout: int(&p.timeout),
-                download_url: p.download_url.get().cloned(),
-                download_protocol: int(&p.download_protocol),
-                install_method: int(&p.install_method),
-                file_checksum: p.file_checksum.get().cloned(),
-            }),
-            // Scripts cannot be read back: left unmanaged (the job keeps what it has).
-            script: None,
-            script_from: None,
-            script_type: e.read(
-                &format!("{at}.scriptType"),
-                &a.script_type,
-                ScriptType::from_wire,
-            ),
-            default_script_type: a
-                .default_script_type
-                .get()
-                .filter(|s| !s.is_empty())
-                .cloned(),
-            detection_script: None,
-            detection_script_from: None,
-            detection_script_type: e.read(
-                &format!("{at}.detectionScriptType"),
-                &a.detection_script_type,
-                ScriptType::from_wire,
-            ),
-        });
+        match action(a, &at, platform, &mut reader) {
+            Ok(spec) => out.push(spec),
+            Err(why) => {
+                e.notes.push(format!(
+                    "{at} {why}; {list} left unmanaged (the job keeps its actions as they are)"
+                ));
+                return None;
+            }
+        }
     }
-    Ok(Some(out))
+    e.notes.append(&mut notes);
+    Some(out)
+}
+
+fn action(
+    a: &qualys::Action,
+    at: &str,
+    platform: Platform,
+    e: &mut EnumReader<'_>,
+) -> Result<ActionSpec, String> {
+    let kind = match a.kind() {
+        None => return Err("has no readable action kind".to_string()),
+        Some(k) => ActionKind::from_wire(k)
+            .ok_or_else(|| format!("is a {k:?} action, a kind this version does not know"))?,
+    };
+    if let Some(key) = a.unreadable_keys().next() {
+        return Err(format!("has a {key:?} member this version cannot read"));
+    }
+    let registry = kind == ActionKind::ChangeRegistryKey;
+    let uninstall = kind == ActionKind::UninstallSoftware;
+    if registry && platform != Platform::Windows {
+        return Err(format!(
+            "is a Change Registry Key action of a {platform} job"
+        ));
+    }
+    let text =
+        |f: &Field<String>, wanted: bool| f.get().filter(|s| wanted && !s.is_empty()).cloned();
+    let params = a.params.get().map(|p| ActionParamsSpec {
+        action_item: p.action_item.get().cloned(),
+        timeout: int(&p.timeout),
+        download_url: p.download_url.get().cloned(),
+        download_protocol: int(&p.download_protocol),
+        install_method: int(&p.install_method),
+        file_checksum: p.file_checksum.get().cloned(),
+        registry_key: text(&p.registry_key, registry),
+        registry_action: if registry {
+            e.read(
+                &format!("{at}.params.registryAction"),
+                &p.registry_action,
+                RegistryAction::from_wire,
+            )
+        } else {
+            None
+        },
+        value_name: text(&p.value_name, registry),
+        value_type: if registry {
+            e.read(
+                &format!("{at}.params.valueType"),
+                &p.value_type,
+                RegistryValueType::from_wire,
+            )
+        } else {
+            None
+        },
+        value_data: p.value_data.get().filter(|_| registry).cloned(),
+        software_name: text(&p.software_name, uninstall),
+        uninstall_command: text(&p.uninstall_command, uninstall),
+    });
+    let has = |f: fn(&ActionParamsSpec) -> bool| params.as_ref().is_some_and(f);
+    if registry && !has(|p| p.registry_key.is_some() && p.registry_action.is_some()) {
+        return Err(
+            "is a Change Registry Key action without a readable params.registryKey and params.registryAction"
+                .to_string(),
+        );
+    }
+    if uninstall && !has(|p| p.software_name.is_some()) {
+        return Err("is an Uninstall Software action without params.softwareName".to_string());
+    }
+    Ok(ActionSpec {
+        action: kind,
+        params,
+        // Scripts cannot be read back: left unmanaged (the job keeps what it has).
+        script: None,
+        script_from: None,
+        script_type: e.read(
+            &format!("{at}.scriptType"),
+            &a.script_type,
+            ScriptType::from_wire,
+        ),
+        default_script_type: a
+            .default_script_type
+            .get()
+            .filter(|s| !s.is_empty())
+            .cloned(),
+        detection_script: None,
+        detection_script_from: None,
+        detection_script_type: e.read(
+            &format!("{at}.detectionScriptType"),
+            &a.detection_script_type,
+            ScriptType::from_wire,
+        ),
+    })
 }
 
 fn chained_rules(live: &JobBody) -> Option<Vec<ChainedJobRuleSpec>> {
@@ -300,4 +380,116 @@ fn chained_rules(live: &JobBody) -> Option<Vec<ChainedJobRuleSpec>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(platform: &str, pre: serde_json::Value) -> JobBody {
+        serde_json::from_value(json!({
+            "id": "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b", "name": "j", "platform": platform,
+            "scheduleType": "On-demand",
+            "preDeployActions": pre,
+            "postDeployActions": [{"action": "Run Script", "scriptType": "sh",
+                                   "params": {"actionItem": "post"}}]
+        }))
+        .unwrap()
+    }
+
+    fn registry(params: serde_json::Value) -> serde_json::Value {
+        json!({"action": "Change Registry Key", "params": params})
+    }
+
+    /// The pre-deploy list is left unmanaged with exactly this note; the post list stays managed.
+    fn left_unmanaged(live: &JobBody, why: &str) {
+        let (spec, notes) = spec_from_live(live).unwrap();
+        assert_eq!(spec.pre_deploy_actions, None);
+        assert_eq!(spec.post_deploy_actions.map(|l| l.len()), Some(1));
+        assert_eq!(
+            notes,
+            [format!(
+                "preDeployActions[0] {why}; preDeployActions left unmanaged (the job keeps its actions as they are)"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_registry_action_in_another_spelling_is_left_unmanaged() {
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([registry(json!({"regKey": "HKLM\\X", "op": 1}))]),
+            ),
+            "is a Change Registry Key action without a readable params.registryKey and params.registryAction",
+        );
+        // A registry action with a value type this version does not know: its list too.
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([registry(
+                    json!({"registryKey": "HKLM\\X", "registryAction": "Rename"})
+                )]),
+            ),
+            "is a Change Registry Key action without a readable params.registryKey and params.registryAction",
+        );
+    }
+
+    #[test]
+    fn actions_that_a_valid_spec_cannot_hold_leave_their_list_unmanaged() {
+        left_unmanaged(
+            &job(
+                "Linux",
+                json!([registry(
+                    json!({"registryKey": "HKLM\\X", "registryAction": "Delete"})
+                )]),
+            ),
+            "is a Change Registry Key action of a Linux job",
+        );
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([{"action": "Uninstall Software", "params": {"uninstallCommand": "x"}}]),
+            ),
+            "is an Uninstall Software action without params.softwareName",
+        );
+        left_unmanaged(
+            &job(
+                "Windows",
+                json!([{"action": "Install Software", "params": {"timeout": true}}]),
+            ),
+            "has a \"params\" member this version cannot read",
+        );
+        left_unmanaged(
+            &job("Windows", json!([{"action": 3}])),
+            "has no readable action kind",
+        );
+    }
+
+    #[test]
+    fn the_new_kinds_import_with_only_their_own_fields() {
+        let live = job(
+            "Windows",
+            json!([
+                registry(json!({"registryKey": "HKLM\\X", "registryAction": "Create",
+                                "valueName": "v", "valueType": "REG_SZ", "valueData": "",
+                                "softwareName": "stray"})),
+                {"action": "Uninstall Software",
+                 "params": {"softwareName": "Acme", "valueName": "stray"}}
+            ]),
+        );
+        let (spec, notes) = spec_from_live(&live).unwrap();
+        assert_eq!(notes, Vec::<String>::new());
+        let pre = spec.pre_deploy_actions.unwrap();
+        assert_eq!(
+            serde_json::to_value(&pre).unwrap(),
+            json!([
+                {"action": "Change Registry Key",
+                 "params": {"registryKey": "HKLM\\X", "registryAction": "Create",
+                            "valueName": "v", "valueType": "REG_SZ", "valueData": ""}},
+                {"action": "Uninstall Software", "params": {"softwareName": "Acme"}}
+            ])
+        );
+    }
 }

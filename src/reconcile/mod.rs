@@ -7,6 +7,7 @@ pub mod diff;
 pub mod digest;
 pub mod directory;
 pub mod engine;
+pub mod gateway;
 pub mod import;
 pub mod normalise;
 pub mod render;
@@ -18,6 +19,7 @@ pub use directory::Directory;
 pub use engine::{
     Claims, Context, Event, EventType, IdentifiedBy, Mode, NoClaims, Observation, Outcome,
 };
+pub use gateway::{GatewayRead, GatewayWrite, MemoryGateway};
 pub use normalise::{normalise, normalise_desired, normalise_live, normalise_live_managed};
 pub use render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
 pub use state::{EngineState, MemoryStore, StateStore, StoreError};

@@ -1,5 +1,5 @@
 //! `normalise`: put a job body (desired or live) into one comparable form, so that what the
-//! API changes on its own is not mistaken for drift (DESIGN "Diff semantics"):
+//! API changes on its own is not mistaken for drift (docs/crd.md, "Absent, empty and null"):
 //! numbers sent as strings, `null` vs `[]` vs absent lists, `onComplete: null` vs the default
 //! object, `startDateTime` re-padded by the server, id lists as sets, `chainedJobRule` echoed
 //! under `linkedToJob[]`, and scripts (content going in, a storage path coming out) compared as

@@ -4,7 +4,8 @@
 
 use super::digest::{ScriptKey, script_digest};
 use crate::api::{
-    ActionSpec, ChainedRuleCondition, ChainedRuleField, DeferrablePromptSpec, JobSpec, ScriptSource,
+    ActionParamsSpec, ActionSpec, ChainedRuleCondition, ChainedRuleField, DeferrablePromptSpec,
+    JobSpec, ScriptSource,
 };
 use crate::qualys::{self, Field, JobBody, LooseInt, schedule, values};
 use base64::Engine;
@@ -33,10 +34,25 @@ pub enum RenderError {
         action_item: String,
         available: String,
     },
+    /// The scripts of one job would make a body larger than a gateway accepts.
+    #[error(
+        "{path}: the scripts of this job come to {total} bytes with this one; one job's scripts may total at most {limit} bytes (1 MiB), as larger bodies are refused by the gateway"
+    )]
+    ScriptsTooLarge {
+        path: String,
+        total: usize,
+        limit: usize,
+    },
     /// `startDateTime` has the right shape but is not a real time (e.g. February 30).
     #[error("spec.job.startDateTime: {value:?} is not a valid `yyyy-M-dd hh:mm:ss AM|PM` time")]
     InvalidStartDateTime { value: String },
 }
+
+/// The most script content (decoded bytes, all actions of a job together) a job may carry.
+/// Scripts travel base64-encoded (4/3 of their size) inside the JSON body, and the gateway
+/// refuses bodies beyond its limit (the simulator's is 2 MB; Qualys publishes none): 1 MiB of
+/// scripts keeps the whole body well under it.
+pub const MAX_SCRIPT_BYTES: usize = 1024 * 1024;
 
 /// Reads the plain text behind a `scriptFrom`. The CLI reads ConfigMaps/Secrets from its input
 /// files, the controller from the cluster.
@@ -92,6 +108,7 @@ pub struct Rendered {
 /// Render `spec` into the managed part of a job body.
 pub fn render(spec: &JobSpec, inputs: &RenderInputs<'_>) -> Result<Rendered, RenderError> {
     let mut scripts = BTreeMap::new();
+    let mut script_bytes = 0;
     let mut body = JobBody {
         name: spec.name.clone().into(),
         r#type: opt(spec.job_type.map(|t| t.as_str().to_string())),
@@ -204,11 +221,23 @@ pub fn render(spec: &JobSpec, inputs: &RenderInputs<'_>) -> Result<Rendered, Ren
     }
 
     body.pre_deploy_actions = match &spec.pre_deploy_actions {
-        Some(list) => Field::Value(actions(list, Phase::Pre, inputs, &mut scripts)?),
+        Some(list) => Field::Value(actions(
+            list,
+            Phase::Pre,
+            inputs,
+            &mut scripts,
+            &mut script_bytes,
+        )?),
         None => Field::Absent,
     };
     body.post_deploy_actions = match &spec.post_deploy_actions {
-        Some(list) => Field::Value(actions(list, Phase::Post, inputs, &mut scripts)?),
+        Some(list) => Field::Value(actions(
+            list,
+            Phase::Post,
+            inputs,
+            &mut scripts,
+            &mut script_bytes,
+        )?),
         None => Field::Absent,
     };
 
@@ -283,6 +312,7 @@ fn actions(
     phase: Phase,
     inputs: &RenderInputs<'_>,
     digests: &mut BTreeMap<String, String>,
+    script_bytes: &mut usize,
 ) -> Result<Vec<qualys::Action>, RenderError> {
     let mut out = Vec::with_capacity(list.len());
     for (i, a) in list.iter().enumerate() {
@@ -291,12 +321,19 @@ fn actions(
             Phase::Pre => ScriptKey::pre(i, kind),
             Phase::Post => ScriptKey::post(i, kind),
         };
-        let main_script = script(&a.script, &a.script_from, &path("script"), inputs.scripts)?;
+        let main_script = script(
+            &a.script,
+            &a.script_from,
+            &path("script"),
+            inputs.scripts,
+            script_bytes,
+        )?;
         let detection = script(
             &a.detection_script,
             &a.detection_script_from,
             &path("detectionScript"),
             inputs.scripts,
+            script_bytes,
         )?;
         if let Some((_, digest)) = &main_script {
             digests.insert(key(qualys::ScriptKind::Script).to_string(), digest.clone());
@@ -322,7 +359,7 @@ fn actions(
                 install_method: int(p.install_method),
                 file_checksum: opt(p.file_checksum.clone()),
                 timeout: int(p.timeout),
-                ..Default::default()
+                ..registry_and_uninstall(p)
             })),
             script: opt(main_script.map(|(b64, _)| b64)),
             script_type: opt(a.script_type.map(|t| t.as_str().to_string())),
@@ -335,13 +372,40 @@ fn actions(
     Ok(out)
 }
 
-/// The base64 to send and the digest of the decoded bytes, for a managed script.
+/// The `params` members of Change Registry Key and Uninstall Software actions.
+fn registry_and_uninstall(p: &ActionParamsSpec) -> qualys::ActionParams {
+    qualys::ActionParams {
+        registry_key: opt(p.registry_key.clone()),
+        registry_action: opt(p.registry_action.map(|a| a.as_str().to_string())),
+        value_name: opt(p.value_name.clone()),
+        value_type: opt(p.value_type.map(|t| t.as_str().to_string())),
+        value_data: opt(p.value_data.clone()),
+        software_name: opt(p.software_name.clone()),
+        uninstall_command: opt(p.uninstall_command.clone()),
+        ..Default::default()
+    }
+}
+
+/// The base64 to send and the digest of the decoded bytes, for a managed script; `used` adds
+/// up the job's script bytes against [`MAX_SCRIPT_BYTES`].
 fn script(
     inline: &Option<String>,
     from: &Option<ScriptSource>,
     path: &str,
     resolver: &dyn ScriptResolver,
+    used: &mut usize,
 ) -> Result<Option<(String, String)>, RenderError> {
+    let mut count = |bytes: &[u8], path: String| {
+        *used = used.saturating_add(bytes.len());
+        if *used > MAX_SCRIPT_BYTES {
+            return Err(RenderError::ScriptsTooLarge {
+                path,
+                total: *used,
+                limit: MAX_SCRIPT_BYTES,
+            });
+        }
+        Ok(())
+    };
     match (inline, from) {
         (Some(b64), _) => {
             // A blank script is what the API's own MakeCache pre-action sends.
@@ -352,6 +416,7 @@ fn script(
                     .map_err(|_| RenderError::InvalidBase64 {
                         path: path.to_string(),
                     })?;
+            count(&bytes, path.to_string())?;
             Ok(Some((compact, script_digest(&bytes))))
         }
         (None, Some(source)) => {
@@ -362,6 +427,7 @@ fn script(
                         path: format!("{path}From"),
                         message,
                     })?;
+            count(&bytes, format!("{path}From"))?;
             Ok(Some((BASE64.encode(&bytes), script_digest(&bytes))))
         }
         (None, None) => Ok(None),

@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 
+use super::RateLimitHeaders;
 use super::auth::TokenError;
 use super::error::ApiError;
 use super::fault::FaultKind;
@@ -44,6 +45,7 @@ pub(crate) async fn gateway(
                     limit.map_or(300, |l| l.limit),
                     limit.map_or(Duration::from_secs(3600), |l| l.window),
                     *retry_after_secs,
+                    st.config.rate_limit_headers,
                 );
             }
             Some(FaultKind::ExpireToken) => {
@@ -68,7 +70,12 @@ pub(crate) async fn gateway(
                 Err(wait) => {
                     let limit = st.config.rate_limit.map_or(0, |l| l.limit);
                     let window = st.config.rate_limit.map_or(Duration::ZERO, |l| l.window);
-                    break 'answer too_many_requests(limit, window, wait);
+                    break 'answer too_many_requests(
+                        limit,
+                        window,
+                        wait,
+                        st.config.rate_limit_headers,
+                    );
                 }
             }
         }
@@ -77,7 +84,22 @@ pub(crate) async fn gateway(
                 .insert(super::fault::IgnoredFields(fields.clone()));
         }
         let mut response = next.run(req).await;
-        if let (Some(remaining), Some(limit)) = (remaining, st.config.rate_limit) {
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // axum's body limit answers in plain text; the gateway answers in its own shape.
+            response = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body exceeds the limit of {} bytes",
+                    super::BODY_LIMIT
+                ),
+            )
+            .into_response();
+        }
+        if let (Some(remaining), Some(limit), RateLimitHeaders::Standard) = (
+            remaining,
+            st.config.rate_limit,
+            st.config.rate_limit_headers,
+        ) {
             let headers = response.headers_mut();
             for (name, value) in [
                 ("x-ratelimit-limit", u64::from(limit.limit)),
@@ -93,6 +115,48 @@ pub(crate) async fn gateway(
         response
     };
     st.count(&route, response.status().as_u16());
+    match &st.config.error_keys {
+        Some(keys)
+            if response.status().is_client_error() || response.status().is_server_error() =>
+        {
+            reshape_error(response, keys).await
+        }
+        _ => response,
+    }
+}
+
+/// An error answer re-rendered in another gateway's shape: every dotted path of `keys` is
+/// created; a leaf whose name ends in `code` (any case) gets the error code, other leaves the
+/// message.
+async fn reshape_error(response: Response, keys: &[String]) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let original: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let code = original["_error"]["errorCode"].clone();
+    let message = original["_error"]["message"].clone();
+    let mut out = serde_json::Value::Object(serde_json::Map::new());
+    let leaves = keys
+        .iter()
+        .filter(|k| !keys.iter().any(|other| other.starts_with(&format!("{k}."))));
+    for path in leaves {
+        let value = if path.to_ascii_lowercase().ends_with("code") {
+            code.clone()
+        } else {
+            message.clone()
+        };
+        let mut slot = &mut out;
+        for segment in path.split('.') {
+            if !slot.is_object() {
+                *slot = serde_json::Value::Object(serde_json::Map::new());
+            }
+            slot = &mut slot[segment];
+        }
+        *slot = value;
+    }
+    let mut response = Response::from_parts(parts, Body::from(out.to_string()));
+    response.headers_mut().remove(CONTENT_LENGTH);
     response
 }
 
@@ -107,8 +171,17 @@ fn injected(status: u16) -> Response {
     ApiError::new(status, format!("{reason} (simulated fault)")).into_response()
 }
 
-/// 429 with the gateway's rate-limit headers.
-fn too_many_requests(limit: u32, window: Duration, wait_secs: u64) -> Response {
+/// 429 with the gateway's rate-limit headers, or with none.
+fn too_many_requests(
+    limit: u32,
+    window: Duration,
+    wait_secs: u64,
+    headers: RateLimitHeaders,
+) -> Response {
+    if headers == RateLimitHeaders::None {
+        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "API rate limit exceeded")
+            .into_response();
+    }
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!(

@@ -98,15 +98,12 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let router = routes::router(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = router.clone();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the simulator stopped serving");
-        }
-    });
+    let server = tokio::spawn(serve(
+        listener,
+        router.clone(),
+        config.idle_timeout,
+        stopped,
+    ));
     let saver = persistence.clone().map(|p| {
         let state = state.clone();
         tokio::spawn(async move {
@@ -135,6 +132,61 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
         saver,
         persistence,
     })
+}
+
+/// Accept connections until `stop`, then let open connections finish their requests.
+///
+/// The simulator's own loop rather than `axum::serve`: HTTP/1 connections waiting longer than
+/// `idle` for a request head are closed (hyper's header-read timeout also runs between
+/// keep-alive requests, never while a request is being served).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    idle: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let (closing, close_rx) = tokio::sync::watch::channel(());
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "the simulator cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut close = close_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            if !idle.is_zero() {
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle);
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = close.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    drop(close_rx);
+    let _ = closing.send(());
+    // Every connection task holds a receiver: all dropped = all connections finished.
+    closing.closed().await;
 }
 
 fn anyhow_of(e: ApiError) -> anyhow::Error {
@@ -207,6 +259,11 @@ impl SimHandle {
 
     pub fn clear_faults(&self) {
         self.state.clear_faults();
+    }
+
+    /// The faults still active (a fault with `times` leaves once used up).
+    pub fn faults(&self) -> Vec<Fault> {
+        self.state.faults()
     }
 
     /// Invalidate every token issued so far.

@@ -1,4 +1,4 @@
-//! The job transformations of the gateway (qualys-pm-api.md §7 and §7.4), on create and update.
+//! The job transformations of the gateway (docs/simulator.md, "What the server does to a job"), on create and update.
 //!
 //! A request is turned into the document the server stores: server-managed fields keep the
 //! server's values, actions get ids, scripts become storage paths, numbers sent as strings are
@@ -49,6 +49,8 @@ pub struct Ctx<'a> {
     pub caller: &'a Caller,
     pub now_ms: i64,
     pub new_id: &'a mut dyn FnMut() -> String,
+    /// See `SimConfig::accept_unset_timeout`.
+    pub accept_unset_timeout: bool,
 }
 
 /// A job ready to store, and the script writes that go with it.
@@ -74,10 +76,35 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestDoc, ApiError> {
 
 /// The typed reading of a document, with the path of the first field of the wrong type.
 fn typed(doc: &Value) -> Result<JobBody, ApiError> {
-    serde_path_to_error::deserialize(doc).map_err(|e| {
+    let job: JobBody = serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_request(format!("{path}: {}", e.into_inner()))
-    })
+    })?;
+    // The model reads actions leniently; members of the wrong type in an action of a kind the
+    // gateway defines are still the client's mistake (an unknown kind is judged by its owner).
+    for (list, i, action) in job.actions() {
+        if action
+            .kind()
+            .is_some_and(|k| !values::ACTION_KINDS.contains(&k))
+        {
+            continue;
+        }
+        if let Some(key) = action.unreadable_keys().next() {
+            let alone = Value::Object(Map::from_iter([(
+                key.to_string(),
+                action.extra.get(key).cloned().unwrap_or(Value::Null),
+            )]));
+            let message = match serde_path_to_error::deserialize::<_, Action>(&alone) {
+                Err(e) => {
+                    let path = e.path().to_string();
+                    format!("{list}[{i}].{path}: {}", e.into_inner())
+                }
+                Ok(_) => format!("{list}[{i}].{key}: invalid type"),
+            };
+            return Err(ApiError::bad_request(message));
+        }
+    }
+    Ok(job)
 }
 
 /// A document stored as it is (admin PUT, console edits, the state file).
@@ -311,8 +338,19 @@ fn finish(
         out.job.patch_tuesday_plus_x_days = Field::Value(number);
     }
     on_complete(&mut out.job, new_format);
+    for field in [&mut out.job.filter_type, &mut out.job.exclusion_filter_type] {
+        canonical_case(field, &["Any", "All"]);
+    }
     start_date_time(&mut out.job, ctx.now_ms, &mut errors);
-    validate::job(&out.job, store, create, &mut errors);
+    validate::job(
+        &out.job,
+        store,
+        validate::Options {
+            create,
+            accept_unset_timeout: ctx.accept_unset_timeout,
+        },
+        &mut errors,
+    );
     if errors.is_empty() {
         Ok(())
     } else {
@@ -417,6 +455,16 @@ fn script(
         Err(_) => errors.push(format!(
             "{at}.{name}: not valid base64 (send the script content base64-encoded, or this action's storage path)"
         )),
+    }
+}
+
+/// qualysdk documents `filterType` as `"any"`/`"all"` and sends it as given; the gateway's
+/// values are `Any`/`All`. Any case is read, the gateway's spelling is stored.
+fn canonical_case(field: &mut Field<String>, allowed: &[&str]) {
+    if let Field::Value(value) = field
+        && let Some(canonical) = allowed.iter().find(|a| a.eq_ignore_ascii_case(value))
+    {
+        *value = (*canonical).to_string();
     }
 }
 

@@ -1,7 +1,7 @@
 //! A faithful stand-in for the Qualys PM gateway: an axum server on loopback.
 //!
 //! It serves `/auth` and the deployment-job endpoints with the request→response
-//! transformations the seed documents (qualys-pm-api.md §7), Qualys-style errors, expiring
+//! transformations the seed documents (testdata/seed/), Qualys-style errors, expiring
 //! tokens, the 10,000-record cap, rate limits and injectable faults, plus an admin surface under
 //! `/_sim/` that tests, benchmarks and users drive. `docs/simulator.md` describes all of it.
 //!
@@ -21,6 +21,7 @@ mod gateway;
 mod handle;
 mod job;
 mod persist;
+pub mod profile;
 mod render;
 mod routes;
 mod state;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use fault::{Fault, FaultKind};
@@ -60,6 +62,91 @@ pub struct SimConfig {
     pub state_file: Option<PathBuf>,
     /// The subscription id: `customerId` of every job and the first segment of script paths.
     pub customer_id: String,
+    /// The most summaries one list page returns, whatever `pageSize` asks for (a gateway that
+    /// caps the page size silently); `None` = as asked (up to 10,000).
+    pub max_page_size: Option<usize>,
+    /// The order of list pages.
+    pub list_order: ListOrder,
+    /// Whether answers carry `X-RateLimit-*` and `Retry-After` headers.
+    pub rate_limit_headers: RateLimitHeaders,
+    /// What a delete does to a job.
+    pub delete_mode: DeleteMode,
+    /// How a delete naming an unknown id is answered.
+    pub delete_unknown: DeleteUnknown,
+    /// Which jobs a user sees and edits.
+    pub scope: Scope,
+    /// Refuse updates of an enabled On-demand or Once job (400).
+    pub strict_enabled_edits: bool,
+    /// Accept `"timeout": -1` (or 0) without a `timeoutUnit`, as qualysdk's `create_job` sends
+    /// when no timeout is given; false refuses it like any other out-of-range timeout.
+    pub accept_unset_timeout: bool,
+    /// The dotted key paths of every error body (e.g. `["_error", "_error.errorCode",
+    /// "_error.message"]`), to replay a gateway whose error bodies are shaped differently;
+    /// `None` = the Qualys shape `{"_error": {"errorCode", "message"}}`.
+    pub error_keys: Option<Vec<String>>,
+    /// A connection with no request for this long is closed by the server; zero = never.
+    pub idle_timeout: Duration,
+}
+
+/// The order of `GET /pm/v1/deploymentjobs/summary`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ListOrder {
+    /// Oldest first (the order the simulator always had).
+    #[default]
+    Created,
+    /// By name, then id.
+    Name,
+    /// By id.
+    Id,
+    /// Most recently updated (or created) first.
+    Updated,
+}
+
+/// Rate-limit headers on answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitHeaders {
+    /// `X-RateLimit-*` on every answer while a limit is set, and `Retry-After` on a 429 (the
+    /// gateway documentation).
+    #[default]
+    Standard,
+    /// None at all, not even on a 429 (what qualysdk reports for PM as of 12-2024).
+    None,
+}
+
+/// What `DELETE /pm/v1/deploymentjobs` does to a job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeleteMode {
+    /// The job is gone: GET answers 404, lists leave it out.
+    #[default]
+    Hard,
+    /// The job is marked: `deletedBy` = caller + now, GET still answers it, lists keep it with
+    /// `deleted: true`; updates and status changes answer 404.
+    Soft,
+}
+
+/// How a delete naming an id the simulator does not know is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeleteUnknown {
+    /// A per-item `failure` in a 200 answer (the Mitigation API's documented bulk shape).
+    #[default]
+    Failure,
+    /// A whole-call 404; nothing of the call takes effect.
+    NotFound,
+}
+
+/// Which jobs a user sees and edits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// Every job of the subscription.
+    #[default]
+    All,
+    /// Only jobs the user created: others' jobs are absent from lists and answer 403.
+    Own,
 }
 
 impl Default for SimConfig {
@@ -74,9 +161,25 @@ impl Default for SimConfig {
             seed: 0,
             state_file: None,
             customer_id: derived_uuid("customer", "qpm-sim"),
+            max_page_size: None,
+            list_order: ListOrder::Created,
+            rate_limit_headers: RateLimitHeaders::Standard,
+            delete_mode: DeleteMode::Hard,
+            delete_unknown: DeleteUnknown::Failure,
+            scope: Scope::All,
+            strict_enabled_edits: false,
+            accept_unset_timeout: true,
+            error_keys: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
+
+/// How long an idle connection stays open (long enough for any client's keep-alive pool).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest request body the simulator reads (axum's default; the gateway's is unknown).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// A user of the simulated subscription.
 #[derive(Clone, PartialEq, Eq)]
@@ -142,9 +245,9 @@ pub struct SimArgs {
     /// Repeatable; default: one user sim:sim.
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
     pub users: Vec<SimUser>,
-    /// Token lifetime, e.g. 30s, 15m, 4h.
-    #[arg(long, default_value = "4h", value_parser = parse_duration)]
-    pub token_ttl: Duration,
+    /// Token lifetime, e.g. 30s, 15m, 4h [default: 4h].
+    #[arg(long, value_parser = parse_duration)]
+    pub token_ttl: Option<Duration>,
     /// Latency added to every API request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -160,20 +263,61 @@ pub struct SimArgs {
     /// Keep jobs and scripts in this JSON file between runs.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// Return at most N summaries per list page, whatever pageSize asks (a capping gateway).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_page_size: Option<u32>,
+    /// The order of list pages.
+    #[arg(long, value_enum)]
+    pub list_order: Option<ListOrder>,
+    /// `none`: no X-RateLimit-* and no Retry-After on any answer, 429s included.
+    #[arg(long, value_enum)]
+    pub rate_limit_headers: Option<RateLimitHeaders>,
+    /// `soft`: deleted jobs stay, marked (`deletedBy`, `deleted: true` in lists).
+    #[arg(long, value_enum)]
+    pub delete: Option<DeleteMode>,
+    /// `not-found`: a delete naming an unknown id is a whole-call 404.
+    #[arg(long, value_enum)]
+    pub delete_unknown: Option<DeleteUnknown>,
+    /// `own`: a user sees and edits only the jobs it created (403 on others').
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+    /// Refuse updates of an enabled On-demand or Once job (400).
+    #[arg(long)]
+    pub strict_enabled_edits: bool,
+    /// Refuse `"timeout": -1` without a unit (accepted by default: qualysdk sends it).
+    #[arg(long)]
+    pub refuse_unset_timeout: bool,
+    /// Close connections idle for this long, e.g. 60s; 0s = never.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Behave as a `qpm-operator probe` report says (page clamp, rate-limit headers, delete
+    /// semantics, error shape, token lifetime); explicit flags above still apply on top.
+    #[arg(long, value_name = "REPORT.json")]
+    pub profile: Option<PathBuf>,
 }
 
 impl SimArgs {
-    /// The configuration these flags describe.
+    /// The configuration these flags describe (without `--profile`; see [`SimArgs::resolve`]).
     pub fn to_config(&self) -> SimConfig {
         let defaults = SimConfig::default();
         SimConfig {
+            max_page_size: self.max_page_size.map(|n| n as usize),
+            list_order: self.list_order.unwrap_or_default(),
+            rate_limit_headers: self.rate_limit_headers.unwrap_or_default(),
+            delete_mode: self.delete.unwrap_or_default(),
+            delete_unknown: self.delete_unknown.unwrap_or_default(),
+            scope: self.scope.unwrap_or_default(),
+            strict_enabled_edits: self.strict_enabled_edits,
+            accept_unset_timeout: !self.refuse_unset_timeout,
+            error_keys: None,
+            idle_timeout: self.idle_timeout,
             listen: self.listen,
             users: if self.users.is_empty() {
                 defaults.users
             } else {
                 self.users.clone()
             },
-            token_ttl: self.token_ttl,
+            token_ttl: self.token_ttl.unwrap_or(defaults.token_ttl),
             latency: Duration::from_millis(self.latency_ms),
             error_rate: self.error_rate,
             rate_limit: self.rate_limit,
@@ -182,11 +326,44 @@ impl SimArgs {
             customer_id: defaults.customer_id,
         }
     }
+
+    /// The configuration: the `--profile` report's findings, with every flag given on the
+    /// command line on top (a flag says what the user wants; the report only what it saw).
+    pub fn resolve(&self) -> anyhow::Result<SimConfig> {
+        let flags = self.to_config();
+        let Some(path) = &self.profile else {
+            return Ok(flags);
+        };
+        let report = profile::read_report(path)?;
+        let mut config = profile::config_from_report(&report, flags.clone());
+        if self.token_ttl.is_some() {
+            config.token_ttl = flags.token_ttl;
+        }
+        if self.rate_limit.is_some() {
+            config.rate_limit = flags.rate_limit;
+        }
+        if self.max_page_size.is_some() {
+            config.max_page_size = flags.max_page_size;
+        }
+        if self.list_order.is_some() {
+            config.list_order = flags.list_order;
+        }
+        if self.rate_limit_headers.is_some() {
+            config.rate_limit_headers = flags.rate_limit_headers;
+        }
+        if self.delete.is_some() {
+            config.delete_mode = flags.delete_mode;
+        }
+        if self.delete_unknown.is_some() {
+            config.delete_unknown = flags.delete_unknown;
+        }
+        Ok(config)
+    }
 }
 
 /// Serve until Ctrl-C or SIGTERM, then shut down gracefully (saving the state file).
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
-    let sim = start(args.to_config()).await?;
+    let sim = start(args.resolve()?).await?;
     // Scripts and users read this one line to find the server.
     println!("{}", sim.base_url());
     shutdown_signal().await?;
@@ -323,6 +500,67 @@ mod tests {
         assert_eq!(parse_duration("PT2H").unwrap(), Duration::from_secs(7_200));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5s").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct SimCommand {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<SimConfig, String> {
+        use clap::Parser as _;
+        let argv = std::iter::once("sim").chain(args.iter().copied());
+        SimCommand::try_parse_from(argv)
+            .map(|c| c.sim.to_config())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mode_flags_fill_the_config_and_default_to_the_old_behaviour() {
+        let c = flags(&[]).unwrap();
+        let d = SimConfig::default();
+        assert_eq!(
+            (c.max_page_size, c.list_order, c.rate_limit_headers),
+            (d.max_page_size, d.list_order, d.rate_limit_headers)
+        );
+        assert_eq!(
+            (c.delete_mode, c.delete_unknown, c.scope),
+            (d.delete_mode, d.delete_unknown, d.scope)
+        );
+        assert!(!c.strict_enabled_edits && c.accept_unset_timeout);
+        assert_eq!((c.token_ttl, c.idle_timeout), (d.token_ttl, d.idle_timeout));
+
+        let c = flags(&[
+            "--max-page-size",
+            "200",
+            "--list-order",
+            "updated",
+            "--rate-limit-headers",
+            "none",
+            "--delete",
+            "soft",
+            "--delete-unknown",
+            "not-found",
+            "--scope",
+            "own",
+            "--strict-enabled-edits",
+            "--refuse-unset-timeout",
+            "--idle-timeout",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(c.max_page_size, Some(200));
+        assert_eq!(c.list_order, ListOrder::Updated);
+        assert_eq!(c.rate_limit_headers, RateLimitHeaders::None);
+        assert_eq!(c.delete_mode, DeleteMode::Soft);
+        assert_eq!(c.delete_unknown, DeleteUnknown::NotFound);
+        assert_eq!(c.scope, Scope::Own);
+        assert!(c.strict_enabled_edits && !c.accept_unset_timeout);
+        assert_eq!(c.idle_timeout, Duration::ZERO);
+        assert!(flags(&["--max-page-size", "0"]).is_err());
+        assert!(flags(&["--max-page-size", "10001"]).is_err());
+        assert!(flags(&["--delete", "maybe"]).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `chainedJobRule` is stored but never echoed at the top level; it appears under
 //! `linkedToJob[0].chainedJobRule`, built from the parent's current state at read time
-//! (qualys-pm-api.md §7.3.1).
+//! (docs/simulator.md, "What the server does to a job").
 
 use std::sync::Arc;
 
@@ -273,7 +273,7 @@ impl<'a> Summary<'a> {
                 .is_some_and(|v| !matches!(v, LooseInt::Text(s) if s.is_empty())),
             mitigation_action_count: 0,
             is_priority_job: false,
-            deleted: false,
+            deleted: super::state::is_deleted(job),
             schema_version: &job.schema_version,
             is_vuln_context: &job.is_vuln_context,
             is_asset_imported: &job.is_asset_imported,

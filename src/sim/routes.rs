@@ -172,13 +172,11 @@ async fn create_job(
 /// `GET /pm/v1/deploymentjob/{id}`.
 async fn get_job(
     State(st): State<Arc<SimState>>,
-    _caller: Caller,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
-    let job = st
-        .get_job(&id)
-        .ok_or_else(|| ApiError::job_not_found(&id))?;
+    let job = st.get_job_as(&id, &caller)?;
     Ok(job_response(StatusCode::OK, &job))
 }
 
@@ -206,7 +204,7 @@ async fn update_job(
 /// `GET /pm/v1/deploymentjobs/summary?platform=&pageNumber=&pageSize=`: a bare array.
 async fn list_summaries(
     State(st): State<Arc<SimState>>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
@@ -237,8 +235,13 @@ async fn list_summaries(
             "pageSize must not exceed {RECORD_CAP}: the API returns at most {RECORD_CAP} records"
         )));
     }
+    // A capping gateway answers fewer than asked, and pages by what it really returns.
+    let page_size = st
+        .config
+        .max_page_size
+        .map_or(page_size, |max| page_size.min(max.max(1)));
     let offset = page_number.saturating_mul(page_size);
-    let (total, page) = st.summary_page(platform, offset, page_size);
+    let (total, page) = st.summary_page(platform, offset, page_size, &caller);
     let end = offset.saturating_add(page_size);
     if total > RECORD_CAP && end > RECORD_CAP {
         return Err(ApiError::result_limit(format!(
@@ -274,12 +277,12 @@ fn parse_ids(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, ApiError> 
 /// `DELETE /pm/v1/deploymentjobs`: one result per id.
 async fn delete_jobs(
     State(st): State<Arc<SimState>>,
-    _caller: Caller,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(&headers, &body)?;
-    let results = st.delete_jobs(&ids);
+    let results = st.delete_jobs(&ids, &caller)?;
     Ok((StatusCode::OK, axum::Json(results)).into_response())
 }
 
@@ -302,6 +305,6 @@ async fn change_status(
         }
     };
     let ids = parse_ids(&headers, &body)?;
-    let results = st.set_status(&ids, enable, &caller);
+    let results = st.set_status(&ids, enable, &caller)?;
     Ok((StatusCode::OK, axum::Json(results)).into_response())
 }

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::fault::{Fault, Faults, Verdict};
 use super::job::{self, Caller, RequestDoc};
 use super::render::{self, Rendered};
-use super::{SimConfig, SimUser};
+use super::{DeleteMode, DeleteUnknown, ListOrder, Scope, SimConfig, SimUser};
 use crate::qualys::{Audit, BulkItemResult, Field, JobBody, ScriptKind, script_path, values};
 
 /// Counters keyed by `"METHOD /route/template"`, then by status.
@@ -259,6 +259,7 @@ impl SimState {
                 caller,
                 now_ms: now_ms(),
                 new_id: &mut gen_id,
+                accept_unset_timeout: self.config.accept_unset_timeout,
             };
             job::prepare_create(&mut ctx, &store_view(&store), req)?
         };
@@ -269,11 +270,40 @@ impl SimState {
         Ok(out)
     }
 
-    /// `GET /pm/v1/deploymentjob/{id}`.
+    /// A job as the admin surface sees it (every job, deleted ones included).
     pub fn get_job(&self, id: &str) -> Option<Rendered> {
         let store = self.read();
         let job = store.get(id)?;
         Some(render::render(&store, job))
+    }
+
+    /// `GET /pm/v1/deploymentjob/{id}`: 404 unknown (or hard-deleted), 403 outside the
+    /// caller's scope.
+    pub fn get_job_as(&self, id: &str, caller: &Caller) -> Result<Rendered, ApiError> {
+        let store = self.read();
+        let job = store.get(id).ok_or_else(|| ApiError::job_not_found(id))?;
+        self.in_scope(job, caller)?;
+        Ok(render::render(&store, job))
+    }
+
+    /// 403 when `--scope own` hides this job from the caller.
+    fn in_scope(&self, job: &JobBody, caller: &Caller) -> Result<(), ApiError> {
+        if self.visible(job, caller) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "user {} is not allowed to access deployment job {}: it is outside the user's job scope",
+                caller.name,
+                job.job_id().unwrap_or_default()
+            )))
+        }
+    }
+
+    fn visible(&self, job: &JobBody, caller: &Caller) -> bool {
+        match self.config.scope {
+            Scope::All => true,
+            Scope::Own => creator_id(job) == Some(caller.id.as_str()),
+        }
     }
 
     /// `PATCH /pm/v1/deploymentjob/update/{id}`.
@@ -288,6 +318,16 @@ impl SimState {
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::job_not_found(id))?;
+        self.in_scope(&stored, caller)?;
+        if is_deleted(&stored) {
+            return Err(ApiError::job_not_found(id));
+        }
+        if self.config.strict_enabled_edits && enabled_one_shot(&stored) {
+            return Err(ApiError::bad_request(format!(
+                "Deployment job {id} is an enabled {} job and cannot be updated: On-demand and Once jobs cannot be edited once enabled",
+                stored.schedule_type.get().map_or("", String::as_str)
+            )));
+        }
         let prepared = {
             let mut gen_id = || self.unused_id(&store);
             let mut ctx = job::Ctx {
@@ -295,6 +335,7 @@ impl SimState {
                 caller,
                 now_ms: now_ms(),
                 new_id: &mut gen_id,
+                accept_unset_timeout: self.config.accept_unset_timeout,
             };
             job::prepare_update(&mut ctx, &store_view(&store), id, &stored, req)?
         };
@@ -312,15 +353,36 @@ impl SimState {
         platform: Option<&str>,
         offset: usize,
         size: usize,
+        caller: &Caller,
     ) -> (usize, Vec<(Arc<JobBody>, usize)>) {
         let store = self.read();
-        store.page(platform, offset, size)
+        let scoped = |job: &JobBody| self.visible(job, caller);
+        let filter: Option<&dyn Fn(&JobBody) -> bool> = match self.config.scope {
+            Scope::All => None,
+            Scope::Own => Some(&scoped),
+        };
+        store.page(platform, offset, size, self.config.list_order, filter)
     }
 
     /// `DELETE /pm/v1/deploymentjobs`. A job other jobs still link to is refused, unless those
     /// jobs go in the same call.
-    pub fn delete_jobs(&self, ids: &[String]) -> Vec<BulkItemResult> {
+    pub fn delete_jobs(
+        &self,
+        ids: &[String],
+        caller: &Caller,
+    ) -> Result<Vec<BulkItemResult>, ApiError> {
         let mut store = self.write();
+        // Whole-call refusals come first: nothing of such a call takes effect.
+        for id in ids {
+            match store.get(id) {
+                Some(job) => self.in_scope(job, caller)?,
+                None if self.config.delete_unknown == DeleteUnknown::NotFound => {
+                    return Err(ApiError::job_not_found(id));
+                }
+                None => {}
+            }
+        }
+        let soft = self.config.delete_mode == DeleteMode::Soft;
         let leaving: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut results = Vec::with_capacity(ids.len());
         // Children first, so a parent deleted together with its children is not refused.
@@ -333,6 +395,7 @@ impl SimState {
             }
             let result = match store.get(id).cloned() {
                 None => failure(id, None, "Deployment job not found"),
+                Some(job) if is_deleted(&job) => failure(id, None, "Deployment job not found"),
                 Some(job) => {
                     let blockers: Vec<String> = store
                         .children_ids(id)
@@ -340,7 +403,13 @@ impl SimState {
                         .filter(|c| !leaving.contains(c.as_str()))
                         .collect();
                     if blockers.is_empty() {
-                        store.remove(id);
+                        if soft {
+                            let mut marked = (*job).clone();
+                            marked.deleted_by = Field::Value(caller.audit(now_ms()));
+                            store.put(marked);
+                        } else {
+                            store.remove(id);
+                        }
                         success(id, job.name.get())
                     } else {
                         failure(
@@ -369,21 +438,31 @@ impl SimState {
             results.extend(result);
         }
         self.touch();
-        results
+        Ok(results)
     }
 
     /// `POST /pm/v1/deploymentjobs/update/status/{Enabled|Disabled}`.
-    pub fn set_status(&self, ids: &[String], enable: bool, caller: &Caller) -> Vec<BulkItemResult> {
+    pub fn set_status(
+        &self,
+        ids: &[String],
+        enable: bool,
+        caller: &Caller,
+    ) -> Result<Vec<BulkItemResult>, ApiError> {
         let target = if enable {
             values::ENABLED
         } else {
             values::DISABLED
         };
         let mut store = self.write();
+        for id in ids {
+            if let Some(job) = store.get(id) {
+                self.in_scope(job, caller)?;
+            }
+        }
         let mut results = Vec::with_capacity(ids.len());
         let mut changed = false;
         for id in ids {
-            let Some(job) = store.get(id).cloned() else {
+            let Some(job) = store.get(id).cloned().filter(|j| !is_deleted(j)) else {
                 results.push(failure(id, None, "Deployment job not found"));
                 continue;
             };
@@ -413,7 +492,7 @@ impl SimState {
         if changed {
             self.touch();
         }
-        results
+        Ok(results)
     }
 
     // ---- the admin surface ----------------------------------------------------------------
@@ -515,6 +594,28 @@ impl SimState {
         }
         store.scripts.extend(scripts);
     }
+}
+
+/// The id of the user who created `job`.
+fn creator_id(job: &JobBody) -> Option<&str> {
+    job.created_by
+        .get()
+        .and_then(|a| a.user.get())
+        .and_then(|u| u.id.get())
+        .map(String::as_str)
+}
+
+/// Soft-deleted: `deletedBy` carries a date.
+pub(crate) fn is_deleted(job: &JobBody) -> bool {
+    job.deleted_by.get().is_some_and(|d| !d.date.is_unset())
+}
+
+fn enabled_one_shot(job: &JobBody) -> bool {
+    job.status.get().map(String::as_str) == Some(values::ENABLED)
+        && matches!(
+            job.schedule_type.get().map(String::as_str),
+            Some(values::ON_DEMAND | values::ONCE)
+        )
 }
 
 fn success(id: &str, name: Option<&String>) -> BulkItemResult {
@@ -693,7 +794,8 @@ impl Store {
             let pos = list.partition_point(|(s, _)| *s < seq);
             list.insert(pos, (seq, id.to_string()));
         }
-        if let Some(parent) = link_of(job) {
+        // A soft-deleted job no longer holds its parent (the parent may then be deleted).
+        if let Some(parent) = link_of(job).filter(|_| !is_deleted(job)) {
             self.children
                 .entry(parent.to_string())
                 .or_default()
@@ -722,30 +824,67 @@ impl Store {
         }
     }
 
-    /// One page of jobs in creation order (all platforms when `platform` is `None`), with the
-    /// number of jobs linking to each, and the total the page was cut from.
+    /// One page of jobs (all platforms when `platform` is `None`) in `order`, keeping only jobs
+    /// `filter` accepts, with the number of jobs linking to each, and the total the page was cut
+    /// from. Creation order without a filter costs O(page); anything else sorts the list.
     pub fn page(
         &self,
         platform: Option<&str>,
         offset: usize,
         size: usize,
+        order: ListOrder,
+        filter: Option<&dyn Fn(&JobBody) -> bool>,
     ) -> (usize, Vec<(Arc<JobBody>, usize)>) {
         let list = match platform_slot(platform) {
             Some(slot) => &self.by_platform[slot],
             None => &self.all,
         };
-        let page = list
+        let with_refs = |job: &Arc<JobBody>| {
+            let refs = job.job_id().map_or(0, |id| self.children_of(id));
+            (job.clone(), refs)
+        };
+        if order == ListOrder::Created && filter.is_none() {
+            let page = list
+                .iter()
+                .skip(offset)
+                .take(size)
+                .filter_map(|(_, id)| self.get(id))
+                .map(with_refs)
+                .collect();
+            return (list.len(), page);
+        }
+        let mut jobs: Vec<(u64, &Arc<JobBody>)> = list
             .iter()
+            .filter_map(|(seq, id)| self.get(id).map(|j| (*seq, j)))
+            .filter(|(_, j)| filter.is_none_or(|f| f(j)))
+            .collect();
+        match order {
+            ListOrder::Created => {}
+            ListOrder::Name => jobs.sort_by(|a, b| {
+                (a.1.name.get(), a.1.job_id()).cmp(&(b.1.name.get(), b.1.job_id()))
+            }),
+            ListOrder::Id => jobs.sort_by(|a, b| a.1.job_id().cmp(&b.1.job_id())),
+            ListOrder::Updated => {
+                jobs.sort_by_key(|(seq, j)| (std::cmp::Reverse(last_change_ms(j)), *seq))
+            }
+        }
+        let total = jobs.len();
+        let page = jobs
+            .into_iter()
             .skip(offset)
             .take(size)
-            .filter_map(|(_, id)| self.get(id))
-            .map(|job| {
-                let refs = job.job_id().map_or(0, |id| self.children_of(id));
-                (job.clone(), refs)
-            })
+            .map(|(_, j)| with_refs(j))
             .collect();
-        (list.len(), page)
+        (total, page)
     }
+}
+
+/// When a job last changed, as a list's `updated` shows it (the creation while never updated).
+fn last_change_ms(job: &JobBody) -> i64 {
+    let date = |a: &Field<Audit>| a.get().and_then(|a| a.date.get()).and_then(|d| d.as_i64());
+    date(&job.updated_by)
+        .or_else(|| date(&job.created_by))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -768,7 +907,7 @@ mod tests {
         s.put(doc("l1", "Linux", None));
         s.put(doc("w2", "Windows", None));
         fn ids(s: &Store, p: Option<&str>, o: usize, n: usize) -> (usize, Vec<String>) {
-            let (total, page) = s.page(p, o, n);
+            let (total, page) = s.page(p, o, n, ListOrder::Created, None);
             let ids: Vec<String> = page
                 .iter()
                 .map(|(j, _)| j.job_id().unwrap().to_string())
@@ -801,6 +940,6 @@ mod tests {
         assert!(s.action_ids.contains("p-a"));
         s.remove("p");
         assert!(!s.action_ids.contains("p-a"));
-        assert_eq!(s.page(None, 0, 10).0, 1);
+        assert_eq!(s.page(None, 0, 10, ListOrder::Created, None).0, 1);
     }
 }

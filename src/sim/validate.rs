@@ -10,6 +10,19 @@ use super::state::{StoreView, link_of};
 use crate::qualys::{Action, DeferrablePrompt, Field, JobBody, LooseInt, RebootCountdown, values};
 
 const UNITS: [&str; 2] = ["HOURS", "MINUTES"];
+/// Pre- or post-deploy actions per list, as the console allows.
+const MAX_ACTIONS: usize = 5;
+
+/// True when the stored job has this very action (same id, same kind).
+fn echoed(action: &Action, kind: &str, stored: Option<&JobBody>) -> bool {
+    let Some(id) = action.action_id.get() else {
+        return false;
+    };
+    stored.is_some_and(|s| {
+        s.actions()
+            .any(|(_, _, a)| a.action_id.get() == Some(id) && a.kind() == Some(kind))
+    })
+}
 
 /// An inclusive range for each unit, used for durations given as value + unit.
 struct Span {
@@ -169,12 +182,16 @@ impl Check<'_> {
         );
     }
 
-    fn action(&mut self, action: &Action, path: &str) {
-        let kind = self.required_one_of(
-            &action.action,
-            &format!("{path}.action"),
-            &[values::RUN_SCRIPT, values::INSTALL_SOFTWARE],
-        );
+    fn action(&mut self, action: &Action, path: &str, stored: Option<&JobBody>) {
+        let kind = match action.kind() {
+            // A kind the console made and the client sent back untouched is the gateway's own.
+            Some(k) if !values::ACTION_KINDS.contains(&k) && echoed(action, k, stored) => None,
+            _ => self.required_one_of(
+                &action.action,
+                &format!("{path}.action"),
+                &values::ACTION_KINDS,
+            ),
+        };
         for (field, name) in [
             (&action.script_type, "scriptType"),
             (&action.detection_script_type, "detectionScriptType"),
@@ -196,8 +213,24 @@ impl Check<'_> {
     }
 }
 
+/// How strict a check is.
+pub struct Options {
+    /// A create (status may be set) rather than an update.
+    pub create: bool,
+    /// `"timeout": -1` without a `timeoutUnit` passes (qualysdk's `create_job` sends it when the
+    /// caller gives no timeout).
+    pub accept_unset_timeout: bool,
+}
+
+/// qualysdk's "no timeout": `-1` and no unit.
+fn unset_timeout(job: &JobBody) -> bool {
+    job.timeout.get().and_then(LooseInt::as_i64) == Some(-1)
+        && job.timeout_unit.get().is_none_or(|u| u.is_empty())
+}
+
 /// Check a job document about to be stored.
-pub fn job(job: &JobBody, store: &StoreView<'_>, create: bool, errors: &mut Vec<String>) {
+pub fn job(job: &JobBody, store: &StoreView<'_>, opts: Options, errors: &mut Vec<String>) {
+    let create = opts.create;
     let mut c = Check { errors };
     c.required(&job.name, "name");
     c.required_one_of(&job.r#type, "type", &[values::INSTALL, values::ROLLBACK]);
@@ -218,13 +251,17 @@ pub fn job(job: &JobBody, store: &StoreView<'_>, create: bool, errors: &mut Vec<
         &["Any", "All"],
     );
 
-    let timeout = c.duration(
-        &job.timeout,
-        &job.timeout_unit,
-        "timeout",
-        "timeoutUnit",
-        &TIMEOUT,
-    );
+    let timeout = if opts.accept_unset_timeout && unset_timeout(job) {
+        None
+    } else {
+        c.duration(
+            &job.timeout,
+            &job.timeout_unit,
+            "timeout",
+            "timeoutUnit",
+            &TIMEOUT,
+        )
+    };
     let randomize = c.duration(
         &job.download_randomize_time,
         &job.download_randomize_time_unit,
@@ -275,8 +312,17 @@ pub fn job(job: &JobBody, store: &StoreView<'_>, create: bool, errors: &mut Vec<
     c.set(&job.dynamic_qql_type, "dynamicQQLType", &[0, 1, 2]);
     c.int(&job.custom_patch_url_id, "customPatchURLId");
 
+    let stored = job.job_id().and_then(|id| store.job(id));
     for (list, i, action) in job.actions() {
-        c.action(action, &format!("{list}[{i}]"));
+        c.action(action, &format!("{list}[{i}]"), stored);
+    }
+    for (name, list) in [
+        ("preDeployActions", &job.pre_deploy_actions),
+        ("postDeployActions", &job.post_deploy_actions),
+    ] {
+        if let Some(n) = list.get().map(Vec::len).filter(|n| *n > MAX_ACTIONS) {
+            c.push(format!("{name}: at most {MAX_ACTIONS} actions (got {n})"));
+        }
     }
 
     links(&mut c, job, store);

@@ -106,11 +106,25 @@ impl ApiError {
         let mut e = Self::new(422, "Invalid", message);
         let causes: Vec<Value> = causes
             .iter()
-            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f}))
             .collect();
         e.details = Some(Box::new(
             json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}),
         ));
+        e
+    }
+
+    /// 403 for a create in a namespace that is being deleted.
+    pub fn namespace_terminating(rt: &ResourceType, name: &str, namespace: &str) -> Self {
+        let message = format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+            rt.group_resource()
+        );
+        let mut e = Self::new(403, "Forbidden", message.clone());
+        e.details = Some(Box::new(json!({
+            "name": name, "group": rt.group, "kind": rt.plural,
+            "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}],
+        })));
         e
     }
 
@@ -180,6 +194,24 @@ impl ApiError {
         }
         body
     }
+}
+
+/// The `metav1.CauseType` of a field error, from the words its message starts with (the
+/// API server's `field.Error` renders its type the same way).
+fn cause_reason(message: &str) -> &'static str {
+    for (prefix, reason) in [
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Too many", "FieldValueTooMany"),
+        ("Too long", "FieldValueTooLong"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Forbidden", "FieldValueForbidden"),
+    ] {
+        if message.starts_with(prefix) {
+            return reason;
+        }
+    }
+    "FieldValueInvalid"
 }
 
 impl IntoResponse for ApiError {

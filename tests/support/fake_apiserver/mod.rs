@@ -16,34 +16,32 @@
 //! and conflicts (see `ssa.rs`), delete (finalizers → `deletionTimestamp`, gone when the last
 //! finalizer goes; preconditions), `metadata.generation` (bumped by spec changes and by
 //! marking for deletion), global resourceVersions, `managedFields`, and minimal discovery.
-//! Tests get a request log and fault hooks.
+//! A CRD's schema is enforced on every write (`schema.rs`: pruning, defaults, structural
+//! validation, CEL rules; 422 with a cause per field), keyed lists merge item by item under
+//! server-side apply, namespaces go Terminating and cascade (403 on create meanwhile), deleting a
+//! CRD deletes its objects, and reads can come from a lagging cache ([`FakeOptions::read_lag`]).
+//! Tests get a request log and fault hooks. docs/testing.md lists what is modelled and what is
+//! not, point by point.
 //!
 //! # What it does not model
 //! - **Security**: no authentication, no authorization (RBAC is not checked: every request is
 //!   allowed, so RBAC manifests must be proven on a real cluster), no impersonation, no TLS.
 //! - **Admission**: no webhooks, no ValidatingAdmissionPolicy, no ResourceQuota or LimitRange.
-//! - **Schema**: a CRD's OpenAPI schema is ignored — no validation, no pruning of unknown
-//!   fields, no defaulting, no CEL `x-kubernetes-validations`, no `fieldValidation=Strict`
-//!   errors. (The CLI and the tests check schema and CEL rules themselves, with kube's `cel`
-//!   feature.) Validation is limited to object metadata (names, labels, annotations,
-//!   finalizers), base64 in Secret `data`, and the required fields of events.k8s.io/v1 Events.
+//! - **Schema, partly**: no `fieldValidation=Strict`, no validation ratcheting, CEL by kube-cel
+//!   rather than cel-go (no cost limits; macros it lacks fail closed). Built-in kinds are
+//!   validated only for metadata, Secret `data` and events.k8s.io/v1 Events.
 //! - **Versions**: no conversion; an object is stored once and shown under whichever served
 //!   version is asked for.
 //! - **Wire formats**: JSON only — no protobuf, no CBOR, no YAML responses, no Table output,
 //!   no response compression; no aggregated discovery (apidiscovery.k8s.io/v2), no OpenAPI
 //!   documents (`/openapi/v2`, `/openapi/v3`), no HTTP/2-specific behaviour, no TLS.
-//! - **Lifecycle and garbage collection**: no namespace lifecycle (deleting a namespace removes
-//!   it at once and leaves what was in it; no Terminating phase); no ownerReference garbage
-//!   collection (`propagationPolicy` is ignored, nothing cascades); no grace periods; deleting
-//!   a CRD neither deletes its objects nor unregisters the resource; no `deletecollection`.
-//! - **Server-side apply is simplified**: every list is atomic (`x-kubernetes-list-type: map`
-//!   and `set`, e.g. conditions keyed by `type`, are owned and replaced whole); ownership is of
-//!   leaf fields; `null` in an applied object is ignored; conflict messages follow the real
-//!   format only approximately. Strategic merge patch is a plain JSON merge patch (no merge
-//!   keys, no `$patch` directives).
-//! - **Reads are always current**: `resourceVersion=0` and `NotOlderThan` serve the current
-//!   state (no stale watch-cache reads); `resourceVersionMatch=Exact` is served only for the
-//!   current resourceVersion (older answers 410).
+//! - **Lifecycle and garbage collection**: no ownerReference garbage collection; no grace
+//!   periods; namespace and CRD cleanup happen at once; no `deletecollection`.
+//! - **Server-side apply is simplified**: ownership is of leaf fields and keyed-list items;
+//!   `null` in an applied object is ignored; conflict messages follow the real format only
+//!   approximately. Strategic merge patch is a plain JSON merge patch (no merge keys, no
+//!   `$patch` directives).
+//! - **Reads**: current unless the lag is on; then the whole cache lags by one duration.
 //! - **Watch**: history is in memory and bounded ([`FakeOptions::history_limit`]); bookmarks come
 //!   every [`FakeOptions::bookmark_interval`] (far more often than a real server's ~1 min);
 //!   timeouts are exact (no jitter); a watcher that falls [`FakeOptions::watch_buffer`] events
@@ -61,6 +59,7 @@ mod error;
 mod http;
 mod log;
 mod registry;
+mod schema;
 mod selector;
 mod ssa;
 mod store;
@@ -91,6 +90,10 @@ pub struct FakeOptions {
     pub watch_buffer: usize,
     /// Keep the request log (turn off for long benchmark runs, where it only grows).
     pub record_requests: bool,
+    /// Serve reads from a lagging watch cache: lists at `resourceVersion=0` show the state of
+    /// this long ago, and watches deliver each event this long after it happened (see
+    /// [`FakeApiServer::set_lag`]). `None`: every read is current.
+    pub read_lag: Option<Duration>,
 }
 
 impl Default for FakeOptions {
@@ -100,6 +103,7 @@ impl Default for FakeOptions {
             bookmark_interval: Duration::from_secs(1),
             watch_buffer: 4096,
             record_requests: true,
+            read_lag: None,
         }
     }
 }
@@ -141,8 +145,10 @@ impl FakeApiServer {
             .local_addr()
             .expect("a bound listener has a local address");
         let (stop, shutdown) = signal::channel(false);
+        let mut state = State::new(opts.history_limit, opts.watch_buffer);
+        state.lag = opts.read_lag;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(opts.history_limit, opts.watch_buffer)),
+            state: Mutex::new(state),
             opts,
             shutdown: shutdown.clone(),
             address: addr.to_string(),
@@ -196,6 +202,17 @@ impl FakeApiServer {
             serde_json::to_value(crd).map_err(|e| format!("the CRD does not serialize: {e}"))?;
         ResourceType::from_crd(&value)?;
         self.shared.lock().put_crd(value).map_err(|e| e.message)
+    }
+
+    /// Starts (`Some`) or stops (`None`) serving reads from a lagging cache; watches opened
+    /// before keep the lag they started with.
+    pub fn set_lag(&self, lag: Option<Duration>) {
+        self.shared.lock().lag = lag;
+    }
+
+    /// The `openAPIV3Schema` writes of this type are admitted against, if any.
+    pub fn schema_of(&self, group: &str, plural: &str) -> Option<Value> {
+        self.shared.lock().schema_root(group, plural)
     }
 
     /// Registers any other resource type (a built-in kind the fake does not carry).

@@ -265,6 +265,11 @@ impl Registry {
         rt
     }
 
+    /// Stops serving a type (its CRD is gone).
+    pub fn remove(&mut self, group: &str, plural: &str) {
+        self.types.remove(&(group.to_string(), plural.to_string()));
+    }
+
     /// The type served at `/apis/{group}/{version}/{plural}`, if that version is served.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
         self.types

@@ -1,9 +1,12 @@
 //! Field ownership (`metadata.managedFields`) and server-side apply.
 //!
 //! The model: every manager entry — keyed by (manager, operation, subresource), as the real
-//! server keys them — owns a set of leaf paths. A leaf is a scalar, `null`, an empty object,
-//! or a **list: every list is atomic** (owned and replaced whole, including lists the schema
-//! marks `x-kubernetes-list-type: map` or `set`). Only `metadata.labels`,
+//! server keys them — owns a set of leaf paths. A leaf is a scalar, `null`, an empty object or
+//! an atomic list. Lists the resource's schema marks `x-kubernetes-list-type: map` are merged
+//! by their `x-kubernetes-list-map-keys`: each item is a node of its own (path segment
+//! `k:{"type":"Ready"}`, as FieldsV1 names it) whose fields are owned one by one; `set` lists
+//! are merged by value (segment `v:"value"`). Every other list (and every list of a kind
+//! without a schema) is atomic: owned and replaced whole. Only `metadata.labels`,
 //! `metadata.annotations`, `metadata.finalizers` and `metadata.ownerReferences` are tracked
 //! under `metadata`; `apiVersion` and `kind` are not tracked.
 //!
@@ -11,13 +14,16 @@
 //!   away from the other entries and gives it to (M, Update); leaves it removed leave every entry.
 //! - An apply by M sets the leaves it sends, removes the leaves M applied before and no longer
 //!   sends unless another entry owns them, and fails with a conflict when it would change the
-//!   value of a leaf another entry owns — unless forced, when ownership moves to M.
+//!   value of a leaf another entry owns — unless forced, when ownership moves to M. Items of
+//!   keyed lists that M does not send are left alone.
 //! - `null` values in an applied object are dropped before anything else (they neither set nor
 //!   own a field).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
+
+use super::schema::{ListKind, child, items, list_kind};
 
 pub type FieldPath = Vec<String>;
 
@@ -80,12 +86,65 @@ pub fn dotted(path: &FieldPath) -> String {
     path.iter().map(|p| format!(".{p}")).collect()
 }
 
-fn collect(v: &Value, prefix: &mut FieldPath, out: &mut BTreeMap<FieldPath, Value>) {
+/// The path segment of one item of a keyed list: `k:{"type":"Ready"}` for a map, `v:"x"` for
+/// a set; `None` when a map item lacks a key field (then the list is treated as atomic).
+fn item_segment(kind: &ListKind, item: &Value) -> Option<String> {
+    match kind {
+        ListKind::Map(keys) if !keys.is_empty() => {
+            let mut key = Map::new();
+            for k in keys {
+                key.insert(k.clone(), item.get(k)?.clone());
+            }
+            Some(format!("k:{}", Value::Object(key)))
+        }
+        ListKind::Set => Some(format!("v:{item}")),
+        _ => None,
+    }
+}
+
+fn keyed(kind: &ListKind, items: &[Value]) -> bool {
+    !items.is_empty()
+        && *kind != ListKind::Atomic
+        && items.iter().all(|i| item_segment(kind, i).is_some())
+}
+
+fn collect(
+    v: &Value,
+    node: Option<&Value>,
+    prefix: &mut FieldPath,
+    out: &mut BTreeMap<FieldPath, Value>,
+) {
     match v {
         Value::Object(m) if !m.is_empty() => {
-            for (k, child) in m {
+            for (k, c) in m {
                 prefix.push(k.clone());
-                collect(child, prefix, out);
+                collect(c, child(node, k), prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(list) if keyed(&list_kind(node), list) => {
+            let kind = list_kind(node);
+            for item in list {
+                let Some(seg) = item_segment(&kind, item) else {
+                    continue;
+                };
+                prefix.push(seg);
+                match kind {
+                    // The item itself is owned (FieldsV1's "."), and so is each of its fields.
+                    ListKind::Map(_) => {
+                        out.insert(prefix.clone(), json!({}));
+                        if let Value::Object(fields) = item {
+                            for (k, c) in fields {
+                                prefix.push(k.clone());
+                                collect(c, child(items(node), k), prefix, out);
+                                prefix.pop();
+                            }
+                        }
+                    }
+                    _ => {
+                        out.insert(prefix.clone(), item.clone());
+                    }
+                }
                 prefix.pop();
             }
         }
@@ -95,8 +154,9 @@ fn collect(v: &Value, prefix: &mut FieldPath, out: &mut BTreeMap<FieldPath, Valu
     }
 }
 
-/// The leaves whose ownership is tracked, with their values.
-pub fn tracked_leaves(obj: &Value) -> BTreeMap<FieldPath, Value> {
+/// The leaves whose ownership is tracked, with their values; `schema` is the resource's
+/// `openAPIV3Schema`, which says which lists are keyed.
+pub fn tracked_leaves(obj: &Value, schema: Option<&Value>) -> BTreeMap<FieldPath, Value> {
     let mut out = BTreeMap::new();
     let Some(map) = obj.as_object() else {
         return out;
@@ -109,21 +169,69 @@ pub fn tracked_leaves(obj: &Value) -> BTreeMap<FieldPath, Value> {
                     if let Some(mv) = v.get(mk) {
                         let mut prefix = vec!["metadata".to_string(), mk.to_string()];
                         if mv.is_object() {
-                            collect(mv, &mut prefix, &mut out);
+                            collect(mv, None, &mut prefix, &mut out);
                         } else {
                             out.insert(prefix, mv.clone());
                         }
                     }
                 }
             }
-            _ => collect(v, &mut vec![k.clone()], &mut out),
+            _ => collect(v, child(schema, k), &mut vec![k.clone()], &mut out),
         }
     }
     out
 }
 
+/// The item of `list` a `k:`/`v:` segment names.
+fn find_item(list: &[Value], seg: &str) -> Option<usize> {
+    if let Some(key) = seg.strip_prefix("k:") {
+        let key: Map<String, Value> = serde_json::from_str(key).ok()?;
+        list.iter()
+            .position(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+    } else if let Some(value) = seg.strip_prefix("v:") {
+        let value: Value = serde_json::from_str(value).ok()?;
+        list.iter().position(|item| *item == value)
+    } else {
+        None
+    }
+}
+
+fn step<'a>(v: &'a Value, seg: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(m) => m.get(seg),
+        Value::Array(list) => list.get(find_item(list, seg)?),
+        _ => None,
+    }
+}
+
+fn step_mut<'a>(v: &'a mut Value, seg: &str) -> Option<&'a mut Value> {
+    match v {
+        Value::Object(m) => m.get_mut(seg),
+        Value::Array(list) => {
+            let i = find_item(list, seg)?;
+            list.get_mut(i)
+        }
+        _ => None,
+    }
+}
+
+/// Removes the child `seg` of `v` (a key of an object, an item of a keyed list).
+fn remove_child(v: &mut Value, seg: &str) -> bool {
+    match v {
+        Value::Object(m) => m.remove(seg).is_some(),
+        Value::Array(list) => match find_item(list, seg) {
+            Some(i) => {
+                list.remove(i);
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 pub fn get_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(obj, |v, k| v.as_object()?.get(k))
+    path.iter().try_fold(obj, |v, k| step(v, k))
 }
 
 /// Removes the leaf at `path`, then any parent object left empty that nobody owns.
@@ -133,10 +241,8 @@ fn remove_path(obj: &mut Value, path: &[String], owned: &dyn Fn(&[String]) -> bo
     };
     let removed = parents
         .iter()
-        .try_fold(&mut *obj, |v, k| v.as_object_mut()?.get_mut(k))
-        .and_then(Value::as_object_mut)
-        .and_then(|m| m.remove(last))
-        .is_some();
+        .try_fold(&mut *obj, |v, k| step_mut(v, k))
+        .is_some_and(|parent| remove_child(parent, last));
     if !removed {
         return;
     }
@@ -152,24 +258,24 @@ fn remove_path(obj: &mut Value, path: &[String], owned: &dyn Fn(&[String]) -> bo
             break;
         }
         let (leaf, up) = prefix.split_last().expect("depth >= 1");
-        if let Some(m) = up
-            .iter()
-            .try_fold(&mut *obj, |v, k| v.as_object_mut()?.get_mut(k))
-            .and_then(Value::as_object_mut)
-        {
-            m.remove(leaf);
+        if let Some(parent) = up.iter().try_fold(&mut *obj, |v, k| step_mut(v, k)) {
+            remove_child(parent, leaf);
         }
     }
 }
 
-/// Objects merge key by key; everything else (scalars, lists) replaces.
-pub fn deep_merge(target: &mut Value, patch: &Value) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
+/// Objects merge key by key and keyed lists item by item (map items by key, set items by
+/// value); everything else (scalars, atomic lists) replaces.
+pub fn deep_merge(target: &mut Value, patch: &Value, node: Option<&Value>) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => {
-                        deep_merge(existing, v)
+                    Some(existing)
+                        if (existing.is_object() && v.is_object())
+                            || (existing.is_array() && v.is_array()) =>
+                    {
+                        deep_merge(existing, v, child(node, k))
                     }
                     _ => {
                         t.insert(k.clone(), v.clone());
@@ -177,7 +283,24 @@ pub fn deep_merge(target: &mut Value, patch: &Value) {
                 }
             }
         }
-        _ => *target = patch.clone(),
+        (Value::Array(t), Value::Array(p)) => {
+            let kind = list_kind(node);
+            if !(keyed(&kind, p) && (t.is_empty() || keyed(&kind, t))) {
+                *t = p.clone();
+                return;
+            }
+            for item in p {
+                let seg = item_segment(&kind, item).expect("keyed() checked every item");
+                match find_item(t, &seg) {
+                    Some(i) if matches!(kind, ListKind::Map(_)) => {
+                        deep_merge(&mut t[i], item, items(node))
+                    }
+                    Some(_) => {}
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
     }
 }
 
@@ -204,6 +327,7 @@ pub fn prune(managers: &mut Vec<ManagerEntry>, obj: &Value) {
 }
 
 /// Ownership after an update by `manager` that turned `old` (None on create) into `new`.
+#[allow(clippy::too_many_arguments)]
 pub fn record_update(
     old: Option<&Value>,
     new: &Value,
@@ -212,9 +336,10 @@ pub fn record_update(
     subresource: Option<&str>,
     api_version: &str,
     now: &str,
+    schema: Option<&Value>,
 ) -> Vec<ManagerEntry> {
-    let old_leaves = old.map(tracked_leaves).unwrap_or_default();
-    let new_leaves = tracked_leaves(new);
+    let old_leaves = old.map(|o| tracked_leaves(o, schema)).unwrap_or_default();
+    let new_leaves = tracked_leaves(new, schema);
     let changed: BTreeSet<FieldPath> = new_leaves
         .iter()
         .filter(|(p, v)| old_leaves.get(*p) != Some(*v))
@@ -274,10 +399,11 @@ pub fn apply(
     api_version: &str,
     force: bool,
     now: &str,
+    schema: Option<&Value>,
 ) -> Result<Applied, Vec<Conflict>> {
-    let applied_leaves = tracked_leaves(applied);
+    let applied_leaves = tracked_leaves(applied, schema);
     let mut merged = live.clone();
-    deep_merge(&mut merged, applied);
+    deep_merge(&mut merged, applied, schema);
     let mut out: Vec<ManagerEntry> = managers.to_vec();
 
     let mut conflicts = Vec::new();
@@ -382,13 +508,18 @@ impl Node {
             m.insert(".".to_string(), json!({}));
         }
         for (k, child) in &self.children {
-            m.insert(format!("f:{k}"), child.render());
+            let name = if k.starts_with("k:") || k.starts_with("v:") {
+                k.clone()
+            } else {
+                format!("f:{k}")
+            };
+            m.insert(name, child.render());
         }
         Value::Object(m)
     }
 }
 
-/// `metadata.managedFields` as the server returns it (FieldsV1, simplified: lists are leaves).
+/// `metadata.managedFields` as the server returns it (FieldsV1).
 pub fn render(managers: &[ManagerEntry]) -> Value {
     Value::Array(
         managers

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -13,6 +14,7 @@ use tokio::sync::broadcast;
 use super::error::ApiError;
 use super::log::{Fault, PatchType, RequestRecord};
 use super::registry::{Registry, ResourceType};
+use super::schema::CrdSchema;
 use super::selector::Selectors;
 use super::ssa::{self, ManagerEntry};
 use super::validate;
@@ -43,6 +45,8 @@ pub struct Change {
     /// The object before a modification (selectors decide ADDED/MODIFIED/DELETED from both).
     pub old: Option<Value>,
     pub object: Value,
+    /// When it happened (a lagging watch delivers it later).
+    pub at: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -215,8 +219,19 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn is_crd_type(rt: &ResourceType) -> bool {
-    rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions"
+    is_crd_type_key(&rt.group, &rt.plural)
 }
+
+fn is_crd_type_key(group: &str, plural: &str) -> bool {
+    group == "apiextensions.k8s.io" && plural == "customresourcedefinitions"
+}
+
+fn is_namespace_type(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "namespaces"
+}
+
+/// The finalizer the real server puts on every CRD, removed once its objects are gone.
+const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
 
 fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[ssa::Conflict]) -> ApiError {
     let mut by_manager: Vec<(String, String, Vec<String>)> = Vec::new();
@@ -298,6 +313,10 @@ pub struct State {
     pub log: Vec<RequestRecord>,
     pub faults: Vec<Fault>,
     pub events: broadcast::Sender<WatchMsg>,
+    /// The schemas of the registered CRDs, keyed like `objects`.
+    schemas: HashMap<(String, String), Arc<CrdSchema>>,
+    /// Reads from the "watch cache" (lists at resourceVersion 0, watches) are this far behind.
+    pub lag: Option<Duration>,
 }
 
 const MAX_SNAPSHOTS: usize = 64;
@@ -319,6 +338,8 @@ impl State {
             log: Vec::new(),
             faults: Vec::new(),
             events,
+            schemas: HashMap::new(),
+            lag: None,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             // The four namespaces every cluster has; creating them cannot fail.
@@ -569,6 +590,13 @@ impl State {
                     )],
                 ));
             }
+            if !is_deleting(obj) && !finalizers(obj).iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
+                let meta = meta_mut(obj)?;
+                let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    list.push(json!(CRD_CLEANUP_FINALIZER));
+                }
+            }
             let time = now();
             obj["status"] = json!({
                 "conditions": [
@@ -586,7 +614,162 @@ impl State {
         if is_crd_type(rt)
             && let Ok(parsed) = ResourceType::from_crd(obj)
         {
+            let key = (parsed.group.clone(), parsed.plural.clone());
+            match CrdSchema::from_crd(obj) {
+                Some(schema) => {
+                    self.schemas.insert(key, Arc::new(schema));
+                }
+                None => {
+                    self.schemas.remove(&key);
+                }
+            }
             self.registry.insert(parsed);
+        }
+    }
+
+    pub fn schema_root(&self, group: &str, plural: &str) -> Option<Value> {
+        self.schemas
+            .get(&(group.to_string(), plural.to_string()))
+            .map(|s| s.root.clone())
+    }
+
+    /// The schema writes to `rt` are admitted against, if its CRD has one.
+    fn schema_for(&self, rt: &ResourceType) -> Option<Arc<CrdSchema>> {
+        self.schemas
+            .get(&(rt.group.clone(), rt.plural.clone()))
+            .cloned()
+    }
+
+    fn namespace_terminating(&self, ns: &str) -> bool {
+        self.peek("", "namespaces", None, ns)
+            .is_some_and(|n| is_deleting(&n))
+    }
+
+    /// The CRD that defines `rt` is being deleted.
+    fn type_terminating(&self, rt: &ResourceType) -> bool {
+        !rt.group.is_empty()
+            && self
+                .peek(
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    None,
+                    &format!("{}.{}", rt.plural, rt.group),
+                )
+                .is_some_and(|c| is_deleting(&c))
+    }
+
+    /// Deletes an object as the server's own controllers do (namespace and CRD cleanup).
+    fn server_delete(&mut self, group: &str, plural: &str, namespace: Option<&str>, name: &str) {
+        let Some(t) = self.target_for(group, plural, namespace, Some(name)) else {
+            return;
+        };
+        let ctx = WriteCtx {
+            default_manager: SERVER_MANAGER.to_string(),
+            ..WriteCtx::default()
+        };
+        // Already gone or already marked: nothing more to do for it.
+        let _ = self.delete(&t, b"", &ctx);
+    }
+
+    /// Removes an object outright (the last step of a namespace's or a CRD's deletion).
+    fn server_remove(&mut self, group: &str, plural: &str, key: (String, String)) {
+        let Some(stored) = self
+            .objects
+            .get_mut(&(group.to_string(), plural.to_string()))
+            .and_then(|m| m.remove(&key))
+        else {
+            return;
+        };
+        let rv = self.next_rv();
+        let mut gone = stored.obj;
+        Self::finish(&mut gone, &stored.managers, Some(rv));
+        self.publish(Change {
+            rv,
+            group: group.to_string(),
+            plural: plural.to_string(),
+            namespace: key.0,
+            kind: ChangeType::Deleted,
+            old: None,
+            object: gone,
+            at: Instant::now(),
+        });
+    }
+
+    /// The namespace controller: delete everything in `ns`; objects with finalizers wait for
+    /// them, and the namespace goes once it is empty.
+    fn sweep_namespace(&mut self, ns: &str) {
+        let mut doomed = Vec::new();
+        for ((group, plural), objects) in &self.objects {
+            for (key, _) in objects.iter().filter(|((n, _), _)| n == ns) {
+                doomed.push((group.clone(), plural.clone(), key.1.clone()));
+            }
+        }
+        for (group, plural, name) in doomed {
+            self.server_delete(&group, &plural, Some(ns), &name);
+        }
+        self.finish_namespace(ns);
+    }
+
+    fn finish_namespace(&mut self, ns: &str) {
+        if !self.namespace_terminating(ns) {
+            return;
+        }
+        let empty = self.objects.iter().all(|((g, p), objects)| {
+            (g.is_empty() && p == "namespaces") || !objects.keys().any(|(n, _)| n == ns)
+        });
+        if empty {
+            self.server_remove("", "namespaces", (String::new(), ns.to_string()));
+        }
+    }
+
+    /// The CRD finalizer: delete every object of the type; the CRD goes once none is left,
+    /// and with it the resource.
+    fn sweep_type(&mut self, crd: &Value) {
+        let Ok(rt) = ResourceType::from_crd(crd) else {
+            return;
+        };
+        let doomed: Vec<(String, String)> = self
+            .objects
+            .get(&(rt.group.clone(), rt.plural.clone()))
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for (ns, name) in doomed {
+            let ns = (!ns.is_empty()).then_some(ns);
+            self.server_delete(&rt.group, &rt.plural, ns.as_deref(), &name);
+        }
+        self.finish_type(&rt.group, &rt.plural);
+    }
+
+    fn finish_type(&mut self, group: &str, plural: &str) {
+        let crd_name = format!("{plural}.{group}");
+        let terminating = self
+            .peek(
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                None,
+                &crd_name,
+            )
+            .is_some_and(|c| is_deleting(&c));
+        let key = (group.to_string(), plural.to_string());
+        if !terminating || self.objects.get(&key).is_some_and(|m| !m.is_empty()) {
+            return;
+        }
+        self.schemas.remove(&key);
+        self.registry.remove(group, plural);
+        self.server_remove(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            (String::new(), crd_name),
+        );
+    }
+
+    /// After an object left the store: a namespace or a CRD waiting for it may go now.
+    fn after_removal(&mut self, group: &str, plural: &str, namespace: &str) {
+        if !namespace.is_empty() {
+            self.finish_namespace(namespace);
+        }
+        if !group.is_empty() && !is_crd_type_key(group, plural) {
+            self.finish_type(group, plural);
         }
     }
 
@@ -594,8 +777,63 @@ impl State {
         Ok(self.stored(t)?.obj)
     }
 
+    /// What a lagging watch cache holds: the objects of `t` as they were `lag` ago, and the
+    /// resourceVersion of that state (a watch from it replays what came after).
+    fn stale_view(&self, t: &Target, sel: &Selectors, lag: Duration) -> (u64, Vec<Value>) {
+        let cutoff = Instant::now().checked_sub(lag);
+        let recent: Vec<&Arc<Change>> = self
+            .history
+            .iter()
+            .filter(|c| cutoff.is_none_or(|cut| c.at > cut))
+            .collect();
+        let Some(first) = recent.first() else {
+            return (self.rv, self.matching(t, sel));
+        };
+        let rv = first.rv - 1;
+        let mut view: BTreeMap<(String, String), Value> = self
+            .objects
+            .get(&t.type_key())
+            .map(|m| m.iter().map(|(k, s)| (k.clone(), s.obj.clone())).collect())
+            .unwrap_or_default();
+        for c in recent.iter().rev() {
+            if c.group != t.rt.group || c.plural != t.rt.plural {
+                continue;
+            }
+            let name = meta_str(&c.object, "name").unwrap_or("").to_string();
+            let key = (c.namespace.clone(), name);
+            match (c.kind, &c.old) {
+                (ChangeType::Added, _) => {
+                    view.remove(&key);
+                }
+                (ChangeType::Modified, Some(old)) => {
+                    view.insert(key, old.clone());
+                }
+                (ChangeType::Modified, None) => {}
+                (ChangeType::Deleted, _) => {
+                    view.insert(key, c.object.clone());
+                }
+            }
+        }
+        let items = view
+            .into_iter()
+            .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
+            .map(|(_, o)| o)
+            .filter(|o| sel.matches(o))
+            .collect();
+        (rv, items)
+    }
+
     pub fn list(&mut self, t: &Target, q: &ListQuery) -> Result<Value, ApiError> {
+        let lagging = self
+            .lag
+            .filter(|_| q.continue_token.is_none() && q.resource_version.as_deref() == Some("0"));
         let (rv, items, continue_token, remaining) = match &q.continue_token {
+            None if lagging.is_some() => {
+                // The watch cache ignores `limit` for resourceVersion=0 and answers in one page.
+                let lag = lagging.unwrap_or_default();
+                let (rv, items) = self.stale_view(t, &q.selectors, lag);
+                (rv, items.into(), None, None)
+            }
             Some(token) => self.continue_list(t, token, q.limit)?,
             None => {
                 if q.resource_version_match.as_deref() == Some("Exact")
@@ -865,9 +1103,28 @@ impl State {
         obj["apiVersion"] = json!(rt.api_version(rt.storage_version()));
         obj["kind"] = json!(rt.kind);
         self.server_transforms(&rt, &mut obj, true)?;
-        let causes = validate::validate(&rt, &obj, true);
+        let schema = self.schema_for(&rt);
+        let mut causes = validate::validate(&rt, &obj, true);
+        if let Some(schema) = &schema {
+            causes.extend(schema.admit(&mut obj, None));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&rt, &name, &causes));
+        }
+        if let Some(ns) = &namespace
+            && self.namespace_terminating(ns)
+        {
+            return Err(ApiError::namespace_terminating(&rt, &name, ns));
+        }
+        if self.type_terminating(&rt) {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "create not allowed while custom resource definition is terminating ({})",
+                    rt.group_resource()
+                ),
+            ));
         }
         let key = (namespace.clone().unwrap_or_default(), name.clone());
         if self
@@ -886,6 +1143,7 @@ impl State {
                 None,
                 &t.api_version(),
                 &now(),
+                schema.as_ref().map(|s| &s.root),
             ),
             Ownership::Precomputed(mut m) => {
                 ssa::prune(&mut m, &obj);
@@ -913,6 +1171,7 @@ impl State {
             kind: ChangeType::Added,
             old: None,
             object: obj.clone(),
+            at: Instant::now(),
         });
         self.after_commit(&rt, &obj);
         Ok(obj)
@@ -1061,6 +1320,7 @@ impl State {
             a
         };
         ssa::strip_nulls(&mut applied);
+        let schema = self.schema_for(&t.rt);
         let av = t.api_version();
         let now = now();
         match self.stored(t) {
@@ -1079,6 +1339,7 @@ impl State {
                     &av,
                     ctx.force,
                     &now,
+                    schema.as_ref().map(|s| &s.root),
                 )
                 .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
                 Ok((
@@ -1100,9 +1361,18 @@ impl State {
                 if let Some(ns) = &t.namespace {
                     base["metadata"]["namespace"] = json!(ns);
                 }
-                let outcome =
-                    ssa::apply(&base, &[], &applied, &manager, None, &av, ctx.force, &now)
-                        .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
+                let outcome = ssa::apply(
+                    &base,
+                    &[],
+                    &applied,
+                    &manager,
+                    None,
+                    &av,
+                    ctx.force,
+                    &now,
+                    schema.as_ref().map(|s| &s.root),
+                )
+                .map_err(|c| conflict_error(&t.rt, t.name(), &c))?;
                 Ok((
                     201,
                     self.create_object(
@@ -1183,7 +1453,11 @@ impl State {
                 ));
             }
         }
-        let causes = validate::validate(&rt, &new, false);
+        let schema = self.schema_for(&rt);
+        let mut causes = validate::validate(&rt, &new, false);
+        if let Some(schema) = &schema {
+            causes.extend(schema.admit(&mut new, Some(&old.obj)));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&rt, &name, &causes));
         }
@@ -1204,6 +1478,7 @@ impl State {
                 t.subresource.as_deref(),
                 &t.api_version(),
                 &now(),
+                schema.as_ref().map(|s| &s.root),
             ),
             Ownership::Precomputed(mut m) => {
                 ssa::prune(&mut m, &new);
@@ -1242,12 +1517,15 @@ impl State {
             rv,
             group: rt.group.clone(),
             plural: rt.plural.clone(),
-            namespace: key.0,
+            namespace: key.0.clone(),
             kind,
             old: (kind == ChangeType::Modified).then(|| old.obj.clone()),
             object: new.clone(),
+            at: Instant::now(),
         });
-        if !gone {
+        if gone {
+            self.after_removal(&rt.group, &rt.plural, &key.0);
+        } else {
             self.after_commit(&rt, &new);
         }
         Ok(new)
@@ -1284,13 +1562,19 @@ impl State {
         }
         let rt = t.rt.clone();
         let key = t.key();
-        if !finalizers(&old.obj).is_empty() {
+        // A namespace always waits for its content (its `spec.finalizers` hold it), as does
+        // anything with finalizers.
+        let namespace = is_namespace_type(&rt);
+        if namespace || !finalizers(&old.obj).is_empty() {
             if is_deleting(&old.obj) {
                 return Ok(old.obj);
             }
             let mut new = old.obj.clone();
             new["metadata"]["deletionTimestamp"] = json!(now());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if namespace {
+                new["status"] = json!({"phase": "Terminating"});
+            }
             if rt.tracks_generation {
                 // The real server bumps generation when it marks an object for deletion, which is
                 // how generation-filtered controllers still see the deletion.
@@ -1321,8 +1605,15 @@ impl State {
                 kind: ChangeType::Modified,
                 old: Some(old.obj),
                 object: new.clone(),
+                at: Instant::now(),
             });
-            return Ok(new);
+            if namespace {
+                self.sweep_namespace(t.name());
+            }
+            if is_crd_type(&rt) {
+                self.sweep_type(&new);
+            }
+            return Ok(self.stored(t).map(|s| s.obj).unwrap_or(new));
         }
         if dry_run {
             return Ok(old.obj);
@@ -1337,11 +1628,13 @@ impl State {
             rv,
             group: rt.group.clone(),
             plural: rt.plural.clone(),
-            namespace: key.0,
+            namespace: key.0.clone(),
             kind: ChangeType::Deleted,
             old: None,
             object: gone.clone(),
+            at: Instant::now(),
         });
+        self.after_removal(&rt.group, &rt.plural, &key.0);
         Ok(gone)
     }
 }

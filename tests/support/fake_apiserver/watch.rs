@@ -99,7 +99,7 @@ fn render_change(c: &Change, t: &Target, q: &WatchQuery) -> Option<Bytes> {
 /// Starts a watch: the initial lines are worked out under the lock, together with the
 /// subscription to later changes, so nothing falls between them.
 pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response, ApiError> {
-    let (initial, gone, mut rx, mut last_seen) = {
+    let (initial, gone, mut rx, mut last_seen, lag) = {
         let state = shared.lock();
         let rx = state.events.subscribe();
         let current = state.rv;
@@ -144,7 +144,7 @@ pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response,
                 }
             }
         }
-        (initial, gone, rx, current)
+        (initial, gone, rx, current, state.lag)
     };
 
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
@@ -172,12 +172,17 @@ pub fn start(shared: &Arc<Shared>, t: Target, q: WatchQuery) -> Result<Response,
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Ok(WatchMsg::Change(c)) => {
-                        last_seen = last_seen.max(c.rv);
+                        if let Some(lag) = lag {
+                            // A lagging cache: each event arrives `lag` after it happened.
+                            tokio::time::sleep_until(Instant::from_std(c.at + lag)).await;
+                        }
                         if let Some(l) = render_change(&c, &t, &q)
                             && tx.send(l).await.is_err()
                         {
                             return;
                         }
+                        // Only once delivered: a bookmark must not promise what was not sent.
+                        last_seen = last_seen.max(c.rv);
                     }
                     Ok(WatchMsg::Compacted) => {
                         let _ = tx.send(gone_line(format!("too old resource version: {last_seen} (compacted)"))).await;

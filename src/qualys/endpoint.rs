@@ -1,0 +1,71 @@
+//! The API operations, named the way the simulator routes and counts them.
+
+use std::fmt;
+
+use reqwest::Method;
+
+/// The API operations, named by the simulator's route templates (also its counter keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Auth,
+    Create,
+    Get,
+    Update,
+    ListSummaries,
+    Delete,
+    SetStatus,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 7] = [
+        Endpoint::Auth,
+        Endpoint::Create,
+        Endpoint::Get,
+        Endpoint::Update,
+        Endpoint::ListSummaries,
+        Endpoint::Delete,
+        Endpoint::SetStatus,
+    ];
+
+    /// `METHOD /route/{template}`, exactly as the simulator counts it (`const`, so tests can
+    /// name routes in constants).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Auth => "POST /auth",
+            Endpoint::Create => "POST /pm/v1/deploymentjob",
+            Endpoint::Get => "GET /pm/v1/deploymentjob/{id}",
+            Endpoint::Update => "PATCH /pm/v1/deploymentjob/update/{id}",
+            Endpoint::ListSummaries => "GET /pm/v1/deploymentjobs/summary",
+            Endpoint::Delete => "DELETE /pm/v1/deploymentjobs",
+            Endpoint::SetStatus => "POST /pm/v1/deploymentjobs/update/status/{action}",
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Auth => "auth",
+            Endpoint::Create => "create",
+            Endpoint::Get => "get",
+            Endpoint::Update => "update",
+            Endpoint::ListSummaries => "list_summaries",
+            Endpoint::Delete => "delete",
+            Endpoint::SetStatus => "set_status",
+        }
+    }
+
+    pub(super) fn method(self) -> Method {
+        match self {
+            Endpoint::Auth | Endpoint::Create | Endpoint::SetStatus => Method::POST,
+            Endpoint::Get | Endpoint::ListSummaries => Method::GET,
+            Endpoint::Update => Method::PATCH,
+            Endpoint::Delete => Method::DELETE,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
