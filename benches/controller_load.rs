@@ -14,81 +14,20 @@
 //! Knobs: QPM_LOAD_JOBS (1000), QPM_LOAD_RPS (200), QPM_LOAD_POLL_SECS (10), QPM_LOAD_POLLS (3),
 //! QPM_LOAD_EDITS (200), QPM_LOAD_DRIFTS (5), QPM_LOAD_WRAP (a profiler to run the operator under).
 
+#[path = "support/operator.rs"]
+mod operator;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use qpm_operator::api::{self, DeploymentJob};
+use operator::{Bed, calls, env_num, peak_rss_kib, qualys_writes, ready, rss_kib, totals};
+use qpm_operator::api::DeploymentJob;
 use qpm_operator::sim::{self, SimConfig};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::fake_apiserver::FakeApiServer;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_kib(child: &Child) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn rss_kib(child: &Child) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn ready(dj: &DeploymentJob) -> bool {
-    dj.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
-fn calls(before: &BTreeMap<String, u64>, after: &sim::Counters) -> BTreeMap<String, u64> {
-    after
-        .0
-        .iter()
-        .map(|(route, by)| {
-            (
-                route.clone(),
-                by.values().sum::<u64>() - before.get(route).copied().unwrap_or(0),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
-fn totals(c: &sim::Counters) -> BTreeMap<String, u64> {
-    c.0.iter()
-        .map(|(r, by)| (r.clone(), by.values().sum()))
-        .collect()
-}
-
-fn is_write(route: &str) -> bool {
-    route.starts_with("POST /pm") || route.starts_with("PATCH") || route.starts_with("DELETE")
-}
 
 fn manifest(i: usize) -> DeploymentJob {
     serde_json::from_value(json!({
@@ -235,32 +174,8 @@ async fn main() -> anyhow::Result<()> {
     let polls = env_num("QPM_LOAD_POLLS", 3);
     let ns = "load";
 
-    let sim = sim::start(SimConfig::default()).await?;
-    let fake = FakeApiServer::start().await;
-    fake.register_crd(&api::crd()).map_err(anyhow::Error::msg)?;
-    fake.create_namespace(ns).map_err(anyhow::Error::msg)?;
-    let client = fake.client();
-    let secret: Secret = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "qualys", "namespace": ns},
-        "stringData": {"gatewayUrl": sim.base_url(), "username": "sim", "password": "sim"}}))?;
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(
-            "qualys",
-            &PatchParams::apply("load").force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
-
-    let dir = std::env::temp_dir().join(format!("qpm-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::File::create(&kubeconfig)?.write_all(
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {ns}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-            fake.url()
-        )
-        .as_bytes(),
-    )?;
+    let bed = Bed::start(ns, SimConfig::default(), "load").await?;
+    let (sim, fake, client) = (&bed.sim, &bed.fake, bed.client.clone());
 
     println!("controller load: {n} DeploymentJobs, --qualys-rps {rps}, --poll-interval {poll}s");
     // QPM_LOAD_WRAP runs the operator under another program (e.g. valgrind's massif).
@@ -269,40 +184,22 @@ async fn main() -> anyhow::Result<()> {
         .split_whitespace()
         .map(String::from)
         .collect();
-    let mut command = match wrap.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(env!("CARGO_BIN_EXE_qpm-operator"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_qpm-operator")),
-    };
-    let mut operator = command
-        .args([
-            "run",
-            "--leader-election=false",
-            "--namespace",
-            ns,
-            "--listen",
-            "127.0.0.1:0",
-            "--qualys-budget",
-            "none",
-            "--qualys-rps",
-            &rps.to_string(),
-            "--qualys-concurrency",
-            "16",
-            "--concurrency",
-            "32",
-            "--poll-interval",
-            &format!("{poll}s"),
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .env(
-            "MALLOC_ARENA_MAX",
-            std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+    let mut operator = bed
+        .operator_command(
+            &[
+                "--leader-election=false",
+                "--qualys-rps",
+                &rps.to_string(),
+                "--qualys-concurrency",
+                "16",
+                "--concurrency",
+                "32",
+                "--poll-interval",
+                &format!("{poll}s"),
+            ]
+            .map(String::from),
+            &wrap,
         )
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
 
@@ -355,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|(_, c)| c)
             .sum()
     };
-    let writes = sum(&|r| is_write(r));
+    let writes = qualys_writes(&rollout);
     let reads = sum(&|r| r.starts_with("GET /pm"));
     println!(
         "per new job: {:.3} writes (goal 1), {:.3} reads; reads in all {reads}",
@@ -391,18 +288,14 @@ async fn main() -> anyhow::Result<()> {
             *count as f64 / polls as f64
         );
     }
-    let writes: u64 = steady
-        .iter()
-        .filter(|(r, _)| is_write(r))
-        .map(|(_, n)| n)
-        .sum();
+    let writes = qualys_writes(&steady);
     println!("  Qualys writes: {writes}; status writes: {status_writes}");
     println!(
         "operator peak RSS: {} MiB (VmHWM)",
         peak_rss_kib(&operator).unwrap_or(peak_seen) / 1024
     );
 
-    latency(&jobs, &sim, n, poll).await?;
+    latency(&jobs, sim, n, poll).await?;
 
     // SIGTERM first: a graceful stop (and lets a wrapping profiler write its report).
     let _ = Command::new("kill")
@@ -414,6 +307,5 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = operator.kill();
     let _ = operator.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

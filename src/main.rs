@@ -1,6 +1,6 @@
 //! The command line: parse arguments and hand over to the library. Nothing else lives here.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use qpm_operator::{cli, controller, probe, sim};
 use std::process::ExitCode;
 
@@ -40,8 +40,32 @@ fn print_crd() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installed as `kubectl-qpm` (krew, or a symlink on PATH), the binary is `kubectl qpm`: kubectl
+/// runs it with the words after `qpm`, and help and errors must name the command the user typed.
+const KUBECTL_PLUGIN: &str = "kubectl-qpm";
+
+fn parse_cli() -> Cli {
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_os_string()));
+    let mut command = Cli::command();
+    if invoked_as.is_some_and(|s| s == KUBECTL_PLUGIN) {
+        command = command
+            .name(KUBECTL_PLUGIN)
+            .bin_name("kubectl qpm")
+            .display_name("kubectl qpm");
+        // The controller, the simulator and the gateway probe are not kubectl verbs; they still
+        // run when named.
+        for hidden in ["run", "sim", "crd", "probe"] {
+            command = command.mut_subcommand(hidden, |c| c.hide(true));
+        }
+    }
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // One crypto provider for the whole process (reqwest and kube both use rustls on ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -3,38 +3,28 @@
 //! has never heard of is adopted, updated, imported and planned without losing or refusing
 //! any of its actions.
 
+#[path = "sim_support/mod.rs"]
+mod sim_support;
+
 use qpm_operator::api::validate::{validate_manifest, yaml_documents};
 use qpm_operator::api::{DeploymentJob, DeploymentJobSpec, Reason};
 use qpm_operator::cli::import::manifests;
-use qpm_operator::qualys::{Client, ClientOptions, Connection, JobBody, ProxySettings};
+use qpm_operator::qualys::{Client, JobBody};
 use qpm_operator::reconcile::engine;
 use qpm_operator::reconcile::render::{NoScripts, RenderInputs, render};
 use qpm_operator::reconcile::{Context, Directory, EngineState, MemoryStore, Mode, NoClaims};
-use qpm_operator::sim::{self, SimConfig, SimHandle};
+use qpm_operator::sim::SimHandle;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
+use qpm_operator::qualys::routes::UPDATE;
 const CUSTOMER: &str = "bc023fd7-4290-f28f-8181-95a46f519f52";
 const JOB: &str = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b";
 const SMB_KEY: &str =
     r"HKEY_LOCAL_MACHINE\SYSTEM\CurrentControlSet\Services\LanmanServer\Parameters";
 
 async fn start() -> (SimHandle, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sim = sim::start(SimConfig::default())
-        .await
-        .expect("simulator starts");
-    let opts = ClientOptions {
-        rps: None,
-        concurrency: None,
-        proxy: ProxySettings::none(),
-        min_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
-    (sim, client)
+    sim_support::sim_and_client().await
 }
 
 fn ctx<'a>(client: &'a Client, directory: &'a Directory) -> Context<'a> {

@@ -2,18 +2,14 @@
 //! simulator over HTTP on loopback — either the embedded one (`--sim`) or one started here and
 //! reached with `--gateway-url`, whose counters tell exactly what the binary sent.
 
+mod sim_support;
+
 use qpm_operator::sim::{self, SimConfig, SimHandle, SimUser};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{AUTH, CREATE, DELETE, GET, LIST, STATUS, UPDATE};
 
 const ANNOUNCE: &str = "using the embedded Qualys simulator (--sim); state: ";
 
@@ -149,10 +145,10 @@ async fn gateway() -> SimHandle {
         pm_api_access: false,
         ..SimUser::new("bob", "pw")
     };
-    sim::start(SimConfig {
+    sim::start(sim_support::config(SimConfig {
         users: vec![SimUser::new("sim", "sim"), bob],
         ..SimConfig::default()
-    })
+    }))
     .await
     .unwrap()
 }
@@ -570,10 +566,10 @@ async fn bad_input_is_one_line_per_problem_and_makes_no_call() {
 async fn a_connection_ref_secret_wins_and_a_missing_one_is_an_error() {
     let default_gw = gateway().await;
     let password = "B-only-s3cret-pw";
-    let other = sim::start(SimConfig {
+    let other = sim::start(sim_support::config(SimConfig {
         users: vec![SimUser::new("other", password)],
         ..SimConfig::default()
-    })
+    }))
     .await
     .unwrap();
     let dir = Dir::new("connref");
@@ -970,6 +966,57 @@ async fn check_passes_against_the_simulator_and_says_plainly_what_fails() {
     let embedded = qpm(&["check", "--sim"], &[]).await;
     assert_eq!(embedded.code, 0, "{embedded:?}");
     assert_eq!(embedded.stderr, format!("{ANNOUNCE}in memory\n"));
+}
+
+/// A gateway that clamps list pages at 200 (below the 1,000 the client asks for) with 1,000
+/// jobs: `import --all` still finds every one, and an `apply` naming ten of the last page's
+/// jobs without `spec.jobId` adopts them instead of creating duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_thousand_jobs_behind_a_200_clamp_import_finds_all_and_apply_creates_none() {
+    let sim = sim::start(SimConfig {
+        max_page_size: Some(200),
+        users: vec![SimUser::new("sim", "sim")],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..1000 {
+        sim.put_job(sim_support::stored_job(i, &format!("Job {i}")))
+            .unwrap();
+    }
+    let dir = Dir::new("clamp200");
+    let out = dir.s("imported");
+    let import = qpm_gw(&sim, &["import", "--all", "-o", &out]).await;
+    assert_eq!(import.code, 0, "{import:?}");
+    assert_eq!(import.stderr.lines().last(), Some("1000 job(s) imported"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1000);
+    assert_eq!(writes(&sim), 0, "import only reads");
+    // Linux: five pages of 200 and the empty page that ends them; Windows: one empty page.
+    assert_eq!((sim.count(LIST), sim.count(GET)), (7, 1000));
+
+    // The last page's jobs, named in manifests that carry no spec.jobId.
+    let manifests: String = (990..1000)
+        .map(|i| {
+            format!(
+                "apiVersion: pm.qualys.io/v1alpha1\nkind: DeploymentJob\nmetadata: {{name: job-{i}}}\n\
+                 spec:\n  job: {{name: Job {i}, platform: Linux, scheduleType: On-demand}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let file = dir.write("ten.yaml", &manifests);
+    sim.reset_counters();
+    let apply = qpm_gw(
+        &sim,
+        &["apply", "-f", &file, "--state", &dir.s("state.json")],
+    )
+    .await;
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert_eq!(sim.count(CREATE), 0, "{:?}", sim.counters());
+    // The jobs already say what the manifests say: read, matched, left alone.
+    assert_eq!(writes(&sim), 0, "{:?}", sim.counters());
+    assert_eq!((sim.count(LIST), sim.count(GET)), (6, 10));
+    assert_eq!(sim.job_count(), 1000);
 }
 
 /// `n` small DeploymentJobs in one multi-document file.

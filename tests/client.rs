@@ -20,13 +20,7 @@ use tokio::time::Instant;
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse-battery-7";
 
-const AUTH: &str = qpm_operator::qualys::Endpoint::Auth.as_str();
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{AUTH, CREATE, DELETE, GET, LIST, STATUS, UPDATE};
 
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

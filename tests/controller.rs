@@ -2,6 +2,7 @@
 //! named by QPM_TEST_KUBECONFIG) plus the Qualys simulator over HTTP. Every scenario asserts on
 //! the simulator's counters and on the resource's status and events.
 
+mod sim_support;
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -13,16 +14,14 @@ use qpm_operator::api::{self, DeploymentJob};
 use qpm_operator::controller::context::Settings;
 use qpm_operator::controller::{self, LeaderConfig, Operator, OperatorConfig};
 use qpm_operator::qualys::{ClientOptions, Connection, ProxySettings};
-use qpm_operator::sim::{self, Fault, FaultKind, RateLimit, SimConfig, SimHandle};
+use qpm_operator::sim::{
+    self, Fault, FaultKind, RateLimit, RateLimitHeaders, SimConfig, SimHandle,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{TestCluster, wait_for};
 
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{CREATE, DELETE, GET, STATUS, UPDATE};
 const WAIT: Duration = Duration::from_secs(20);
 /// The operator's requests carry this User-Agent, so the fake's log tells them from the test's.
 const OPERATOR_AGENT: &str = "qpm-operator-under-test";
@@ -41,7 +40,9 @@ impl Env {
     async fn start_with(sim_config: SimConfig) -> Env {
         let cluster = TestCluster::start().await;
         cluster.register_crd(api::crd()).await;
-        let sim = sim::start(sim_config).await.expect("simulator");
+        let sim = sim::start(sim_support::config(sim_config))
+            .await
+            .expect("simulator");
         let env = Env {
             jobs: Api::namespaced(cluster.client(), cluster.namespace()),
             cluster,
@@ -454,6 +455,71 @@ async fn an_out_of_band_change_is_corrected_after_the_next_poll_reading_only_tha
     op.shutdown().await;
 }
 
+/// The "less kind gateway" in every run, not only under QPM_TEST_SIM_UNKIND: list
+/// pages clamped at 50 with 120 jobs already there (three pages), and no rate-limit headers.
+#[tokio::test]
+async fn a_clamping_headerless_gateway_with_three_pages_of_jobs_serves_a_whole_lifecycle() {
+    let env = Env::start_with(SimConfig {
+        max_page_size: Some(50),
+        rate_limit_headers: RateLimitHeaders::None,
+        ..Default::default()
+    })
+    .await;
+    for i in 0..120 {
+        env.sim
+            .put_job(sim_support::stored_job(i, &format!("existing {i}")))
+            .unwrap();
+    }
+    let op = env.operator().await;
+    // A name on the third page is found: a conflict, not a duplicate.
+    env.create(
+        "late",
+        json!({
+            "connectionRef": {"name": "qualys"},
+            "job": {"name": "existing 110", "platform": "Linux", "scheduleType": "On-demand"}
+        }),
+    )
+    .await;
+    let dj = env.wait_reason("late", "NameConflict").await;
+    let message = &condition(&dj, "Ready").unwrap().message;
+    assert!(
+        message.contains("00000000-0000-4000-8000-000000000110"),
+        "{message}"
+    );
+    assert_eq!(env.sim.count(CREATE), 0);
+
+    env.create("fresh", spec("fresh job")).await;
+    let id = job_id(&env.wait_reason("fresh", "Created").await);
+    assert_eq!((env.sim.count(CREATE), env.sim.job_count()), (1, 121));
+
+    env.sim
+        .console_edit(&id, json!({"approvedPatches": []}))
+        .unwrap();
+    wait_for(WAIT, "drift corrected", || async {
+        (env.sim.job(&id)?["approvedPatches"] == json!(["9285e676-6340-3ba7-b124-31d84542c7bf"]))
+            .then_some(())
+    })
+    .await;
+    env.wait_event("fresh", "DriftCorrected").await;
+    assert_eq!(env.sim.count(UPDATE), 1, "{:?}", env.sim.counters());
+
+    env.jobs
+        .delete("fresh", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("fresh").await;
+    assert!(env.sim.job(&id).is_none());
+    assert_eq!(
+        (
+            env.sim.count(DELETE),
+            env.sim.count(CREATE),
+            env.sim.job_count()
+        ),
+        (1, 1, 120)
+    );
+    op.shutdown().await;
+}
+
 #[tokio::test]
 async fn deleting_deletes_the_job_or_orphans_it() {
     let env = Env::start().await;
@@ -715,6 +781,9 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
     let mut config = env.config("op-1");
     config.client_options.rps = Some(100.0);
     config.client_options.concurrency = Some(4);
+    // A gateway without rate-limit headers (QPM_TEST_SIM_UNKIND) gives the client nothing to
+    // learn from: each bare 429 pauses the whole connection for this long instead.
+    config.client_options.pause_on_429 = Duration::from_secs(1);
     let op = controller::start(env.operator_client(), config)
         .await
         .unwrap();
@@ -745,14 +814,16 @@ async fn a_rate_limit_storm_is_waited_out_within_the_budget() {
         .filter(|(r, _)| r.as_str() != qpm_operator::qualys::Endpoint::Auth.as_str())
         .flat_map(|(_, by)| by.iter().filter(|(s, _)| **s != 429).map(|(_, n)| *n))
         .sum();
-    // The client learns the limit from the headers instead of hammering: few refusals.
+    // The client learns the limit from the headers, or pauses the connection on a bare 429,
+    // instead of hammering: few refusals.
     assert!(refused >= 1, "the storm happened");
     assert!(
         refused <= 8,
         "{refused} refusals for {served} served calls: the budget did not adapt"
     );
 
-    // A Retry-After is honoured: four refusals of one second each.
+    // A Retry-After is honoured (without headers: the one-second pause): four refusals of one
+    // second each.
     env.sim.set_fault(
         Fault::on(
             CREATE,

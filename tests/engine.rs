@@ -1,43 +1,27 @@
 //! The reconcile engine against the simulator over real HTTP, without a cluster: every
 //! assertion is on the simulator's counters (what reached the "gateway") and on outcomes.
 
+#[path = "sim_support/mod.rs"]
+mod sim_support;
+
 use qpm_operator::api::{DeploymentJobSpec, DriftPolicy, JobState, Reason, RecreatePolicy};
 use qpm_operator::cli::manifests::{InputScripts, Inputs, JobManifest, load};
-use qpm_operator::qualys::{Client, ClientOptions, Connection, ProxySettings};
+use qpm_operator::qualys::Client;
 use qpm_operator::reconcile::engine::{self, CleanupOptions};
 use qpm_operator::reconcile::render::NoScripts;
 use qpm_operator::reconcile::{
     Claims, Context, Directory, EngineState, IdentifiedBy, MemoryStore, Mode, NoClaims,
 };
-use qpm_operator::sim::{self, Fault, FaultKind, SimConfig, SimHandle};
+use qpm_operator::sim::{Fault, FaultKind, SimHandle};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const GET: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const LIST: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{CREATE, DELETE, GET, LIST, STATUS, UPDATE};
 
 async fn start() -> (SimHandle, Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sim = sim::start(SimConfig::default())
-        .await
-        .expect("simulator starts");
-    let opts = ClientOptions {
-        budget: None,
-        rps: None,
-        concurrency: None,
-        proxy: ProxySettings::none(),
-        min_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(20),
-        ..Default::default()
-    };
-    let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
-    (sim, client)
+    sim_support::sim_and_client().await
 }
 
 fn examples() -> Inputs {

@@ -14,12 +14,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sim_support::{Api, answer, auth, form, http, keys, seed, start};
 
-const GET_JOB: &str = qpm_operator::qualys::Endpoint::Get.as_str();
-const CREATE: &str = qpm_operator::qualys::Endpoint::Create.as_str();
-const UPDATE: &str = qpm_operator::qualys::Endpoint::Update.as_str();
-const SUMMARY: &str = qpm_operator::qualys::Endpoint::ListSummaries.as_str();
-const DELETE: &str = qpm_operator::qualys::Endpoint::Delete.as_str();
-const STATUS: &str = qpm_operator::qualys::Endpoint::SetStatus.as_str();
+use qpm_operator::qualys::routes::{
+    CREATE, DELETE, GET as GET_JOB, LIST as SUMMARY, STATUS, UPDATE,
+};
 const SUMMARY_PATH: &str = "/pm/v1/deploymentjobs/summary";
 
 async fn sim_and_api(config: SimConfig) -> (SimHandle, Api) {
@@ -1265,6 +1262,33 @@ async fn status_changes_follow_the_non_recurring_rule() {
     assert_eq!(a.status, 400);
     assert_eq!(sim.count_status(STATUS, 200), 2);
     assert_eq!(sim.count_status(STATUS, 400), 1);
+
+    // Enabling an enabled job again changes nothing and is not counted as a change.
+    status("Enabled", json!([once])).await;
+    let changes = sim.status_changes();
+    let counted = |id: &str| changes.get(id).map(|c| (c.enabled, c.disabled));
+    assert_eq!(counted(&once), Some((1, 0)));
+    assert_eq!(counted(&daily), Some((1, 1)));
+    assert_eq!(changes.len(), 2);
+    // Every write is in the log, /auth and reads are not; reqwest sends no User-Agent here.
+    let writes: Vec<(String, u16)> = sim
+        .writes()
+        .into_iter()
+        .map(|w| (w.route, w.status))
+        .collect();
+    let expected: Vec<(String, u16)> = [
+        (CREATE, 201),
+        (CREATE, 201),
+        (STATUS, 200),
+        (STATUS, 200),
+        (UPDATE, 200),
+        (STATUS, 400),
+        (STATUS, 200),
+    ]
+    .map(|(r, s)| (r.to_string(), s))
+    .to_vec();
+    assert_eq!(writes, expected);
+    assert!(sim.writes().iter().all(|w| w.user_agent.is_none()));
 }
 
 // ---- faults, rate limits, counters ---------------------------------------------------------

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod check;
 pub mod common;
 pub mod connect;
+pub mod from_cluster;
 pub mod import;
 pub mod lock;
 pub mod manifests;

@@ -52,6 +52,8 @@ pub struct PlanArgs {
     pub parallel: u16,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub cluster: super::from_cluster::FromClusterArgs,
 }
 
 /// What apply would do to one resource.
@@ -171,6 +173,9 @@ impl PlanDocument {
 /// Run `plan`: print the plan; the exit code says whether anything would change.
 pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     common::init_logging();
+    if args.cluster.wanted() {
+        return super::from_cluster::run(args).await;
+    }
     let Some(inputs) = common::load_inputs(&args.input) else {
         if args.stats {
             output::err(&super::stats::Stats::new().report());
@@ -180,6 +185,16 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let state = connect::open_state(args.state.as_deref())?;
     let mut session = Session::new(&args.connection, state)?;
     let result = plan(&inputs, &mut session, usize::from(args.parallel)).await;
+    finish(&args, session, result).await
+}
+
+/// Close the session, then print the plan as asked (and the API calls with --stats); the exit
+/// code says whether anything would change.
+pub(super) async fn finish(
+    args: &PlanArgs,
+    session: Session,
+    result: anyhow::Result<PlanDocument>,
+) -> anyhow::Result<ExitCode> {
     let stats = session.stats.clone();
     session.close().await;
     if args.stats {
@@ -263,7 +278,17 @@ async fn plan_one(
     // Only the read half of the gateway: plan cannot write to Qualys.
     let reader: &dyn crate::reconcile::GatewayRead = &client;
     let ctx = common::context(conn, reader, &resource_claims, &scripts, linked.as_deref());
-    match engine::observe(&job.job.spec, &state, &ctx).await {
+    record(&mut r, engine::observe(&job.job.spec, &state, &ctx).await);
+    r
+}
+
+/// What an observation means for the plan of one resource: create (no live job), update (the
+/// changes), nothing, or the outcome that stopped it.
+pub(super) fn record(
+    r: &mut PlannedResource,
+    observed: Result<engine::Observation, engine::Outcome>,
+) {
+    match observed {
         Ok(obs) => {
             r.identified_by = Some(obs.identified_by.as_str().to_string());
             r.job_id = obs.job_id().map(str::to_string);
@@ -290,7 +315,6 @@ async fn plan_one(
             r.error = Some(format!("{}: {}", outcome.reason, outcome.message));
         }
     }
-    r
 }
 
 #[cfg(test)]

@@ -485,7 +485,20 @@ async fn run_controller(
 /// `qpm-operator run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let kube = kube::Client::try_default().await?;
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("qpm-operator-{}", uuid::Uuid::new_v4()));
+    // The replica's name in every User-Agent: audit logs (the API server's, the gateway's) then
+    // tell which replica wrote what, e.g. across a leader change.
+    let user_agent = format!("qpm-operator/{} ({instance})", env!("CARGO_PKG_VERSION"));
+    let mut kube_config = kube::Config::infer().await?;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&user_agent) {
+        kube_config
+            .headers
+            .push((axum::http::header::USER_AGENT, value));
+    }
+    let kube = kube::Client::try_from(kube_config)?;
     let password = std::env::var("QUALYS_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -504,10 +517,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "the operator-wide connection needs QUALYS_GATEWAY_URL, QUALYS_USERNAME and QUALYS_PASSWORD together (or none of them)"
         ),
     };
-    let instance = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("qpm-operator-{}", uuid::Uuid::new_v4()));
     let leader = if args.leader_election {
         let lease_namespace = args
             .lease_namespace
@@ -535,6 +544,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_options: {
             let mut opts = ClientOptions {
                 poll_share: args.poll_budget_share,
+                user_agent,
                 ..Default::default()
             };
             args.budget.apply(&mut opts);

@@ -69,3 +69,17 @@ impl fmt::Display for Endpoint {
         f.write_str(self.as_str())
     }
 }
+
+/// Each endpoint's route as the simulator counts it, as constants for the tests and harnesses
+/// that read its counters (one declaration instead of one per test file).
+pub mod routes {
+    use super::Endpoint;
+
+    pub const AUTH: &str = Endpoint::Auth.as_str();
+    pub const CREATE: &str = Endpoint::Create.as_str();
+    pub const GET: &str = Endpoint::Get.as_str();
+    pub const UPDATE: &str = Endpoint::Update.as_str();
+    pub const LIST: &str = Endpoint::ListSummaries.as_str();
+    pub const DELETE: &str = Endpoint::Delete.as_str();
+    pub const STATUS: &str = Endpoint::SetStatus.as_str();
+}

@@ -29,7 +29,7 @@ mod token;
 
 pub use budget::{Budget, CallBudget, Pause, PauseCause, RateLimitInfo};
 pub use client::{Client, Observer};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, routes};
 pub use error::Error;
 pub use field::{Field, LooseInt};
 pub use identity::{Connection, ConnectionId, Secret};

@@ -30,6 +30,12 @@ pub(crate) async fn gateway(
 ) -> Response {
     let path = matched.as_ref().map_or(req.uri().path(), |m| m.as_str());
     let route = format!("{} {}", req.method(), path);
+    let writer = (req.method() != axum::http::Method::GET && route != AUTH_ROUTE).then(|| {
+        req.headers()
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
     let verdict = st.take_faults(&route);
     let delay = st.config.latency.saturating_add(verdict.delay);
     if !delay.is_zero() {
@@ -115,6 +121,14 @@ pub(crate) async fn gateway(
         response
     };
     st.count(&route, response.status().as_u16());
+    if let Some(user_agent) = writer {
+        st.record_write(super::handle::WriteRecord {
+            at: jiff::Timestamp::now(),
+            route,
+            status: response.status().as_u16(),
+            user_agent,
+        });
+    }
     match &st.config.error_keys {
         Some(keys)
             if response.status().is_client_error() || response.status().is_server_error() =>

@@ -43,6 +43,25 @@ impl Counters {
     }
 }
 
+/// How often `POST …/update/status/{action}` changed one job's status, per direction (a
+/// request that finds the job already in the target status changes nothing and is not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChanges {
+    pub enabled: u64,
+    pub disabled: u64,
+}
+
+/// One API write (any method but GET, `/auth` excluded) as the gateway answered it, with the
+/// caller's `User-Agent`: which client wrote what, when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    /// When the answer was ready.
+    pub at: jiff::Timestamp,
+    pub route: String,
+    pub status: u16,
+    pub user_agent: Option<String>,
+}
+
 /// A running simulator. Dropping it (or [`SimHandle::shutdown`]) stops the server.
 pub struct SimHandle {
     state: Arc<SimState>,
@@ -244,8 +263,19 @@ impl SimHandle {
         self.counters().count_status(route, status)
     }
 
+    /// Clears the counters, the status changes and the write log.
     pub fn reset_counters(&self) {
         self.state.reset_counters();
+    }
+
+    /// Per job id, its status changes so far.
+    pub fn status_changes(&self) -> BTreeMap<String, StatusChanges> {
+        self.state.status_changes()
+    }
+
+    /// The API writes so far (the latest 100,000), oldest first.
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        self.state.writes()
     }
 
     /// Add a fault (see [`Fault`]). A route that is not one of [`super::ROUTES`] never matches;

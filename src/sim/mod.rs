@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::qualys::parse_duration;
 
 pub use fault::{Fault, FaultKind};
-pub use handle::{Counters, SimHandle, start};
+pub use handle::{Counters, SimHandle, StatusChanges, WriteRecord, start};
 pub use routes::ROUTES;
 
 /// How a simulator instance behaves. `SimConfig::default()` is a quiet, fast simulator on an

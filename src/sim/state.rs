@@ -20,10 +20,14 @@ use serde_json::Value;
 use super::auth::{TokenError, Tokens, bearer};
 use super::error::ApiError;
 use super::fault::{Fault, Faults, Verdict};
+use super::handle::{StatusChanges, WriteRecord};
 use super::job::{self, Caller, RequestDoc};
 use super::render::{self, Rendered};
 use super::{DeleteMode, DeleteUnknown, ListOrder, Scope, SimConfig, SimUser};
 use crate::qualys::{Audit, BulkItemResult, Field, JobBody, ScriptKind, script_path, values};
+
+/// How many writes [`SimState::writes`] keeps.
+const WRITE_LOG_CAP: usize = 100_000;
 
 /// Counters keyed by `"METHOD /route/template"`, then by status.
 pub(crate) type CounterMap = BTreeMap<String, BTreeMap<u16, u64>>;
@@ -37,6 +41,10 @@ pub(crate) struct SimState {
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     limiter: Mutex<VecDeque<Instant>>,
+    /// Per job id: how often `set_status` changed it to Enabled / to Disabled.
+    status_changes: Mutex<HashMap<String, StatusChanges>>,
+    /// The latest API writes with their caller's User-Agent (oldest dropped past the cap).
+    writes: Mutex<VecDeque<WriteRecord>>,
     /// Bumped on every change of jobs or scripts; the state-file saver compares it.
     revision: AtomicU64,
     console: Caller,
@@ -69,6 +77,8 @@ impl SimState {
             faults: Mutex::new(Faults::default()),
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             limiter: Mutex::new(VecDeque::new()),
+            status_changes: Mutex::new(HashMap::new()),
+            writes: Mutex::new(VecDeque::new()),
             revision: AtomicU64::new(0),
             console: Caller {
                 id: console.id,
@@ -235,6 +245,27 @@ impl SimState {
 
     pub fn reset_counters(&self) {
         lock(&self.counters).clear();
+        lock(&self.status_changes).clear();
+        lock(&self.writes).clear();
+    }
+
+    pub fn record_write(&self, record: WriteRecord) {
+        let mut writes = lock(&self.writes);
+        if writes.len() >= WRITE_LOG_CAP {
+            writes.pop_front();
+        }
+        writes.push_back(record);
+    }
+
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        lock(&self.writes).iter().cloned().collect()
+    }
+
+    pub fn status_changes(&self) -> BTreeMap<String, StatusChanges> {
+        lock(&self.status_changes)
+            .iter()
+            .map(|(id, c)| (id.clone(), *c))
+            .collect()
     }
 
     /// Back to an empty simulator: jobs, scripts, tokens, faults, counters, rate window.
@@ -485,6 +516,13 @@ impl SimState {
                 next.updated_by = Field::Value(caller.audit(now_ms()));
                 store.put(next);
                 changed = true;
+                let mut counts = lock(&self.status_changes);
+                let count = counts.entry(id.clone()).or_default();
+                if enable {
+                    count.enabled += 1;
+                } else {
+                    count.disabled += 1;
+                }
             }
             results.push(success(id, job.name.get()));
         }

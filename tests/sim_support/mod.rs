@@ -18,6 +18,24 @@ pub async fn start(config: SimConfig) -> SimHandle {
     sim::start(config).await.expect("the simulator starts")
 }
 
+/// A simulator with default settings and the operator's client for its `sim` user, with quick
+/// retries and no budget (the engine's and the action tests' starting point).
+pub async fn sim_and_client() -> (SimHandle, qpm_operator::qualys::Client) {
+    use qpm_operator::qualys::{Client, ClientOptions, Connection, ProxySettings};
+    let sim = start(SimConfig::default()).await;
+    let opts = ClientOptions {
+        budget: None,
+        rps: None,
+        concurrency: None,
+        proxy: ProxySettings::none(),
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let client = Client::new(Connection::new(sim.base_url(), "sim", "sim"), opts).expect("client");
+    (sim, client)
+}
+
 pub fn http() -> reqwest::Client {
     init();
     reqwest::Client::builder()
@@ -238,4 +256,44 @@ pub fn keys(v: &Value) -> Vec<String> {
     v.as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// Set (to anything but empty or `0`) to run every simulator the tests start as a less kind
+/// gateway: list pages clamped at [`UNKIND_PAGE_SIZE`] whatever `pageSize` asks, and no
+/// rate-limit headers at all (a 429 then says nothing about when to come back).
+pub const UNKIND_ENV: &str = "QPM_TEST_SIM_UNKIND";
+
+/// The page clamp of the unkind mode.
+pub const UNKIND_PAGE_SIZE: usize = 50;
+
+/// Whether [`UNKIND_ENV`] asks for the unkind mode.
+pub fn unkind() -> bool {
+    std::env::var(UNKIND_ENV).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
+}
+
+/// `config` as this run's tests want it: unchanged, or made unkind (see [`UNKIND_ENV`]). A
+/// test that already asks for a smaller clamp keeps it.
+pub fn config(config: SimConfig) -> SimConfig {
+    if !unkind() {
+        return config;
+    }
+    SimConfig {
+        max_page_size: Some(
+            config
+                .max_page_size
+                .map_or(UNKIND_PAGE_SIZE, |n| n.min(UNKIND_PAGE_SIZE)),
+        ),
+        rate_limit_headers: sim::RateLimitHeaders::None,
+        ..config
+    }
+}
+
+/// A Disabled On-demand Linux job as the gateway stores it, for `SimHandle::put_job`: id
+/// `00000000-0000-4000-8000-<i>`, named `name`.
+pub fn stored_job(i: usize, name: &str) -> Value {
+    serde_json::json!({
+        "id": format!("00000000-0000-4000-8000-{i:012}"), "name": name, "type": "Install",
+        "platform": "Linux", "status": "Disabled", "scheduleType": "On-demand",
+        "customerId": "bc023fd7-4290-f28f-8181-95a46f519f52"
+    })
 }

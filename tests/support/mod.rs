@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of it.
 
 pub mod fake_apiserver;
+pub mod operator;
 
 use std::future::Future;
 use std::time::Duration;

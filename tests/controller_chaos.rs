@@ -1,0 +1,44 @@
+//! A short chaos run of the controller (the operator binary as its own process): 100
+//! DeploymentJobs, 5 SIGKILLs at chosen moments with faults in the simulator, then the end
+//! checks of `benches/support/chaos.rs`; and the leader of two replicas SIGKILLed mid-rollout.
+//! The full runs are `cargo bench --bench controller_chaos` (docs/PERFORMANCE.md).
+
+#[path = "../benches/support/chaos.rs"]
+mod chaos;
+#[path = "../benches/support/operator.rs"]
+mod operator;
+mod support;
+
+use std::time::Duration;
+
+fn short() -> chaos::Config {
+    chaos::Config {
+        jobs: 100,
+        kills: 5,
+        rps: 100,
+        poll_secs: 1,
+        seed: 14,
+        converge_timeout: Duration::from_secs(120),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_five_times_during_a_rollout_the_operator_loses_and_repeats_nothing() {
+    let figures = chaos::kills(&short())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{figures}");
+    assert_eq!(figures.kills, 5);
+    assert_eq!(figures.restarts, 5);
+    assert_eq!(figures.duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_from_a_sigkilled_leader_and_the_old_one_writes_nothing_after() {
+    let figures = chaos::failover(&short(), false)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{figures}");
+    assert_eq!(figures.old_leader_writes_after_takeover, Some((0, 0)));
+    assert_eq!(figures.duplicates, 0);
+}
