@@ -158,13 +158,20 @@ impl Connections {
                         message,
                     })
             });
-            match &resolved {
-                Ok(r) => current.insert(key, self.shared_id(&r.id)),
-                Err(_) => current.remove(&key),
+            // Only a resource that moves off a connection can leave it unused; checking every
+            // resource on every reconcile would cost O(resources) per reconcile.
+            let moved_off = match &resolved {
+                Ok(r) => current
+                    .insert(key, self.shared_id(&r.id))
+                    .is_some_and(|old| *old != r.id),
+                Err(_) => current.remove(&key).is_some(),
             };
-            resolved
+            (resolved, moved_off)
         };
-        self.evict_unused();
+        let (resolved, moved_off) = resolved;
+        if moved_off {
+            self.evict_unused();
+        }
         resolved
     }
 
@@ -204,10 +211,13 @@ impl Connections {
     /// Remember that `resolved` worked for the resource `key`.
     pub fn worked(&self, key: &str, resolved: &Resolved) {
         let shared = self.shared_id(&resolved.id);
-        if let Ok(mut m) = self.last_good.lock() {
-            m.insert(key.to_string(), shared);
+        let moved_off = self.last_good.lock().is_ok_and(|mut m| {
+            m.insert(key.to_string(), shared)
+                .is_some_and(|old| *old != resolved.id)
+        });
+        if moved_off {
+            self.evict_unused();
         }
-        self.evict_unused();
     }
 
     /// The resource `key` is gone: it uses no connection any more.
