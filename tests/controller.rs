@@ -11,9 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use qpm_operator::api::{self, DeploymentJob};
-use qpm_operator::controller::context::Settings;
 use qpm_operator::controller::{self, LeaderConfig, Operator, OperatorConfig};
-use qpm_operator::qualys::{ClientOptions, Connection, ProxySettings};
+use qpm_operator::qualys::Connection;
 use qpm_operator::sim::{
     self, Fault, FaultKind, RateLimit, RateLimitHeaders, SimConfig, SimHandle,
 };
@@ -74,32 +73,7 @@ impl Env {
     }
 
     fn config(&self, instance: &str) -> OperatorConfig {
-        OperatorConfig {
-            namespace: Some(self.ns().to_string()),
-            settings: Settings {
-                resync: Duration::from_secs(300),
-                poll_interval: Duration::from_millis(200),
-                secret_poll_interval: Duration::from_millis(200),
-                listing_max_age: Duration::ZERO,
-            },
-            client_options: ClientOptions {
-                budget: None,
-                rps: None,
-                concurrency: None,
-                proxy: ProxySettings::none(),
-                min_backoff: Duration::from_millis(5),
-                max_backoff: Duration::from_millis(20),
-                max_attempts: 3,
-                ..Default::default()
-            },
-            default_connection: None,
-            default_connection_namespaces: None,
-            leader: None,
-            concurrency: 4,
-            shutdown_deadline: Duration::from_secs(5),
-            listen: None,
-            instance: instance.to_string(),
-        }
+        support::operator::operator_config(self.ns(), instance)
     }
 
     async fn operator(&self) -> Operator {
