@@ -17,6 +17,7 @@ use crate::qualys::{Client, ClientOptions, Connection, ConnectionId, Secret};
 use crate::reconcile::Directory;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -105,9 +106,9 @@ pub struct Connections {
     metrics: Arc<Metrics>,
     entries: Mutex<HashMap<ConnectionId, Entry>>,
     /// The connection each resource resolved to last (ids shared with `entries`).
-    current: Mutex<HashMap<String, Arc<ConnectionId>>>,
+    current: Mutex<HashMap<ObjectRef<DeploymentJob>, Arc<ConnectionId>>>,
     /// The connection each resource last used successfully.
-    last_good: Mutex<HashMap<String, Arc<ConnectionId>>>,
+    last_good: Mutex<HashMap<ObjectRef<DeploymentJob>, Arc<ConnectionId>>>,
     unreachable: Mutex<HashMap<ConnectionId, Unreachable>>,
 }
 
@@ -144,7 +145,7 @@ impl Connections {
                 name: String::new(),
                 message: "connection cache poisoned".into(),
             })?;
-            let key = super::reconciler::key_of(dj);
+            let key = super::context::key_of(dj);
             let resolved = connection.and_then(|c| {
                 self.client_for(c, &namespace)
                     .map_err(|message| ConnectionError::Invalid {
@@ -209,19 +210,26 @@ impl Connections {
     }
 
     /// Remember that `resolved` worked for the resource `key`.
-    pub fn worked(&self, key: &str, resolved: &Resolved) {
+    pub fn worked(&self, key: &ObjectRef<DeploymentJob>, resolved: &Resolved) {
         let shared = self.shared_id(&resolved.id);
-        let moved_off = self.last_good.lock().is_ok_and(|mut m| {
-            m.insert(key.to_string(), shared)
-                .is_some_and(|old| *old != resolved.id)
-        });
+        let moved_off = self
+            .last_good
+            .lock()
+            .is_ok_and(|mut m| match m.get_mut(key) {
+                // A resource already known keeps its key: no copy of it per reconcile.
+                Some(known) => *std::mem::replace(known, shared) != resolved.id,
+                None => {
+                    m.insert(key.clone(), shared);
+                    false
+                }
+            });
         if moved_off {
             self.evict_unused();
         }
     }
 
     /// The resource `key` is gone: it uses no connection any more.
-    pub fn forget(&self, key: &str) {
+    pub fn forget(&self, key: &ObjectRef<DeploymentJob>) {
         if let Ok(mut m) = self.current.lock() {
             m.remove(key);
         }
@@ -295,7 +303,8 @@ impl Connections {
     }
 
     /// The connection that last worked for `key`, if its client is still known.
-    pub fn last_good(&self, key: &str, namespace: &str) -> Option<Resolved> {
+    pub fn last_good(&self, key: &ObjectRef<DeploymentJob>) -> Option<Resolved> {
+        let namespace = key.namespace.as_deref().unwrap_or_default();
         let id = self.last_good.lock().ok()?.get(key).cloned()?;
         let entries = self.entries.lock().ok()?;
         let e = entries.get(id.as_ref())?;
@@ -307,7 +316,7 @@ impl Connections {
     }
 
     /// The resource `key`'s last good connection id, if any.
-    pub fn assignment(&self, key: &str) -> Option<ConnectionId> {
+    pub fn assignment(&self, key: &ObjectRef<DeploymentJob>) -> Option<ConnectionId> {
         self.last_good
             .lock()
             .ok()?

@@ -9,12 +9,51 @@ use crate::api::{DeploymentJob, Reason};
 use crate::qualys::ConnectionId;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::channel::mpsc::UnboundedSender;
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
+use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// The key of a resource in every per-resource map of the controller: its namespace and name
+/// only, so that a reference built from a `linkedJobRef` finds the same entry as one built from
+/// the object. (`ObjectRef::from_obj` would also keep the uid and resourceVersion in each entry,
+/// which equality and hashing ignore.)
+pub fn key_of(dj: &DeploymentJob) -> ObjectRef<DeploymentJob> {
+    ObjectRef::new(&dj.name_any()).within(&dj.namespace().unwrap_or_default())
+}
+
+/// The form a person reads, `namespace/name` (kube's own `Display` of an `ObjectRef` spells
+/// out the kind and version); also the form the engine and the CLI name resources by.
+pub fn display(key: &ObjectRef<DeploymentJob>) -> impl fmt::Display + '_ {
+    Shown(key)
+}
+
+struct Shown<'a>(&'a ObjectRef<DeploymentJob>);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.0.namespace.as_deref().unwrap_or_default(),
+            self.0.name
+        )
+    }
+}
+
+/// Two keys in the order of their display forms, without building them.
+pub fn display_order(a: &ObjectRef<DeploymentJob>, b: &ObjectRef<DeploymentJob>) -> Ordering {
+    fn shown(k: &ObjectRef<DeploymentJob>) -> impl Iterator<Item = u8> + '_ {
+        let ns = k.namespace.as_deref().unwrap_or_default().bytes();
+        ns.chain(std::iter::once(b'/')).chain(k.name.bytes())
+    }
+    shown(a).cmp(shown(b))
+}
 
 /// Timers of the controller.
 #[derive(Clone, Debug)]
@@ -40,7 +79,7 @@ pub struct Shared {
     pub crd: Arc<super::crd_check::InstalledCrd>,
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
-    backoff: Mutex<HashMap<String, ExponentialBackoff>>,
+    backoff: Mutex<HashMap<ObjectRef<DeploymentJob>, ExponentialBackoff>>,
     /// Per connection: job id → last change (ms) already seen, by a poll or a reconcile.
     cursors: Mutex<HashMap<ConnectionId, HashMap<String, i64>>>,
 }
@@ -81,11 +120,11 @@ impl Shared {
     }
 
     /// The next retry delay of a failing resource: 1 s doubling to 5 min, with jitter.
-    pub fn next_retry_delay(&self, key: &str) -> Duration {
+    pub fn next_retry_delay(&self, key: &ObjectRef<DeploymentJob>) -> Duration {
         let Ok(mut m) = self.backoff.lock() else {
             return MAX_RETRY_DELAY;
         };
-        m.entry(key.to_string())
+        m.entry(key.clone())
             .or_insert_with(|| {
                 ExponentialBuilder::new()
                     .with_min_delay(Duration::from_secs(1))
@@ -99,7 +138,7 @@ impl Shared {
             .unwrap_or(MAX_RETRY_DELAY)
     }
 
-    pub fn reset_backoff(&self, key: &str) {
+    pub fn reset_backoff(&self, key: &ObjectRef<DeploymentJob>) {
         if let Ok(mut m) = self.backoff.lock() {
             m.remove(key);
         }
@@ -108,7 +147,12 @@ impl Shared {
     /// Record a reconcile's outcome (`qpm_reconciles_total`) and the resource's Ready reason
     /// (`qpm_managed_jobs`; the outcome's when there is no Ready condition). One map, kept by
     /// the metrics.
-    pub fn set_reason(&self, key: &str, outcome: Reason, ready: Option<Reason>) {
+    pub fn set_reason(
+        &self,
+        key: &ObjectRef<DeploymentJob>,
+        outcome: Reason,
+        ready: Option<Reason>,
+    ) {
         self.metrics.set_reason(
             key,
             Some(super::metrics::Reasons {
@@ -118,11 +162,11 @@ impl Shared {
         );
     }
 
-    pub fn set_reason_gone(&self, key: &str) {
+    pub fn set_reason_gone(&self, key: &ObjectRef<DeploymentJob>) {
         self.metrics.set_reason(key, None);
     }
 
-    pub fn last_reason(&self, key: &str) -> Option<String> {
+    pub fn last_reason(&self, key: &ObjectRef<DeploymentJob>) -> Option<String> {
         self.metrics.outcome(key).map(String::from)
     }
 
@@ -171,5 +215,51 @@ impl Shared {
         );
         *cursor = listing.clone();
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(namespace: &str, name: &str) -> DeploymentJob {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "pm.qualys.io/v1alpha1",
+            "kind": "DeploymentJob",
+            "metadata": {"name": name, "namespace": namespace, "uid": "u-1", "resourceVersion": "7"},
+            "spec": {"job": {"name": "j", "platform": "Windows", "scheduleType": "On-demand"}},
+        }))
+        .expect("a valid DeploymentJob")
+    }
+
+    #[test]
+    fn a_key_holds_namespace_and_name_only_and_matches_a_reference_by_name() {
+        let key = key_of(&job("team-a", "web"));
+        assert_eq!(key, ObjectRef::new("web").within("team-a"));
+        assert_eq!(key.extra.uid, None);
+        assert_eq!(key.extra.resource_version, None);
+        assert_eq!(display(&key).to_string(), "team-a/web");
+    }
+
+    #[test]
+    fn keys_order_as_their_display_forms() {
+        // '-' sorts before '/', so the namespace alone would order these the other way round.
+        let names = [
+            ("a", "x"),
+            ("a-b", "y"),
+            ("a", "x-1"),
+            ("ab", "a"),
+            ("a0", "z"),
+        ];
+        for (na, a) in names {
+            for (nb, b) in names {
+                let (ka, kb) = (key_of(&job(na, a)), key_of(&job(nb, b)));
+                assert_eq!(
+                    display_order(&ka, &kb),
+                    display(&ka).to_string().cmp(&display(&kb).to_string()),
+                    "{na}/{a} vs {nb}/{b}"
+                );
+            }
+        }
     }
 }

@@ -228,7 +228,7 @@ fn take(
                 "the installed CRD {CRD_NAME} now has every field this operator writes; carrying on"
             );
             for dj in store.map(Store::state).unwrap_or_default() {
-                trigger(ObjectRef::from_obj(dj.as_ref()));
+                trigger(super::context::key_of(&dj));
             }
         }
     }

@@ -19,7 +19,9 @@
 //! | `qpm_last_reconcile_timestamp_seconds` | gauge | |
 //! | `qpm_crd_missing_fields` | gauge | |
 
+use crate::api::DeploymentJob;
 use crate::qualys::{Endpoint, Observer, Pause, RateLimitInfo};
+use kube::runtime::reflector::ObjectRef;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,7 +89,7 @@ pub struct Metrics {
     pub crd_missing_fields: Gauge,
     /// Per resource, the one map of reasons: its last reconcile's outcome (the `result` of
     /// `qpm_reconciles_total`) and its Ready reason (`qpm_managed_jobs`).
-    reasons: Mutex<HashMap<String, Reasons>>,
+    reasons: Mutex<HashMap<ObjectRef<DeploymentJob>, Reasons>>,
 }
 
 /// The two reasons kept per resource.
@@ -268,13 +270,15 @@ impl Metrics {
     }
 
     /// Record the reasons of a resource (`None` when it is gone).
-    pub fn set_reason(&self, key: &str, reasons: Option<Reasons>) {
+    pub fn set_reason(&self, key: &ObjectRef<DeploymentJob>, reasons: Option<Reasons>) {
         let Ok(mut map) = self.reasons.lock() else {
             return;
         };
-        let old = match reasons {
-            Some(r) => map.insert(key.to_string(), r),
-            None => map.remove(key),
+        let old = match (reasons, map.get_mut(key)) {
+            // A resource already known keeps its key: no copy of it per reconcile.
+            (Some(r), Some(known)) => Some(std::mem::replace(known, r)),
+            (Some(r), None) => map.insert(key.clone(), r),
+            (None, _) => map.remove(key),
         };
         let (old, reason) = (old.map(|r| r.ready), reasons.map(|r| r.ready));
         if old == reason {
@@ -297,7 +301,7 @@ impl Metrics {
     }
 
     /// The outcome of the resource's last reconcile.
-    pub fn outcome(&self, key: &str) -> Option<&'static str> {
+    pub fn outcome(&self, key: &ObjectRef<DeploymentJob>) -> Option<&'static str> {
         self.reasons.lock().ok()?.get(key).map(|r| r.outcome)
     }
 

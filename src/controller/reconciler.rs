@@ -3,7 +3,7 @@
 //! engine decides, this adapts it to Kubernetes.
 
 use super::connections::{ConnectionError, Resolved};
-use super::context::Shared;
+use super::context::{Shared, display, display_order, key_of};
 use super::status::{StatusWriter, compose, paused};
 use crate::api::{
     ANNOTATION_FORCE_ORPHAN, ANNOTATION_PAUSED, DeploymentJob, DriftPolicy, FINALIZER, KeyRef,
@@ -18,6 +18,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,10 +86,6 @@ impl Error {
     }
 }
 
-pub fn key_of(dj: &DeploymentJob) -> String {
-    format!("{}/{}", dj.namespace().unwrap_or_default(), dj.name_any())
-}
-
 fn is_true(dj: &DeploymentJob, annotation: &str) -> bool {
     dj.annotations()
         .get(annotation)
@@ -147,12 +144,12 @@ async fn reconcile_inner(dj: Arc<DeploymentJob>, ctx: Arc<Shared>) -> Result<Act
 pub fn error_policy(dj: Arc<DeploymentJob>, error: &Error, ctx: Arc<Shared>) -> Action {
     let key = key_of(&dj);
     if error.is_refused() {
-        tracing::error!(resource = %key, error = %error, "status write refused; stopped until the resource or the CRD changes");
+        tracing::error!(resource = %display(&key), error = %error, "status write refused; stopped until the resource or the CRD changes");
         return Action::await_change();
     }
     let backoff = ctx.next_retry_delay(&key);
     let delay = error.retry_after().map_or(backoff, |r| r.max(backoff));
-    tracing::warn!(resource = %key, error = %error, retry_in = ?delay, "reconcile failed; retrying");
+    tracing::warn!(resource = %display(&key), error = %error, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
 
@@ -382,7 +379,7 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Shared) -> Result<Action, E
 
     let conn: Option<Resolved> = match ctx.connections.resolve(&dj).await {
         Ok(c) => Some(c),
-        Err(e) => match ctx.connections.last_good(&key, &namespace) {
+        Err(e) => match ctx.connections.last_good(&key) {
             Some(c) => {
                 publish_one(
                     ctx,
@@ -568,7 +565,7 @@ fn link_cycle(store: &Store<DeploymentJob>, dj: &DeploymentJob) -> Option<String
     None
 }
 
-/// Other resources whose linkedJobRef names `dj`.
+/// Other resources whose linkedJobRef names `dj`, in the display form the engine names them by.
 pub fn children_of(store: &Store<DeploymentJob>, dj: &DeploymentJob) -> Vec<String> {
     let namespace = dj.namespace().unwrap_or_default();
     let name = dj.name_any();
@@ -583,7 +580,7 @@ pub fn children_of(store: &Store<DeploymentJob>, dj: &DeploymentJob) -> Vec<Stri
                 .as_ref()
                 .is_some_and(|r| r.name == name)
         })
-        .map(|c| key_of(c))
+        .map(|c| display(&key_of(c)).to_string())
         .collect();
     out.sort();
     out
@@ -602,13 +599,18 @@ impl Claims for StoreClaims<'_> {
         let mine = self.me.status.as_ref().and_then(|s| s.job_id.as_deref()) == Some(job_id);
         let my_age = self.me.creation_timestamp();
         self.store.state().iter().find_map(|o| {
-            if key_of(o) == me || o.metadata.deletion_timestamp.is_some() {
+            let other = key_of(o);
+            if other == me || o.metadata.deletion_timestamp.is_some() {
                 return None;
             }
             let bound = o.status.as_ref().and_then(|s| s.job_id.as_deref()) == Some(job_id);
             let named = o.spec.job_id.as_deref() == Some(job_id);
-            let older = (o.creation_timestamp(), key_of(o)) < (my_age.clone(), me.clone());
-            (bound || (named && !mine && older)).then(|| key_of(o))
+            // Equally old: the display forms decide, as they always have.
+            let older = match o.creation_timestamp().partial_cmp(&my_age) {
+                Some(Ordering::Equal) => display_order(&other, &me).is_lt(),
+                by_age => by_age == Some(Ordering::Less),
+            };
+            (bound || (named && !mine && older)).then(|| display(&other).to_string())
         })
     }
 }

@@ -3,7 +3,7 @@
 //! ConfigMap that changed (a metadata-only watch), and a parent that got its job id.
 
 use super::context::Shared;
-use super::reconciler::key_of;
+use super::context::key_of;
 use crate::api::{DeploymentJob, DriftPolicy, ScriptStore};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::PartialObjectMeta;
@@ -72,7 +72,7 @@ pub async fn poll_once(ctx: &Shared) -> std::time::Duration {
             let mine = ctx.connections.assignment(&key).as_ref() == Some(&id);
             let report = dj.spec.effective_drift_policy() == DriftPolicy::Report;
             if bound.is_some_and(|j| changed.contains(j)) || (report && mine) {
-                ctx.trigger(ObjectRef::from_obj(dj.as_ref()));
+                ctx.trigger(key);
             }
         }
     }
@@ -134,9 +134,7 @@ fn secret_references(
         }
         names.extend(script_refs(&dj, ScriptStore::Secret).map(String::from));
         for name in names {
-            out.entry((ns.clone(), name))
-                .or_default()
-                .push(ObjectRef::from_obj(dj.as_ref()));
+            out.entry((ns.clone(), name)).or_default().push(key_of(&dj));
         }
     }
     out
@@ -163,7 +161,7 @@ pub fn configmap_readers(
         .iter()
         .filter(|dj| dj.namespace().as_deref() == Some(ns.as_str()))
         .filter(|dj| script_refs(dj, ScriptStore::ConfigMap).any(|n| n == name))
-        .map(|dj| ObjectRef::from_obj(dj.as_ref()))
+        .map(|dj| key_of(dj))
         .collect()
 }
 
@@ -175,12 +173,6 @@ pub struct LinkTap {
     job_ids: HashMap<ObjectRef<DeploymentJob>, Option<String>>,
     children: HashMap<ObjectRef<DeploymentJob>, HashSet<ObjectRef<DeploymentJob>>>,
     parent_of: HashMap<ObjectRef<DeploymentJob>, ObjectRef<DeploymentJob>>,
-}
-
-/// The resource's key: its namespace and name only, so that a reference built from a
-/// `linkedJobRef` finds the same entry as one built from the object.
-fn key(dj: &DeploymentJob) -> ObjectRef<DeploymentJob> {
-    ObjectRef::new(&dj.name_any()).within(&dj.namespace().unwrap_or_default())
 }
 
 impl LinkTap {
@@ -202,7 +194,7 @@ impl LinkTap {
     }
 
     fn applied(&mut self, dj: &DeploymentJob) {
-        let key = key(dj);
+        let key = key_of(dj);
         let ns = dj.namespace().unwrap_or_default();
         let parent = dj
             .spec
@@ -242,7 +234,7 @@ impl LinkTap {
     }
 
     fn deleted(&mut self, dj: &DeploymentJob) {
-        let key = key(dj);
+        let key = key_of(dj);
         self.job_ids.remove(&key);
         if let Some(parent) = self.parent_of.remove(&key) {
             if let Some(set) = self.children.get_mut(&parent) {
