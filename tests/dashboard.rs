@@ -10,11 +10,14 @@ use kube::Api;
 use kube::api::PostParams;
 use promql_parser::parser::{self, Expr, LabelModifier};
 use qpm_operator::api::{self, DeploymentJob};
+use qpm_operator::controller::metrics::Metrics;
 use qpm_operator::controller::{self, OperatorConfig};
-use qpm_operator::sim::{self, RateLimit, SimConfig};
+use qpm_operator::qualys::{Client, ClientOptions, Connection, ProxySettings, Secret, routes};
+use qpm_operator::sim::{self, Fault, FaultKind, RateLimit, RateLimitHeaders, SimConfig};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use support::operator::{operator_config, put_connection_secret};
 use support::{TestCluster, wait_for};
@@ -23,14 +26,19 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The metric families of the README's table. prometheus-client leaves a labelled family out of
 /// the scrape until it has a sample, so the scenario waits for all of them.
-const FAMILIES: [&str; 15] = [
+const FAMILIES: [&str; 20] = [
     "qpm_crd_missing_fields",
     "qpm_drift_corrections",
     "qpm_last_reconcile_timestamp_seconds",
     "qpm_last_successful_poll_timestamp_seconds",
     "qpm_leader",
     "qpm_managed_jobs",
+    "qpm_qualys_budget_limit",
+    "qpm_qualys_budget_used",
+    "qpm_qualys_budget_window_seconds",
     "qpm_qualys_connections",
+    "qpm_qualys_paused_until_timestamp_seconds",
+    "qpm_qualys_pauses",
     "qpm_qualys_rate_limit_limit",
     "qpm_qualys_rate_limit_remaining",
     "qpm_qualys_rate_limit_window_seconds",
@@ -261,7 +269,9 @@ fn readme_alerts() -> Vec<(String, String)> {
 
 /// Scrape a running operator once every family has a sample: one DeploymentJob created against
 /// a rate-limited simulator fills the labelled ones (results, requests, latency, rate-limit
-/// headers, reasons, polls).
+/// headers, reasons, polls); a second one, on a gateway that sends no rate-limit headers and
+/// answers one summary listing with a bare 429, fills the pause families; both connections have
+/// a call budget.
 async fn scrape_running_operator() -> String {
     let cluster = TestCluster::start().await;
     cluster.register_crd(api::crd()).await;
@@ -274,11 +284,34 @@ async fn scrape_running_operator() -> String {
     })
     .await
     .expect("simulator");
+    let bare = sim::start(SimConfig {
+        rate_limit_headers: RateLimitHeaders::None,
+        ..Default::default()
+    })
+    .await
+    .expect("simulator");
+    bare.set_fault(
+        Fault::on(
+            routes::LIST,
+            FaultKind::RateLimited {
+                retry_after_secs: 1,
+            },
+        )
+        .times(1),
+    );
     let ns = cluster.namespace().to_string();
     put_connection_secret(&cluster.client(), &ns, "qualys", &sim.base_url()).await;
+    put_connection_secret(&cluster.client(), &ns, "qualys-bare", &bare.base_url()).await;
+    let base = operator_config(&ns, "dashboard-test");
     let config = OperatorConfig {
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..operator_config(&ns, "dashboard-test")
+        client_options: ClientOptions {
+            budget: Some("1000/1h".parse().unwrap()),
+            // The bare 429's pause, short so the listing it hit is retried at once.
+            pause_on_429: Duration::from_millis(20),
+            ..base.client_options.clone()
+        },
+        ..base
     };
     let op = controller::start(cluster.new_client(), config)
         .await
@@ -297,10 +330,15 @@ async fn scrape_running_operator() -> String {
         }
     }))
     .unwrap();
-    Api::<DeploymentJob>::namespaced(cluster.client(), &ns)
-        .create(&PostParams::default(), &dj)
-        .await
-        .expect("created");
+    let mut on_bare = dj.clone();
+    on_bare.metadata.name = Some("weekly-bare".into());
+    on_bare.spec.connection_ref.as_mut().unwrap().name = "qualys-bare".into();
+    for dj in [&dj, &on_bare] {
+        Api::<DeploymentJob>::namespaced(cluster.client(), &ns)
+            .create(&PostParams::default(), dj)
+            .await
+            .expect("created");
+    }
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/metrics");
     let text = wait_for(WAIT, "a sample of every metric family", || {
@@ -317,6 +355,7 @@ async fn scrape_running_operator() -> String {
     .await;
     op.shutdown().await;
     sim.shutdown().await;
+    bare.shutdown().await;
     text
 }
 
@@ -333,6 +372,12 @@ async fn every_query_names_exposed_metrics_and_labels() {
         exposed["qpm_qualys_requests_total"],
         ["code", "connection", "endpoint"].map(String::from).into()
     );
+    // The operator counts its budget on both connections; the headers exist on one only.
+    let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(series("qpm_qualys_budget_used{connection="), 2);
+    assert_eq!(series("qpm_qualys_budget_limit{connection="), 2);
+    assert_eq!(series("qpm_qualys_rate_limit_limit{connection="), 1);
+    assert_eq!(series("qpm_qualys_pauses_total{connection="), 1);
 
     let mut problems = Vec::new();
     let mut checked = 0;
@@ -359,8 +404,8 @@ async fn every_query_names_exposed_metrics_and_labels() {
         checked += 1;
     }
     assert_eq!(problems, Vec::<String>::new());
-    // 19 panel queries, 1 variable, 6 alerts.
-    assert_eq!(checked, 26);
+    // 23 panel queries, 1 variable, 8 alerts.
+    assert_eq!(checked, 32);
 }
 
 #[test]
@@ -415,4 +460,61 @@ fn the_dashboard_has_the_panels_the_readme_lists() {
             "the README's panel table lacks {t:?}"
         );
     }
+}
+
+/// The value of the one sample `name{connection="label"}`.
+fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
+    let prefix = format!("{name}{{connection=\"{label}\"}} ");
+    let mut values = text.lines().filter_map(|l| l.strip_prefix(&prefix));
+    let value = values.next()?.parse().expect("a number");
+    assert_eq!(values.next(), None, "one sample of {name}");
+    Some(value)
+}
+
+#[tokio::test]
+async fn the_budget_metrics_count_the_calls_of_the_window_without_gateway_headers() {
+    // The simulator's default: no limit, so no rate-limit header on any answer.
+    let sim = sim::start(SimConfig::default()).await.expect("simulator");
+    let metrics = Arc::new(Metrics::new());
+    let connection = Connection::new(sim.base_url(), "sim", Secret::new("sim"));
+    let label = connection.identity().to_string();
+    let client = Client::new(
+        connection,
+        ClientOptions {
+            budget: Some("7/1h".parse().unwrap()),
+            proxy: ProxySettings::none(),
+            observer: Some(metrics.observer(label.clone())),
+            ..Default::default()
+        },
+    )
+    .expect("a client");
+    metrics.watch_budget(label.clone(), client.budget());
+
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "qpm_qualys_budget_used", &label), Some(0.0));
+    for i in 0..4 {
+        // Unknown ids: one 404 each, never retried.
+        client.get_job(&format!("missing-{i}")).await.unwrap_err();
+    }
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "qpm_qualys_budget_used", &label), Some(4.0));
+    assert_eq!(sample(&text, "qpm_qualys_budget_limit", &label), Some(7.0));
+    assert_eq!(
+        sample(&text, "qpm_qualys_budget_window_seconds", &label),
+        Some(3600.0)
+    );
+    // The four calls, as the gateway saw them; the token request is not budgeted.
+    assert_eq!(sim.count_status(routes::GET, 404), 4);
+    assert_eq!(sim.count(routes::AUTH), 1);
+    assert!(
+        !text.contains("qpm_qualys_rate_limit_limit{"),
+        "the gateway sent no rate-limit headers:\n{text}"
+    );
+
+    // A connection no longer in use takes its budget series with it.
+    drop(client);
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "qpm_qualys_budget_used", &label), None);
+    assert_eq!(sample(&text, "qpm_qualys_budget_limit", &label), None);
+    sim.shutdown().await;
 }

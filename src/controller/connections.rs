@@ -352,6 +352,7 @@ impl Connections {
         let mut options = self.options.clone();
         options.observer = Some(self.metrics.observer(id.to_string()));
         let client = Client::new(connection, options).map_err(|e| e.to_string())?;
+        self.metrics.watch_budget(id.to_string(), client.budget());
         let directory = Arc::new(Directory::new());
         let resolved = Resolved {
             client: client.for_tenant(namespace),

@@ -8,6 +8,8 @@
 //! | `qpm_qualys_requests_total` | counter | `connection`, `endpoint`, `code` (`transport` when no answer) |
 //! | `qpm_qualys_request_duration_seconds` | histogram | `endpoint` |
 //! | `qpm_qualys_rate_limit_limit`, `_remaining`, `_window_seconds` | gauge | `connection` |
+//! | `qpm_qualys_budget_limit`, `_window_seconds` | gauge | `connection` (the configured budget) |
+//! | `qpm_qualys_budget_used` | gauge | `connection` (calls in the budget's window now) |
 //! | `qpm_qualys_pauses_total` | counter | `connection` (429s without rate-limit headers) |
 //! | `qpm_qualys_paused_until_timestamp_seconds` | gauge | `connection` |
 //! | `qpm_drift_corrections_total` | counter | |
@@ -20,7 +22,7 @@
 //! | `qpm_crd_missing_fields` | gauge | |
 
 use crate::api::DeploymentJob;
-use crate::qualys::{Endpoint, Observer, Pause, RateLimitInfo};
+use crate::qualys::{Budget, Endpoint, Observer, Pause, RateLimitInfo};
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +32,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +80,13 @@ pub struct Metrics {
     pub rate_limit_window: Family<ConnectionLabel, Gauge>,
     pub pauses: Family<ConnectionLabel, Counter>,
     pub paused_until: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
+    pub budget_limit: Family<ConnectionLabel, Gauge>,
+    pub budget_window: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
+    pub budget_used: Family<ConnectionLabel, Gauge>,
+    /// The budget of each connection in use, read at every scrape: a call leaves the window
+    /// as time passes, not at an event the operator sees. Weak, so a dropped connection's
+    /// series go with it.
+    budgets: Mutex<Vec<(ConnectionLabel, Weak<Budget>)>>,
     pub drift_corrections: Counter,
     pub status_writes: Counter,
     pub managed_jobs: Family<ReasonLabel, Gauge>,
@@ -130,6 +139,24 @@ impl Metrics {
             "qualys_paused_until_timestamp_seconds",
             "When the last pause of a connection ends",
             paused_until.clone(),
+        );
+        let budget_limit = Family::<ConnectionLabel, Gauge>::default();
+        let budget_window = Family::<ConnectionLabel, Gauge<f64, AtomicU64>>::default();
+        let budget_used = Family::<ConnectionLabel, Gauge>::default();
+        registry.register(
+            "qualys_budget_limit",
+            "Calls a connection may make per window (--qualys-budget)",
+            budget_limit.clone(),
+        );
+        registry.register(
+            "qualys_budget_window_seconds",
+            "The window of a connection's call budget (--qualys-budget)",
+            budget_window.clone(),
+        );
+        registry.register(
+            "qualys_budget_used",
+            "Calls of a connection counted against its budget now: in flight, or answered less than a window ago",
+            budget_used.clone(),
         );
         let drift_corrections = Counter::default();
         let status_writes = Counter::default();
@@ -231,6 +258,10 @@ impl Metrics {
             rate_limit_window,
             pauses,
             paused_until,
+            budget_limit,
+            budget_window,
+            budget_used,
+            budgets: Mutex::new(Vec::new()),
             drift_corrections,
             status_writes,
             managed_jobs,
@@ -245,6 +276,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.read_budgets();
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
@@ -303,6 +335,48 @@ impl Metrics {
     /// The outcome of the resource's last reconcile.
     pub fn outcome(&self, key: &ObjectRef<DeploymentJob>) -> Option<&'static str> {
         self.reasons.lock().ok()?.get(key).map(|r| r.outcome)
+    }
+
+    /// Report the call budget of the connection labelled `connection` (the label its requests
+    /// carry) at every scrape, while the budget lives. Without a configured window there is
+    /// nothing to report.
+    pub fn watch_budget(&self, connection: String, budget: &Arc<Budget>) {
+        if budget.call_budget().is_none() {
+            return;
+        }
+        let label = ConnectionLabel { connection };
+        if let Ok(mut budgets) = self.budgets.lock() {
+            // A connection made again after it was dropped replaces its old entry.
+            budgets.retain(|(l, _)| *l != label);
+            budgets.push((label, Arc::downgrade(budget)));
+        }
+    }
+
+    fn read_budgets(&self) {
+        let Ok(mut budgets) = self.budgets.lock() else {
+            return;
+        };
+        budgets.retain(|(label, budget)| {
+            let now = budget
+                .upgrade()
+                .and_then(|b| Some((b.call_budget()?, b.calls_in_window()?)));
+            let Some((limit, used)) = now else {
+                self.budget_limit.remove(label);
+                self.budget_window.remove(label);
+                self.budget_used.remove(label);
+                return false;
+            };
+            self.budget_limit
+                .get_or_create(label)
+                .set(i64::from(limit.calls));
+            self.budget_window
+                .get_or_create(label)
+                .set(limit.window.as_secs_f64());
+            self.budget_used
+                .get_or_create(label)
+                .set(i64::try_from(used).unwrap_or(i64::MAX));
+            true
+        });
     }
 
     pub fn polled(&self, connection: &str) {

@@ -443,6 +443,16 @@ impl Budget {
         self.lock().window.as_ref().map(|w| w.budget)
     }
 
+    /// The calls that count against the configured window now: those in flight and those
+    /// answered less than a window ago. `None` without a configured window.
+    pub fn calls_in_window(&self) -> Option<usize> {
+        let mut state = self.lock();
+        let in_flight = state.in_flight;
+        let window = state.window.as_mut()?;
+        window.forget_old(Instant::now());
+        Some(window.ended.len() + in_flight)
+    }
+
     /// The concurrency cap in force now, `None` when unlimited.
     pub fn effective_concurrency(&self) -> Option<usize> {
         self.lock().concurrency
@@ -861,6 +871,31 @@ mod tests {
         drop(budget.acquire("a").await);
         assert_eq!(start.elapsed(), Duration::from_secs(12));
         assert_eq!(budget.calls_per_second(), Some(0.3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_calls_in_the_window_are_those_in_flight_and_those_answered_within_it() {
+        assert_eq!(Budget::new(Some(5.0), None).calls_in_window(), None);
+        let budget = Budget::with_window(
+            Some(CallBudget {
+                calls: 5,
+                window: Duration::from_secs(10),
+            }),
+            None,
+            None,
+        );
+        assert_eq!(budget.calls_in_window(), Some(0));
+        let held = budget.acquire("a").await;
+        drop(budget.acquire("b").await);
+        assert_eq!(budget.calls_in_window(), Some(2));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(held);
+        assert_eq!(budget.calls_in_window(), Some(2));
+        // At 10 s the call answered at 0 s leaves the window; the one answered at 4 s stays.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(budget.calls_in_window(), Some(1));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(budget.calls_in_window(), Some(0));
     }
 
     #[tokio::test(start_paused = true)]
