@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qpm_operator::qualys::{
     Client, ClientOptions, Connection, Endpoint, Error, JobBody, Observer, ProxySettings,
-    RateLimitInfo, WireState,
+    RateLimitInfo, WireState, WriteFence,
 };
 use qpm_operator::sim::{self, Fault, FaultKind, RateLimit, SimConfig, SimHandle, SimUser};
 use serde_json::{Value, json};
@@ -1264,4 +1264,87 @@ mod stub {
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         task.abort();
     }
+}
+
+/// A fence that is open while `open` is true.
+struct Switch {
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl WriteFence for Switch {
+    fn check(&self) -> Result<(), String> {
+        if self.open.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("closed by the test".into())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_closed_write_fence_keeps_every_write_from_the_gateway_and_no_read() {
+    let sim = start(sim_config()).await;
+    let fence = Arc::new(Switch { open: true.into() });
+    let client = client_for(
+        &sim.base_url(),
+        PASSWORD,
+        ClientOptions {
+            write_fence: Some(fence.clone()),
+            ..fast()
+        },
+    );
+    let id = client
+        .create_job(&job("fenced"))
+        .await
+        .unwrap()
+        .id
+        .get()
+        .cloned()
+        .unwrap();
+    fence.open.store(false, Ordering::SeqCst);
+
+    let fenced = |e: Error, endpoint: Endpoint| match e {
+        Error::Fenced {
+            endpoint: e,
+            reason,
+        } => {
+            assert_eq!((e, reason.as_str()), (endpoint, "closed by the test"))
+        }
+        other => panic!("{endpoint:?}: not fenced: {other}"),
+    };
+    fenced(
+        client.create_job(&job("second")).await.unwrap_err(),
+        Endpoint::Create,
+    );
+    let live = client.get_job(&id).await.unwrap();
+    fenced(
+        client.update_job(&id, &live).await.unwrap_err(),
+        Endpoint::Update,
+    );
+    fenced(
+        client
+            .set_status(std::slice::from_ref(&id), WireState::Enabled)
+            .await
+            .unwrap_err(),
+        Endpoint::SetStatus,
+    );
+    fenced(
+        client
+            .delete_jobs(std::slice::from_ref(&id))
+            .await
+            .unwrap_err(),
+        Endpoint::Delete,
+    );
+    client.list_all_summaries().await.unwrap();
+    // Only the first create reached the gateway, and no write was retried.
+    assert_eq!(
+        [CREATE, UPDATE, STATUS, DELETE].map(|r| sim.count(r)),
+        [1, 0, 0, 0]
+    );
+    assert_eq!(sim.count(GET), 1);
+    assert!(sim.count(LIST) >= 1);
+
+    fence.open.store(true, Ordering::SeqCst);
+    client.update_job(&id, &live).await.unwrap();
+    assert_eq!(sim.count(UPDATE), 1);
 }

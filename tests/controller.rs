@@ -1072,6 +1072,56 @@ async fn with_two_instances_only_the_leader_writes() {
     standby.shutdown().await;
 }
 
+/// A leader whose lease renewals fail keeps believing it leads (so does one resumed after a
+/// pause, until its lease task runs): once the lease may have passed to another replica, its
+/// Qualys writes are not sent; once a renewal succeeds again, they are.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_its_lease_writes_nothing_to_qualys() {
+    let env = Env::start().await;
+    let Some(fake) = env.cluster.fake() else {
+        eprintln!("skipped on a real cluster: it makes the API server refuse the lease's renewals");
+        return;
+    };
+    let mut config = env.config("op-a");
+    config.leader = Some(LeaderConfig {
+        lease_name: "qpm-operator".into(),
+        lease_namespace: env.ns().to_string(),
+        identity: "op-a".into(),
+        lease_duration: Duration::from_secs(3),
+        renew_grace: Duration::from_secs(1),
+    });
+    let op = controller::start(env.operator_client(), config)
+        .await
+        .unwrap();
+    wait_for(WAIT, "the lead", || async {
+        op.may_write_to_qualys().then_some(())
+    })
+    .await;
+    env.create("fenced", spec("fenced")).await;
+    env.wait_reason("fenced", "Created").await;
+
+    fake.fail_next(usize::MAX, 500, |r| {
+        r.resource == "leases" && r.method == "PATCH"
+    });
+    wait_for(WAIT, "the lease to be possibly lost", || async {
+        (!op.may_write_to_qualys()).then_some(())
+    })
+    .await;
+    assert!(op.is_leader(), "the lease manager has not noticed yet");
+    env.patch_spec("fenced", json!({"spec": {"job": {"timeout": 7}}}))
+        .await;
+    let dj = env.wait_reason("fenced", "GatewayUnavailable").await;
+    let message = &condition(&dj, "Reconciling").unwrap().message;
+    assert!(message.contains("leader lease"), "{message}");
+    assert_eq!(env.sim.count(UPDATE), 0);
+
+    fake.clear_faults();
+    env.wait_reason("fenced", "Updated").await;
+    assert_eq!(env.sim.count(UPDATE), 1);
+    assert_eq!(env.sim.count(CREATE), 1);
+    op.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_referenced_configmap_change_re_queues_its_readers_and_is_applied() {
     let env = Env::start().await;

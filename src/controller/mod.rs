@@ -5,6 +5,7 @@ pub mod connections;
 pub mod context;
 pub mod crd_check;
 pub mod events;
+pub mod fence;
 pub mod metrics;
 pub mod rbac;
 pub mod reconciler;
@@ -127,6 +128,7 @@ pub struct Operator {
     pub metrics: Arc<Metrics>,
     pub http_addr: Option<SocketAddr>,
     leader: Arc<AtomicBool>,
+    fence: Option<Arc<fence::LeaseFence>>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -136,6 +138,12 @@ pub struct Operator {
 impl Operator {
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Whether this replica may write to Qualys now: it leads and, with leader election, its
+    /// lease was renewed recently enough that no other replica can hold it.
+    pub fn may_write_to_qualys(&self) -> bool {
+        self.is_leader() && self.fence.as_ref().is_none_or(|f| f.is_open())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -166,6 +174,10 @@ pub async fn start(kube: kube::Client, config: OperatorConfig) -> anyhow::Result
     let leader = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let fence = config
+        .leader
+        .as_ref()
+        .map(|lc| fence::LeaseFence::new(lc.lease_duration, effective_grace(lc)));
 
     let (http_addr, http) = match config.listen {
         Some(addr) => {
@@ -184,7 +196,7 @@ pub async fn start(kube: kube::Client, config: OperatorConfig) -> anyhow::Result
         kube,
         config,
         metrics.clone(),
-        leader.clone(),
+        (leader.clone(), fence.clone()),
         ready.clone(),
         shutdown_rx,
     ));
@@ -192,6 +204,7 @@ pub async fn start(kube: kube::Client, config: OperatorConfig) -> anyhow::Result
         metrics,
         http_addr,
         leader,
+        fence,
         ready,
         shutdown,
         task,
@@ -238,9 +251,9 @@ fn http_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
 /// and on shutdown let in-flight work finish within the deadline, then release the lease.
 async fn supervise(
     kube: kube::Client,
-    config: OperatorConfig,
+    mut config: OperatorConfig,
     metrics: Arc<Metrics>,
-    leader: Arc<AtomicBool>,
+    (leader, fence): (Arc<AtomicBool>, Option<Arc<fence::LeaseFence>>),
     ready: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -264,7 +277,7 @@ async fn supervise(
     }
     ready.store(true, Ordering::Relaxed);
 
-    let Some(lc) = config.leader.clone() else {
+    let (Some(lc), Some(fence)) = (config.leader.clone(), fence) else {
         leader.store(true, Ordering::Relaxed);
         metrics.leader.set(1);
         run_controller(kube, config, metrics.clone(), shutdown).await;
@@ -276,13 +289,11 @@ async fn supervise(
         let params = kube_lease_manager::LeaseParams::new(
             lc.identity.clone(),
             lc.lease_duration.as_secs().max(2),
-            lc.renew_grace
-                .as_secs()
-                .clamp(1, lc.lease_duration.as_secs().max(2) - 1),
+            effective_grace(&lc).as_secs(),
         )
         .with_field_manager(format!("qpm-operator-{}", lc.identity));
         match kube_lease_manager::LeaseManager::new(
-            kube.clone(),
+            fence::tracking(kube.clone(), &lc.lease_name, fence.clone()),
             lc.lease_name.clone(),
             lc.lease_namespace.clone(),
             params,
@@ -301,6 +312,7 @@ async fn supervise(
         }
     };
     let (mut leading, lease_task) = manager.watch().await;
+    config.client_options.write_fence = Some(fence);
     loop {
         // Standby until this replica holds the lease.
         while !*leading.borrow_and_update() {
@@ -348,6 +360,15 @@ async fn supervise(
         controller.abort();
         let _ = controller.await;
     }
+}
+
+/// The renewal grace the lease manager works with (whole seconds, shorter than the lease).
+fn effective_grace(lc: &LeaderConfig) -> Duration {
+    Duration::from_secs(
+        lc.renew_grace
+            .as_secs()
+            .clamp(1, lc.lease_duration.as_secs().max(2) - 1),
+    )
 }
 
 fn scoped_api(kube: &kube::Client, namespace: Option<&str>) -> Api<DeploymentJob> {

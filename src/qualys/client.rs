@@ -29,6 +29,13 @@ use super::retry::{
 };
 use super::token::TokenSlot;
 
+/// Asked right before each write is sent (after its wait for the budget and the token): an
+/// `Err` keeps the write from the gateway and says why. The controller's leader lease is one:
+/// a replica that may have lost its lease must not write.
+pub trait WriteFence: Send + Sync {
+    fn check(&self) -> Result<(), String>;
+}
+
 /// Sees every HTTP exchange of a client (for metrics). Called inline: keep it cheap.
 pub trait Observer: Send + Sync {
     /// One exchange finished: `status` is `None` when no complete answer arrived.
@@ -234,6 +241,15 @@ impl Client {
             // the freshest one when it leaves.
             let permit = self.inner.budget.acquire(&self.tenant).await;
             let (token, generation) = self.inner.token().await.map_err(Failure::fatal)?;
+            if call.endpoint.writes()
+                && let Some(fence) = &self.inner.opts.write_fence
+                && let Err(reason) = fence.check()
+            {
+                return Err(Failure::fatal(Error::Fenced {
+                    endpoint: call.endpoint,
+                    reason,
+                }));
+            }
             let span = debug_span!(
                 "qualys_request",
                 endpoint = call.endpoint.as_str(),

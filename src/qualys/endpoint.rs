@@ -41,6 +41,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether the call changes something in Qualys (the token request does not).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Create | Endpoint::Update | Endpoint::Delete | Endpoint::SetStatus
+        )
+    }
+
     /// A short label for metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -99,6 +99,11 @@ pub enum Error {
     /// The connection settings or client options are unusable.
     #[error("invalid connection configuration: {message}")]
     Config { message: String },
+
+    /// A write that was not sent because the caller may no longer act (the controller's leader
+    /// lease may have passed to another replica). Nothing reached the gateway.
+    #[error("{endpoint} was not sent: {reason}")]
+    Fenced { endpoint: Endpoint, reason: String },
 }
 
 fn field_suffix(field: &Option<String>) -> String {
@@ -124,6 +129,7 @@ impl Error {
                 | Error::Unavailable { .. }
                 | Error::Transport { .. }
                 | Error::Timeout { .. }
+                | Error::Fenced { .. }
         )
     }
 
@@ -144,6 +150,7 @@ impl Error {
             Error::ItemFailed { .. } => "item_failed",
             Error::Decode { .. } => "decode",
             Error::Config { .. } => "config",
+            Error::Fenced { .. } => "fenced",
         }
     }
 

@@ -28,7 +28,7 @@ pub mod schedule;
 mod token;
 
 pub use budget::{Budget, CallBudget, Pause, PauseCause, RateLimitInfo};
-pub use client::{Client, Observer};
+pub use client::{Client, Observer, WriteFence};
 pub use endpoint::{Endpoint, routes};
 pub use error::Error;
 pub use field::{Field, LooseInt};

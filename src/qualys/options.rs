@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::budget::CallBudget;
-use super::client::Observer;
+use super::client::{Observer, WriteFence};
 use super::error::Error;
 
 /// Proxy settings, by default read from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
@@ -177,6 +177,8 @@ pub struct ClientOptions {
     pub proxy: ProxySettings,
     pub user_agent: String,
     pub observer: Option<Arc<dyn Observer>>,
+    /// Asked before each write; see [`WriteFence`].
+    pub write_fence: Option<Arc<dyn WriteFence>>,
 }
 
 impl Default for ClientOptions {
@@ -197,6 +199,7 @@ impl Default for ClientOptions {
             proxy: ProxySettings::from_env(),
             user_agent: concat!("qpm-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
             observer: None,
+            write_fence: None,
         }
     }
 }
@@ -219,6 +222,7 @@ impl fmt::Debug for ClientOptions {
             .field("proxy", &self.proxy)
             .field("user_agent", &self.user_agent)
             .field("observer", &self.observer.as_ref().map(|_| "<observer>"))
+            .field("write_fence", &self.write_fence.as_ref().map(|_| "<fence>"))
             .finish()
     }
 }
