@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     if scenario.is_empty() || scenario == "failover" {
         println!("{}", chaos::failover(&cfg, false).await?);
     }
-    // Not part of the default run: Leases give no fencing, see docs/PERFORMANCE.md.
+    // Not part of the default run (tests/controller_chaos.rs has a short one); docs/PERFORMANCE.md.
     if scenario == "pause" {
         println!("{}", chaos::failover(&cfg, true).await?);
     }

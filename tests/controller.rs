@@ -76,6 +76,17 @@ impl Env {
         support::operator::operator_config(self.ns(), instance)
     }
 
+    /// Leader election with a short lease (3 s, renewed 1 s before it runs out).
+    fn leader(&self, identity: &str) -> LeaderConfig {
+        LeaderConfig {
+            lease_name: "qpm-operator".into(),
+            lease_namespace: self.ns().to_string(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(3),
+            renew_grace: Duration::from_secs(1),
+        }
+    }
+
     async fn operator(&self) -> Operator {
         controller::start(self.operator_client(), self.config("op-1"))
             .await
@@ -1028,17 +1039,10 @@ async fn managed_jobs_counts_the_ready_reason_a_resync_keeps() {
 #[tokio::test]
 async fn with_two_instances_only_the_leader_writes() {
     let env = Env::start().await;
-    let leader = |identity: &str| LeaderConfig {
-        lease_name: "qpm-operator".into(),
-        lease_namespace: env.ns().to_string(),
-        identity: identity.into(),
-        lease_duration: Duration::from_secs(3),
-        renew_grace: Duration::from_secs(1),
-    };
     let mut a = env.config("op-a");
-    a.leader = Some(leader("op-a"));
+    a.leader = Some(env.leader("op-a"));
     let mut b = env.config("op-b");
-    b.leader = Some(leader("op-b"));
+    b.leader = Some(env.leader("op-b"));
     let op_a = controller::start(env.operator_client(), a).await.unwrap();
     let op_b = controller::start(env.operator_client(), b).await.unwrap();
     wait_for(WAIT, "one leader", || async {
@@ -1073,23 +1077,17 @@ async fn with_two_instances_only_the_leader_writes() {
 }
 
 /// A leader whose lease renewals fail keeps believing it leads (so does one resumed after a
-/// pause, until its lease task runs): once the lease may have passed to another replica, its
-/// Qualys writes are not sent; once a renewal succeeds again, they are.
+/// pause, until its lease task runs): once the lease may have passed to another replica, it
+/// writes nothing, neither to Qualys nor to Kubernetes; once a renewal succeeds again, it does.
 #[tokio::test]
-async fn a_leader_that_cannot_renew_its_lease_writes_nothing_to_qualys() {
+async fn a_leader_that_cannot_renew_its_lease_writes_nothing() {
     let env = Env::start().await;
     let Some(fake) = env.cluster.fake() else {
         eprintln!("skipped on a real cluster: it makes the API server refuse the lease's renewals");
         return;
     };
     let mut config = env.config("op-a");
-    config.leader = Some(LeaderConfig {
-        lease_name: "qpm-operator".into(),
-        lease_namespace: env.ns().to_string(),
-        identity: "op-a".into(),
-        lease_duration: Duration::from_secs(3),
-        renew_grace: Duration::from_secs(1),
-    });
+    config.leader = Some(env.leader("op-a"));
     let op = controller::start(env.operator_client(), config)
         .await
         .unwrap();
@@ -1108,12 +1106,33 @@ async fn a_leader_that_cannot_renew_its_lease_writes_nothing_to_qualys() {
     })
     .await;
     assert!(op.is_leader(), "the lease manager has not noticed yet");
+    let operator_writes = || {
+        fake.requests()
+            .into_iter()
+            .filter(|r| {
+                r.is_write()
+                    && r.resource != "leases"
+                    && r.user_agent.as_deref() == Some(OPERATOR_AGENT)
+            })
+            .count()
+    };
+    let refused = || {
+        op.metrics
+            .reconcile_errors
+            .get_or_create(&controller::metrics::ErrorLabel {
+                error: "kube".into(),
+            })
+            .get()
+    };
+    let (writes_before, refused_before) = (operator_writes(), refused());
     env.patch_spec("fenced", json!({"spec": {"job": {"timeout": 7}}}))
         .await;
-    let dj = env.wait_reason("fenced", "GatewayUnavailable").await;
-    let message = &condition(&dj, "Reconciling").unwrap().message;
-    assert!(message.contains("leader lease"), "{message}");
+    wait_for(WAIT, "a reconcile whose writes were refused", || async {
+        (refused() > refused_before).then_some(())
+    })
+    .await;
     assert_eq!(env.sim.count(UPDATE), 0);
+    assert_eq!(operator_writes(), writes_before);
 
     fake.clear_faults();
     env.wait_reason("fenced", "Updated").await;

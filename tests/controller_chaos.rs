@@ -1,6 +1,7 @@
 //! A short chaos run of the controller (the operator binary as its own process): 100
 //! DeploymentJobs, 5 SIGKILLs at chosen moments with faults in the simulator, then the end
-//! checks of `benches/support/chaos.rs`; and the leader of two replicas SIGKILLed mid-rollout.
+//! checks of `benches/support/chaos.rs`; and the leader of two replicas SIGKILLed mid-rollout,
+//! or SIGSTOPped past its lease and resumed.
 //! The full runs are `cargo bench --bench controller_chaos` (docs/PERFORMANCE.md).
 
 #[path = "../benches/support/chaos.rs"]
@@ -36,6 +37,18 @@ async fn sigkilled_five_times_during_a_rollout_the_operator_loses_and_repeats_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_from_a_sigkilled_leader_and_the_old_one_writes_nothing_after() {
     let figures = chaos::failover(&short(), false)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("{figures}");
+    assert_eq!(figures.old_leader_writes_after_takeover, Some((0, 0)));
+    assert_eq!(figures.duplicates, 0);
+}
+
+/// The leader SIGSTOPped until the standby holds the lease, then resumed: its reconciles in
+/// flight find the lease's last renewal too old and write nothing, to Qualys or Kubernetes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_resumed_after_losing_its_lease_writes_nothing_after_the_takeover() {
+    let figures = chaos::failover(&short(), true)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{figures}");

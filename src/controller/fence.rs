@@ -4,7 +4,9 @@
 //! leader whose renewals fail keeps believing it leads while its lease runs out. So right
 //! before each Qualys write the client asks this fence whether the lease can still be ours: the
 //! last successful renewal must have been sent less than the lease's validity ago, by the
-//! monotonic clock (which a pause does not stop).
+//! monotonic clock (which a pause does not stop). The controller's Kubernetes writes (status,
+//! finalizers, events) go through the same check, so a replica that may no longer lead writes
+//! nowhere.
 
 use crate::qualys::WriteFence;
 use kube::client::Body;
@@ -87,6 +89,24 @@ pub fn tracking(kube: kube::Client, name: &str, fence: Arc<LeaseFence>) -> kube:
                 fence.renewed(sent);
             }
             Ok::<_, kube::Error>(response)
+        }
+    });
+    kube::Client::new(service, default_namespace)
+}
+
+/// `kube`, refusing every request but a GET while `fence` is closed (nothing is sent; the
+/// caller sees a service error and retries later).
+pub fn fenced(kube: kube::Client, fence: Arc<LeaseFence>) -> kube::Client {
+    let default_namespace = kube.default_namespace().to_string();
+    let service = tower::service_fn(move |request: http::Request<Body>| {
+        let (kube, fence) = (kube.clone(), fence.clone());
+        async move {
+            if request.method() != http::Method::GET
+                && let Err(reason) = fence.check()
+            {
+                return Err(kube::Error::Service(reason.into()));
+            }
+            kube.send(request).await
         }
     });
     kube::Client::new(service, default_namespace)

@@ -312,7 +312,7 @@ async fn supervise(
         }
     };
     let (mut leading, lease_task) = manager.watch().await;
-    config.client_options.write_fence = Some(fence);
+    config.client_options.write_fence = Some(fence.clone());
     loop {
         // Standby until this replica holds the lease.
         while !*leading.borrow_and_update() {
@@ -330,7 +330,7 @@ async fn supervise(
         metrics.leader.set(1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut controller = tokio::spawn(run_controller(
-            kube.clone(),
+            fence::fenced(kube.clone(), fence.clone()),
             config.clone(),
             metrics.clone(),
             stop_rx,
