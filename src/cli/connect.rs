@@ -24,16 +24,13 @@ pub const EMBEDDED_TARGET: &str = "embedded-simulator";
 /// `target` of a plan whose resources all name their connection (no default is configured).
 pub const NO_TARGET: &str = "none";
 
-/// The connection flags shared by `plan`, `apply`, `import` and `check`.
+/// Where a gateway is and who calls it: shared by `plan`, `apply`, `import`, `check` and
+/// `probe`.
 #[derive(Args, Debug, Clone, Default)]
-pub struct ConnectionArgs {
+pub struct GatewayArgs {
     /// The Qualys API gateway, e.g. https://gateway.qg1.apps.qualys.com [env: QUALYS_GATEWAY_URL].
     #[arg(long, value_name = "URL")]
     pub gateway_url: Option<String>,
-    /// Use the embedded Qualys simulator (in memory, on loopback) instead of a gateway; it wins
-    /// over QUALYS_GATEWAY_URL. Without a gateway and without --sim the command fails.
-    #[arg(long, conflicts_with = "gateway_url")]
-    pub sim: bool,
     /// The API user [env: QUALYS_USERNAME].
     #[arg(long, value_name = "NAME")]
     pub username: Option<String>,
@@ -45,6 +42,69 @@ pub struct ConnectionArgs {
     /// [env: QUALYS_CA_BUNDLE_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// The gateway configured by flags and environment, or `None` without a gateway URL.
+    /// Errors say which setting is missing; they never quote a password.
+    pub fn connection(&self) -> anyhow::Result<Option<Connection>> {
+        let gateway = self
+            .gateway_url
+            .clone()
+            .filter(|g| !g.trim().is_empty())
+            .or_else(|| env_var("QUALYS_GATEWAY_URL"));
+        let Some(gateway) = gateway else {
+            return Ok(None);
+        };
+        let username = self
+            .username
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| env_var("QUALYS_USERNAME"))
+            .ok_or_else(|| {
+                anyhow!("no username for the gateway: set QUALYS_USERNAME (or --username)")
+            })?;
+        let password = match &self.password_file {
+            Some(path) => read_password_file(path)?,
+            None => std::env::var("QUALYS_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(|p| match password_problem(p.as_bytes()) {
+                    Some(problem) => Err(anyhow!("QUALYS_PASSWORD: {problem}")),
+                    None => Ok(Secret::new(p)),
+                })
+                .transpose()?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no password for the gateway: set QUALYS_PASSWORD or give --password-file \
+                         (there is no password flag: a password never goes on a command line)"
+                    )
+                })?,
+        };
+        let ca_file = self
+            .ca_bundle
+            .clone()
+            .or_else(|| env_var("QUALYS_CA_BUNDLE_FILE").map(PathBuf::from));
+        let mut conn = Connection::new(gateway.trim(), username, password);
+        if let Some(path) = ca_file {
+            conn.ca_bundle = Some(
+                std::fs::read(&path)
+                    .with_context(|| format!("--ca-bundle {}: cannot read", path.display()))?,
+            );
+        }
+        Ok(Some(conn))
+    }
+}
+
+/// The connection flags shared by `plan`, `apply`, `import` and `check`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    /// Use the embedded Qualys simulator (in memory, on loopback) instead of a gateway; it wins
+    /// over QUALYS_GATEWAY_URL. Without a gateway and without --sim the command fails.
+    #[arg(long, conflicts_with = "gateway_url")]
+    pub sim: bool,
     /// The Qualys budget per connection. For the embedded simulator every limit defaults to
     /// none.
     #[command(flatten)]
@@ -86,51 +146,10 @@ impl ConnectionArgs {
         if self.wants_sim() {
             return Ok(DefaultConnection::Embedded);
         }
-        let gateway = self
-            .gateway_url
-            .clone()
-            .filter(|g| !g.trim().is_empty())
-            .or_else(|| env_var("QUALYS_GATEWAY_URL"));
-        let Some(gateway) = gateway else {
-            return Ok(DefaultConnection::Missing);
-        };
-        let username = self
-            .username
-            .clone()
-            .filter(|u| !u.trim().is_empty())
-            .or_else(|| env_var("QUALYS_USERNAME"))
-            .ok_or_else(|| {
-                anyhow!("no username for the gateway: set QUALYS_USERNAME (or --username)")
-            })?;
-        let password = match &self.password_file {
-            Some(path) => read_password_file(path)?,
-            None => std::env::var("QUALYS_PASSWORD")
-                .ok()
-                .filter(|p| !p.is_empty())
-                .map(|p| match password_problem(p.as_bytes()) {
-                    Some(problem) => Err(anyhow!("QUALYS_PASSWORD: {problem}")),
-                    None => Ok(Secret::new(p)),
-                })
-                .transpose()?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "no password for the gateway: set QUALYS_PASSWORD or give --password-file \
-                         (there is no password flag: a password never goes on a command line)"
-                    )
-                })?,
-        };
-        let ca_file = self
-            .ca_bundle
-            .clone()
-            .or_else(|| env_var("QUALYS_CA_BUNDLE_FILE").map(PathBuf::from));
-        let mut conn = Connection::new(gateway.trim(), username, password);
-        if let Some(path) = ca_file {
-            conn.ca_bundle = Some(
-                std::fs::read(&path)
-                    .with_context(|| format!("--ca-bundle {}: cannot read", path.display()))?,
-            );
-        }
-        Ok(DefaultConnection::Gateway(conn))
+        Ok(match self.gateway.connection()? {
+            Some(conn) => DefaultConnection::Gateway(conn),
+            None => DefaultConnection::Missing,
+        })
     }
 
     /// Client options: the client's modest defaults for a gateway, no limits for the embedded

@@ -27,8 +27,8 @@ use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 
-use crate::cli::connect::{ConnectionArgs, DefaultConnection};
-use crate::qualys::{Connection, ProxySettings, Secret};
+use crate::cli::connect::GatewayArgs;
+use crate::qualys::{Budget, CallBudget, Connection, ProxySettings, Secret, http_client_builder};
 use crate::sim::{self, SimArgs};
 use report::{API_VERSION, Answer, KIND, PageSize, Report, Timing, WriteFindings, key_paths};
 
@@ -36,31 +36,16 @@ use report::{API_VERSION, Answer, KIND, PageSize, Report, Timing, WriteFindings,
 pub const PAGE_SIZES: [usize; 5] = [1, 10, 200, 1_000, 10_000];
 
 /// Route templates, as the simulator's counters name them.
-const AUTH: &str = "POST /auth";
-const CREATE: &str = "POST /pm/v1/deploymentjob";
-const GET_JOB: &str = "GET /pm/v1/deploymentjob/{id}";
-const UPDATE: &str = "PATCH /pm/v1/deploymentjob/update/{id}";
-const SUMMARY: &str = "GET /pm/v1/deploymentjobs/summary";
-const DELETE: &str = "DELETE /pm/v1/deploymentjobs";
+use crate::qualys::routes::{AUTH, CREATE, DELETE, GET as GET_JOB, LIST as SUMMARY, UPDATE};
 
 /// The most list calls spent looking for the throwaway job after its delete.
 const MAX_LOOKUP_PAGES: usize = 10;
 
 /// `qpm-operator probe`: record how a gateway behaves, as one JSON report with no secret.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
-    /// The Qualys API gateway [env: QUALYS_GATEWAY_URL].
-    #[arg(long, value_name = "URL")]
-    pub gateway_url: Option<String>,
-    /// The API user [env: QUALYS_USERNAME].
-    #[arg(long, value_name = "NAME")]
-    pub username: Option<String>,
-    /// Read the password from this file (its first line); otherwise QUALYS_PASSWORD.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// PEM certificates to trust besides the system's [env: QUALYS_CA_BUNDLE_FILE].
-    #[arg(long, value_name = "FILE")]
-    pub ca_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
     /// Probe a simulator started for the purpose instead of a gateway, optionally with `sim`
     /// flags (e.g. --sim="--max-page-size 50 --delete soft").
     #[arg(
@@ -83,41 +68,8 @@ pub struct ProbeArgs {
     pub output: Option<PathBuf>,
     /// Calls per rolling window the probe allows itself, e.g. 300/1h or 20/30s; a call that
     /// would exceed it waits. `/auth` is exempt, as at the gateway.
-    #[arg(long, value_name = "CALLS/DURATION", default_value = "300/1h", value_parser = parse_budget)]
-    pub qualys_budget: Budget,
-}
-
-/// At most `calls` calls per rolling `window`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
-    pub calls: usize,
-    pub window: Duration,
-}
-
-impl Default for Budget {
-    /// The gateway documentation's example limit.
-    fn default() -> Self {
-        Budget {
-            calls: 300,
-            window: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// `CALLS/DURATION`, e.g. `300/1h`, `20/30s`.
-pub fn parse_budget(s: &str) -> Result<Budget, String> {
-    let (calls, window) = s
-        .split_once('/')
-        .ok_or_else(|| "expected CALLS/DURATION, e.g. 300/1h or 20/30s".to_string())?;
-    let calls: usize = calls
-        .trim()
-        .parse()
-        .map_err(|_| format!("{calls:?} is not a whole number of calls"))?;
-    let window = crate::qualys::parse_duration(window)?;
-    if calls == 0 || window.is_zero() {
-        return Err("both CALLS and DURATION must be more than zero".into());
-    }
-    Ok(Budget { calls, window })
+    #[arg(long, value_name = "CALLS/DURATION", default_value = "300/1h")]
+    pub qualys_budget: CallBudget,
 }
 
 /// What to ask.
@@ -126,7 +78,7 @@ pub struct ProbeOptions {
     pub allow_writes: bool,
     pub include_names: bool,
     /// `None`: no pacing (tests against a simulator).
-    pub budget: Option<Budget>,
+    pub budget: Option<CallBudget>,
 }
 
 /// `qpm-operator probe`.
@@ -149,22 +101,12 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<std::process::ExitCode> {
             sim_handle = Some(sim);
             conn
         }
-        None => {
-            let connection = ConnectionArgs {
-                gateway_url: args.gateway_url.clone(),
-                username: args.username.clone(),
-                password_file: args.password_file.clone(),
-                ca_bundle: args.ca_bundle.clone(),
-                ..Default::default()
-            };
-            match connection.default_connection()? {
-                DefaultConnection::Gateway(conn) => conn,
-                // The embedded simulator (or none at all): the probe asks for `--sim` instead.
-                _ => bail!(
-                    "no gateway to probe: set QUALYS_GATEWAY_URL (or --gateway-url), or give --sim to probe a simulator"
-                ),
-            }
-        }
+        None => match args.gateway.connection()? {
+            Some(conn) => conn,
+            None => bail!(
+                "no gateway to probe: set QUALYS_GATEWAY_URL (or --gateway-url), or give --sim to probe a simulator"
+            ),
+        },
     };
     let opts = ProbeOptions {
         allow_writes: args.allow_writes,
@@ -403,54 +345,22 @@ struct Prober {
     pending: Arc<Mutex<Option<Throwaway>>>,
     report: Report,
     headers: BTreeSet<String>,
-    budget: Option<Budget>,
-    /// When the calls of the current window were sent.
-    sent: std::collections::VecDeque<Instant>,
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    /// The probe's own pacing, with the client's rolling-window accounting.
+    budget: Option<(CallBudget, Arc<Budget>)>,
 }
 
 impl Prober {
-    fn new(conn: &Connection, budget: Option<Budget>) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    fn new(conn: &Connection, budget: Option<CallBudget>) -> anyhow::Result<Self> {
         let base = conn.gateway_url.trim().trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
             .map_err(|_| anyhow!("the gateway URL is not a URL (http(s)://host)"))?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("qpm-operator-probe/", env!("CARGO_PKG_VERSION")))
-            .no_proxy();
-        if !is_loopback(&url) {
-            let proxy = ProxySettings::from_env();
-            let no_proxy = reqwest::NoProxy::from_string(proxy.no_proxy.as_deref().unwrap_or(""));
-            let chosen = if url.scheme() == "https" {
-                proxy.https
-            } else {
-                proxy.http
-            };
-            if let Some(p) = chosen {
-                builder = builder.proxy(
-                    reqwest::Proxy::all(&p)
-                        .map_err(|_| anyhow!("the proxy URL in the environment is not a URL"))?
-                        .no_proxy(no_proxy),
-                );
-            }
-        }
-        if let Some(pem) = &conn.ca_bundle {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|_| anyhow!("the CA bundle is not PEM"))?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let builder = http_client_builder(
+            &ProxySettings::from_env(),
+            conn.ca_bundle.as_deref(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            concat!("qpm-operator-probe/", env!("CARGO_PKG_VERSION")),
+        )?;
         let http = builder.build().context("cannot build the HTTP client")?;
         let gateway = format!(
             "{}://{}{}",
@@ -474,40 +384,22 @@ impl Prober {
                 ..Default::default()
             },
             headers: BTreeSet::new(),
-            budget,
-            sent: std::collections::VecDeque::new(),
+            budget: budget.map(|b| (b, Budget::with_window(Some(b), None, None))),
         })
     }
 
-    /// Wait until one more call fits the budget, then count it.
-    async fn pace(&mut self) {
-        let Some(budget) = self.budget else { return };
-        loop {
-            let now = Instant::now();
-            while self
-                .sent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= budget.window)
-            {
-                self.sent.pop_front();
-            }
-            match self.sent.front() {
-                Some(oldest) if self.sent.len() >= budget.calls => {
-                    // A little margin: the gateway counts a call when it arrives, not when sent.
-                    let wait = budget.window.saturating_sub(now.duration_since(*oldest))
-                        + Duration::from_millis(250);
-                    eprintln!(
-                        "probe: waiting {}s for the call budget ({}/{}s)",
-                        wait.as_secs().max(1),
-                        budget.calls,
-                        budget.window.as_secs()
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                _ => break,
-            }
+    /// Wait until one more call fits the budget; the call counts against it until the permit
+    /// is dropped, and for the budget's window after that.
+    async fn pace(&self) -> Option<crate::qualys::budget::Permit> {
+        let (limit, budget) = self.budget.as_ref()?;
+        let acquire = budget.acquire("probe");
+        tokio::pin!(acquire);
+        tokio::select! {
+            permit = &mut acquire => return Some(permit),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        self.sent.push_back(Instant::now());
+        eprintln!("probe: waiting for the call budget ({limit})");
+        Some(acquire.await)
     }
 
     fn cleanup_handle(&self) -> Cleanup {
@@ -530,7 +422,7 @@ impl Prober {
         if let Some(body) = body {
             req = req.json(body);
         }
-        self.pace().await;
+        let _permit = self.pace().await;
         let started = Instant::now();
         self.report.calls += 1;
         let response = req.send().await.map_err(|e| no_answer(route, &e))?;
@@ -1028,18 +920,27 @@ mod tests {
     }
 
     #[test]
-    fn budgets_parse_as_calls_per_duration() {
+    fn the_budget_flag_reads_like_the_clients() {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            probe: ProbeArgs,
+        }
+        let parse = |argv: &[&str]| {
+            Wrapper::try_parse_from(std::iter::once("probe").chain(argv.iter().copied()))
+                .map(|w| w.probe.qualys_budget)
+        };
+        assert_eq!(parse(&[]).unwrap(), CallBudget::DOCUMENTED);
         assert_eq!(
-            parse_budget("20/30s"),
-            Ok(Budget {
+            parse(&["--qualys-budget", "20/30s"]).unwrap(),
+            CallBudget {
                 calls: 20,
                 window: Duration::from_secs(30)
-            })
+            }
         );
-        assert_eq!(parse_budget("300/1h"), Ok(Budget::default()));
-        assert!(parse_budget("300").is_err());
-        assert!(parse_budget("0/1h").is_err());
-        assert!(parse_budget("5/0s").is_err());
+        assert!(parse(&["--qualys-budget", "300"]).is_err());
+        assert!(parse(&["--qualys-budget", "0/1h"]).is_err());
+        assert!(parse(&["--qualys-budget", "5/0s"]).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::endpoint::Endpoint;
 use super::error::{Error, transport_message};
 use super::identity::{Connection, ConnectionId, Secret};
 use super::options::{
-    ClientOptions, build_proxies, check_options, is_loopback, parse_ca_bundle, parse_gateway,
+    ClientOptions, check_options, http_client_builder, is_loopback, parse_gateway,
 };
 use super::retry::{
     Call, Exchange, Failure, Progress, backoff, classify_status, classify_transport,
@@ -89,8 +89,6 @@ impl Client {
     /// A client of `conn`. Fails with [`Error::Config`] on a bad URL, empty credentials, a bad
     /// CA bundle or proxy, or unusable options. No request is made.
     pub fn new(conn: Connection, opts: ClientOptions) -> Result<Client, Error> {
-        // reqwest is built without a default crypto provider; the process uses ring everywhere.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let base = parse_gateway(&conn.gateway_url)?;
         if conn.username.trim().is_empty() {
             return Err(Error::config("username is empty"));
@@ -106,19 +104,13 @@ impl Client {
             );
         }
 
-        let mut builder = reqwest::Client::builder()
-            .timeout(opts.request_timeout)
-            .connect_timeout(opts.connect_timeout.min(opts.request_timeout))
-            // A redirect could carry the form with the password to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(opts.user_agent.clone())
-            .no_proxy();
-        for proxy in build_proxies(&opts.proxy)? {
-            builder = builder.proxy(proxy);
-        }
-        if let Some(pem) = &conn.ca_bundle {
-            builder = builder.tls_certs_merge(parse_ca_bundle(pem)?);
-        }
+        let builder = http_client_builder(
+            &opts.proxy,
+            conn.ca_bundle.as_deref(),
+            opts.request_timeout,
+            opts.connect_timeout,
+            &opts.user_agent,
+        )?;
         let http = builder.build().map_err(|e| {
             Error::config(format!(
                 "cannot build the HTTP client: {}",

@@ -36,7 +36,9 @@ pub use identity::{Connection, ConnectionId, Secret};
 pub use job_cache::CachedJob;
 pub use jobs::{ItemOutcome, WireState};
 pub use model::*;
-pub use options::{BudgetArgs, BudgetFlag, ClientOptions, ProxySettings, parse_duration};
+pub use options::{
+    BudgetArgs, BudgetFlag, ClientOptions, ProxySettings, http_client_builder, parse_duration,
+};
 
 #[cfg(test)]
 mod lossless_tests {

@@ -304,6 +304,33 @@ pub(super) fn check_options(opts: &ClientOptions) -> Result<(), Error> {
     Ok(())
 }
 
+/// The HTTP client every caller of a gateway starts from: no redirects (one could carry the
+/// password form to another host), the proxies of `proxy` (never for loopback), the extra CA
+/// certificates of `ca_bundle`, and the given timeouts and user agent.
+pub fn http_client_builder(
+    proxy: &ProxySettings,
+    ca_bundle: Option<&[u8]>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::ClientBuilder, Error> {
+    // reqwest is built without a default crypto provider; the process uses ring everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(connect_timeout.min(request_timeout))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(user_agent)
+        .no_proxy();
+    for p in build_proxies(proxy)? {
+        builder = builder.proxy(p);
+    }
+    if let Some(pem) = ca_bundle {
+        builder = builder.tls_certs_merge(parse_ca_bundle(pem)?);
+    }
+    Ok(builder)
+}
+
 pub(super) fn build_proxies(settings: &ProxySettings) -> Result<Vec<reqwest::Proxy>, Error> {
     let no_proxy = match settings.no_proxy.as_deref().map(str::trim) {
         Some(list) if !list.is_empty() => format!("{list},{LOOPBACK_NO_PROXY}"),
