@@ -61,16 +61,25 @@ pub fn normalise_live_managed(
     let Some(managed) = desired.as_object() else {
         return normalise_live(live, recorded);
     };
+    normalise_live_keys(live, recorded, &|k: &str| managed.contains_key(k))
+}
+
+/// [`normalise_live`] restricted to the top-level members `keep` accepts. Each member is
+/// normalised on its own, so the result for a member does not depend on which others are kept.
+pub(super) fn normalise_live_keys(
+    live: &JobBody,
+    recorded: &BTreeMap<String, String>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Value {
     // Building a JSON value is most of the cost of a reconcile: build only the managed fields.
-    let keep = |k: &str| managed.contains_key(k);
-    let mut v = match live.serialize(filtered::Top { keep: &keep }) {
+    let mut v = match live.serialize(filtered::Top { keep }) {
         Ok(v) => v,
         Err(_) => serde_json::to_value(live).unwrap_or(Value::Null),
     };
     // The rule comes back under linkedToJob; lift it from the typed job rather than turning
     // the whole parent summary (with its action details) into JSON.
     if let Value::Object(o) = &mut v
-        && managed.contains_key("chainedJobRule")
+        && keep("chainedJobRule")
         && o.get("chainedJobRule").is_none_or(Value::is_null)
     {
         o.insert("chainedJobRule".into(), Value::Array(linked_rules(live)));
@@ -275,7 +284,7 @@ fn tokenise_live(v: &mut Value, recorded: &BTreeMap<String, String>) {
 }
 
 /// A token for script text that is (or should be) base64 content.
-fn content_token(value: &str) -> Value {
+pub(super) fn content_token(value: &str) -> Value {
     if value.starts_with("sha256:") || value.starts_with(UNKNOWN_SCRIPT_PREFIX) {
         return Value::String(value.to_string());
     }
@@ -350,7 +359,7 @@ pub fn normalise(v: &mut Value) {
 /// What the value-level rules do with a key (one `match`, not a scan of each list per key:
 /// this runs on every node of both bodies on every reconcile).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(super) enum Class {
     Numeric,
     EmptyMeansNull,
     NumericOrEmpty,
@@ -361,7 +370,7 @@ enum Class {
     Other,
 }
 
-fn classify(k: &str) -> Class {
+pub(super) fn classify(k: &str) -> Class {
     match k {
         "additionalDynamicQQLType" => Class::NumericOrEmpty,
         "patchTuesdayPlusXDays"
@@ -389,6 +398,23 @@ fn classify(k: &str) -> Class {
         "startDateTime" => Class::StartDateTime,
         _ => Class::Other,
     }
+}
+
+/// The members of `onComplete` the server fills in when they are null or missing.
+const ON_COMPLETE_DEFAULTS: [&str; 3] = ["userMessage", "description", "alwaysShowCompletedPrompt"];
+
+/// What the server answers for a null or missing `onComplete` member.
+pub(super) fn on_complete_default(field: &str) -> Option<Value> {
+    match field {
+        "userMessage" | "description" => Some(Value::String(String::new())),
+        "alwaysShowCompletedPrompt" => Some(Value::Bool(false)),
+        _ => None,
+    }
+}
+
+/// The value rules applied to one value found under `key` (None: a list item).
+pub(super) fn normalise_value(v: &mut Value, key: Option<&str>) {
+    walk(v, key);
 }
 
 fn walk(v: &mut Value, key: Option<&str>) {
@@ -421,12 +447,9 @@ fn walk(v: &mut Value, key: Option<&str>) {
                 *v = Value::Object(Map::new());
             }
             if let Value::Object(o) = v {
-                for (field, default) in [
-                    ("userMessage", Value::String(String::new())),
-                    ("description", Value::String(String::new())),
-                    ("alwaysShowCompletedPrompt", Value::Bool(false)),
-                ] {
+                for field in ON_COMPLETE_DEFAULTS {
                     if o.get(field).is_none_or(Value::is_null) {
+                        let default = on_complete_default(field).unwrap_or(Value::Null);
                         o.insert(field.to_string(), default);
                     }
                 }

@@ -6,9 +6,8 @@ use super::observe::{IdentifiedBy, Observation, StateAction, is_recurring};
 use super::outcome::{Notice, Outcome, api_failure, with_live};
 use crate::api::{DeploymentJobSpec, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::diff;
+use crate::reconcile::compare::diff_live;
 use crate::reconcile::gateway::GatewayWrite;
-use crate::reconcile::normalise::normalise_live_managed;
 use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::update_body;
 use jiff::Timestamp;
@@ -146,10 +145,7 @@ async fn write_update<Q: GatewayWrite + ?Sized>(
     );
     state.digests.body = Some(obs.desired_digest.clone());
     state.last_write_time = Some(Timestamp::now());
-    let after = diff(
-        &obs.desired,
-        &normalise_live_managed(&answer, &state.digests.scripts, &obs.desired),
-    );
+    let after = diff_live(&obs.desired, &answer, &state.digests.scripts);
     let stuck: Vec<String> = after
         .iter()
         .filter(|c| c.path != "status")

@@ -7,11 +7,12 @@ use crate::api::{
     DeploymentJobSpec, JobState, PendingCreate, Reason, RecreatePolicy, ScheduleType,
 };
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::{FieldDiff, diff};
+use crate::reconcile::compare::diff_live;
+use crate::reconcile::diff::FieldDiff;
 use crate::reconcile::digest::value_digest;
 use crate::reconcile::directory::Listed;
 use crate::reconcile::gateway::GatewayRead;
-use crate::reconcile::normalise::{normalise_desired, normalise_live_managed};
+use crate::reconcile::normalise::normalise_desired;
 use crate::reconcile::render::{RenderError, RenderInputs, Rendered, render};
 use crate::reconcile::state::EngineState;
 use jiff::Timestamp;
@@ -170,8 +171,7 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
         recreating,
     };
     if let Some(live) = &obs.live {
-        let live_norm = normalise_live_managed(live, &state.digests.scripts, &obs.desired);
-        obs.changes = diff(&obs.desired, &live_norm)
+        obs.changes = diff_live(&obs.desired, live, &state.digests.scripts)
             .into_iter()
             .filter(|c| c.path != "status")
             .collect();

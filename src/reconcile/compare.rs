@@ -1,0 +1,1049 @@
+//! The live side of a diff without a live JSON tree: the typed live job is serialised through a
+//! serializer that walks the normalised desired value alongside it and only answers, member by
+//! member, "would `diff` find nothing here?". Members it is not sure about (a difference, a shape
+//! it does not handle) are normalised and diffed the ordinary way, so the result is exactly
+//! `diff(desired, &normalise_live_managed(live, recorded, desired))` — only cheaper when the job
+//! has not changed, which is what almost every reconcile sees.
+//!
+//! The answer "nothing differs" must never be wrong; "not sure" is always allowed. Each value
+//! rule of [`normalise`](super::normalise) appears here as the same rule applied to one scalar.
+
+use super::diff::{FieldDiff, diff, diff_member};
+use super::digest::ScriptKey;
+use super::normalise::{
+    Class, UNKNOWN_SCRIPT_PREFIX, classify, content_token, normalise_live_keys, normalise_value,
+    on_complete_default,
+};
+use crate::qualys::{JobBody, ScriptKind, is_script_path, schedule};
+use serde::Serialize;
+use serde::ser::{self, Impossible};
+use serde_json::map::Iter;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+
+/// The `Serializer` methods a probe does not accept.
+macro_rules! unsure {
+    ($ok:ty) => {
+        fn serialize_bool(self, _: bool) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_i8(self, _: i8) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_i16(self, _: i16) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_i32(self, _: i32) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_i64(self, _: i64) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_u8(self, _: u8) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_u16(self, _: u16) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_u32(self, _: u32) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_u64(self, _: u64) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_f32(self, _: f32) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_f64(self, _: f64) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_char(self, _: char) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_bytes(self, _: &[u8]) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_none(self) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_unit(self) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+        ) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<$ok, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStruct, Unsure> {
+            Err(Unsure)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Unsure> {
+            Err(Unsure)
+        }
+    };
+}
+
+/// The differences between a normalised desired body and a typed live job, identical (paths,
+/// order, values) to `diff(desired, &normalise_live_managed(live, recorded, desired))`.
+pub fn diff_live(
+    desired: &Value,
+    live: &JobBody,
+    recorded: &BTreeMap<String, String>,
+) -> Vec<FieldDiff> {
+    let Some(d) = desired.as_object() else {
+        return diff(desired, &super::normalise::normalise_live(live, recorded));
+    };
+    let ctx = Ctx { recorded };
+    let failed = match live.serialize(Top { d, ctx: &ctx }) {
+        Ok(failed) => failed,
+        // A shape the walk does not follow: the ordinary path over every managed member.
+        Err(Unsure) => d.keys().map(String::as_str).collect(),
+    };
+    if failed.is_empty() {
+        return Vec::new();
+    }
+    let keep = |k: &str| failed.contains(&k);
+    let exact = normalise_live_keys(live, recorded, &keep);
+    let mut out = Vec::new();
+    for (k, dv) in d {
+        if keep(k) {
+            diff_member(k, dv, exact.get(k).unwrap_or(&Value::Null), &mut out);
+        }
+    }
+    out
+}
+
+/// What the walk reads besides the two bodies.
+struct Ctx<'r> {
+    recorded: &'r BTreeMap<String, String>,
+}
+
+/// "Not sure": the caller falls back to the ordinary path.
+#[derive(Debug)]
+struct Unsure;
+
+impl std::fmt::Display for Unsure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not compared here")
+    }
+}
+
+impl std::error::Error for Unsure {}
+
+impl ser::Error for Unsure {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Unsure
+    }
+}
+
+/// Where a value sits, for the script rule (it applies to the `script` and `detectionScript`
+/// members of the items of the two top-level action lists only).
+#[derive(Clone, Copy)]
+enum Slot {
+    Plain,
+    Actions(&'static str),
+    Action(&'static str, usize),
+    Script(ScriptKey),
+}
+
+impl Slot {
+    fn for_top(key: &str) -> Slot {
+        match key {
+            "preDeployActions" => Slot::Actions("preDeployActions"),
+            "postDeployActions" => Slot::Actions("postDeployActions"),
+            _ => Slot::Plain,
+        }
+    }
+
+    fn item(self, i: usize) -> Slot {
+        match self {
+            Slot::Actions(list) => Slot::Action(list, i),
+            _ => Slot::Plain,
+        }
+    }
+
+    fn member(self, key: &str) -> Slot {
+        match (self, key) {
+            (Slot::Action(list, i), "script") => {
+                Slot::Script(ScriptKey::for_list(list, i, ScriptKind::Script))
+            }
+            (Slot::Action(list, i), "detectionScript") => {
+                Slot::Script(ScriptKey::for_list(list, i, ScriptKind::DetectionScript))
+            }
+            _ => Slot::Plain,
+        }
+    }
+}
+
+/// The merge of a live map's keys with a desired object's keys. Both come in the wire model's
+/// declaration order, so a key is usually the next desired one or not managed at all.
+struct Keys<'a> {
+    d: &'a Map<String, Value>,
+    next: Peekable<Iter<'a>>,
+    /// Desired members the live map lacks (passed over by the merge).
+    missing: Vec<(&'a str, &'a Value)>,
+}
+
+enum Found<'a> {
+    Managed(&'a str, &'a Value),
+    Unmanaged,
+}
+
+impl<'a> Keys<'a> {
+    fn new(d: &'a Map<String, Value>) -> Self {
+        Keys {
+            d,
+            next: d.iter().peekable(),
+            missing: Vec::new(),
+        }
+    }
+
+    fn find(&mut self, key: &str) -> Result<Found<'a>, Unsure> {
+        if let Some((k, _)) = self.next.peek()
+            && k.as_str() == key
+        {
+            let (k, v) = self.next.next().ok_or(Unsure)?;
+            return Ok(Found::Managed(k, v));
+        }
+        if !self.d.contains_key(key) {
+            return Ok(Found::Unmanaged);
+        }
+        // Further on: the members passed over are missing from the live map. Behind (a
+        // duplicate, another order): not followed here.
+        let ahead = self
+            .next
+            .clone()
+            .position(|(k, _)| k == key)
+            .ok_or(Unsure)?;
+        for _ in 0..ahead {
+            let (k, v) = self.next.next().ok_or(Unsure)?;
+            self.missing.push((k, v));
+        }
+        let (k, v) = self.next.next().ok_or(Unsure)?;
+        Ok(Found::Managed(k, v))
+    }
+
+    /// Every desired member the live map did not have.
+    fn rest(mut self) -> Vec<(&'a str, &'a Value)> {
+        self.missing.extend(self.next.map(|(k, v)| (k.as_str(), v)));
+        self.missing
+    }
+}
+
+/// Reads a map key as the merge's answer (keys are strings in the wire model).
+struct KeyProbe<'k, 'a> {
+    keys: &'k mut Keys<'a>,
+}
+
+/// The top level: which managed members may differ (to be diffed the ordinary way).
+struct Top<'a, 'c> {
+    d: &'a Map<String, Value>,
+    ctx: &'c Ctx<'c>,
+}
+
+struct TopMembers<'a, 'c> {
+    keys: Keys<'a>,
+    ctx: &'c Ctx<'c>,
+    pending: Option<(&'a str, &'a Value)>,
+    failed: Vec<&'a str>,
+}
+
+impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
+    type Ok = Vec<&'a str>;
+    type Error = Unsure;
+
+    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsure> {
+        self.pending = match key.serialize(KeyProbe {
+            keys: &mut self.keys,
+        })? {
+            Found::Managed(k, v) => Some((k, v)),
+            Found::Unmanaged => None,
+        };
+        Ok(())
+    }
+
+    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsure> {
+        let Some((k, dv)) = self.pending.take() else {
+            return Ok(());
+        };
+        // The live job carries the chained rule under linkedToJob: the ordinary path lifts it.
+        let same = k != "chainedJobRule"
+            && value
+                .serialize(Same {
+                    d: dv,
+                    class: classify(k),
+                    parent: Class::Other,
+                    key: Some(k),
+                    slot: Slot::for_top(k),
+                    strict: false,
+                    ctx: self.ctx,
+                })
+                .unwrap_or(false);
+        if !same {
+            self.failed.push(k);
+        }
+        Ok(())
+    }
+
+    fn end(self) -> Result<Vec<&'a str>, Unsure> {
+        let mut failed = self.failed;
+        failed.extend(self.keys.rest().into_iter().map(|(k, _)| k));
+        Ok(failed)
+    }
+}
+
+/// Whether one live value, normalised under its key, leaves `diff` nothing to report against
+/// the desired value `d`. `Ok(false)` and `Err` both mean "maybe not".
+struct Same<'a, 'c> {
+    d: &'a Value,
+    class: Class,
+    /// The class of the object holding this member (`onComplete` fills defaults for nulls).
+    parent: Class,
+    key: Option<&'a str>,
+    slot: Slot,
+    /// Inside a list compared as a whole: equality, no "unmanaged members" in objects.
+    strict: bool,
+    ctx: &'c Ctx<'c>,
+}
+
+impl Same<'_, '_> {
+    /// A null (or missing) member, normalised as `normalise` would.
+    fn null(&self) -> bool {
+        null_matches(self.d, self.parent, self.key, true)
+    }
+
+    fn string(&self, s: &str) -> bool {
+        let d = self.d;
+        if let Slot::Script(key) = self.slot {
+            return script_matches(d, key, s, self.ctx.recorded);
+        }
+        match self.class {
+            Class::Numeric | Class::NumericOrEmpty => {
+                let t = s.trim();
+                if let Ok(n) = t.parse::<i64>() {
+                    d.as_number() == Some(&serde_json::Number::from(n))
+                } else if t.is_empty() {
+                    d.is_null()
+                } else {
+                    d.as_str() == Some(s)
+                }
+            }
+            Class::EmptyMeansNull if s.is_empty() => d.is_null(),
+            Class::StartDateTime => match schedule::canonical_start(s) {
+                Some(c) => d.as_str() == Some(c.as_str()),
+                None => d.as_str() == Some(s),
+            },
+            _ => d.as_str() == Some(s),
+        }
+    }
+}
+
+/// Whether a null member (`present`) or a missing one leaves `diff` nothing to report. The
+/// value rules see a null member, but a missing one only when `onComplete` fills it in.
+fn null_matches(d: &Value, parent: Class, key: Option<&str>, present: bool) -> bool {
+    let mut v = Value::Null;
+    if parent == Class::OnComplete
+        && let Some(default) = key.and_then(on_complete_default)
+    {
+        v = default;
+    } else if !present {
+        return diff(d, &v).is_empty();
+    }
+    normalise_value(&mut v, key);
+    diff(d, &v).is_empty()
+}
+
+fn script_matches(d: &Value, key: ScriptKey, s: &str, recorded: &BTreeMap<String, String>) -> bool {
+    if s.is_empty() {
+        return d.as_str() == Some("");
+    }
+    if is_script_path(s) {
+        return match recorded.get(&key.to_string()) {
+            Some(digest) => d.as_str() == Some(digest.as_str()),
+            None => {
+                d.as_str()
+                    .and_then(|t| t.strip_prefix(UNKNOWN_SCRIPT_PREFIX))
+                    == Some(s)
+            }
+        };
+    }
+    *d == content_token(s)
+}
+
+macro_rules! scalar {
+    ($($name:ident($t:ty) => $conv:expr),* $(,)?) => {
+        $(fn $name(self, v: $t) -> Result<bool, Unsure> {
+            let v: Value = $conv(v);
+            Ok(*self.d == v)
+        })*
+    };
+}
+
+impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
+    type Ok = bool;
+    type Error = Unsure;
+    type SerializeSeq = SeqSame<'a, 'c>;
+    type SerializeTuple = Impossible<bool, Unsure>;
+    type SerializeTupleStruct = Impossible<bool, Unsure>;
+    type SerializeTupleVariant = Impossible<bool, Unsure>;
+    type SerializeMap = MapSame<'a, 'c>;
+    type SerializeStruct = Impossible<bool, Unsure>;
+    type SerializeStructVariant = Impossible<bool, Unsure>;
+
+    scalar!(
+        serialize_bool(bool) => Value::Bool,
+        serialize_i8(i8) => |v| Value::from(i64::from(v)),
+        serialize_i16(i16) => |v| Value::from(i64::from(v)),
+        serialize_i32(i32) => |v| Value::from(i64::from(v)),
+        serialize_i64(i64) => Value::from,
+        serialize_u8(u8) => |v| Value::from(u64::from(v)),
+        serialize_u16(u16) => |v| Value::from(u64::from(v)),
+        serialize_u32(u32) => |v| Value::from(u64::from(v)),
+        serialize_u64(u64) => Value::from,
+        serialize_f32(f32) => Value::from,
+        serialize_f64(f64) => Value::from,
+    );
+
+    fn serialize_char(self, v: char) -> Result<bool, Unsure> {
+        Ok(self.string(v.encode_utf8(&mut [0; 4])))
+    }
+
+    fn serialize_str(self, v: &str) -> Result<bool, Unsure> {
+        Ok(self.string(v))
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<bool, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_none(self) -> Result<bool, Unsure> {
+        Ok(self.null())
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<bool, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<bool, Unsure> {
+        Ok(self.null())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<bool, Unsure> {
+        Ok(self.null())
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<bool, Unsure> {
+        Ok(self.string(variant))
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<bool, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<bool, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<SeqSame<'a, 'c>, Unsure> {
+        let d = self.d.as_array().ok_or(Unsure)?;
+        let mode = if self.strict || !d.iter().any(Value::is_object) {
+            if self.class == Class::IdSet && !self.strict {
+                // Sorted and deduplicated by `normalise`: a set of strings.
+                if d.len() > 64 || !d.iter().all(Value::is_string) {
+                    return Err(Unsure);
+                }
+                Mode::Set(0)
+            } else {
+                Mode::Whole
+            }
+        } else {
+            Mode::Positional
+        };
+        Ok(SeqSame {
+            d,
+            mode,
+            slot: self.slot,
+            i: 0,
+            same: true,
+            ctx: self.ctx,
+        })
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<MapSame<'a, 'c>, Unsure> {
+        if self.strict {
+            return Err(Unsure);
+        }
+        let d = self.d.as_object().ok_or(Unsure)?;
+        Ok(MapSame {
+            keys: Keys::new(d),
+            class: self.class,
+            slot: self.slot,
+            pending: None,
+            same: true,
+            ctx: self.ctx,
+        })
+    }
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Unsure> {
+        Err(Unsure)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Unsure> {
+        Err(Unsure)
+    }
+}
+
+/// How a desired list is compared (as `diff` does): lists holding objects item by item, other
+/// lists as a whole; id sets were sorted and deduplicated on both sides.
+enum Mode {
+    Positional,
+    Whole,
+    /// The desired items seen so far, as a bit set.
+    Set(u64),
+}
+
+struct SeqSame<'a, 'c> {
+    d: &'a [Value],
+    mode: Mode,
+    slot: Slot,
+    i: usize,
+    same: bool,
+    ctx: &'c Ctx<'c>,
+}
+
+impl ser::SerializeSeq for SeqSame<'_, '_> {
+    type Ok = bool;
+    type Error = Unsure;
+
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unsure> {
+        if !self.same {
+            return Ok(());
+        }
+        let i = self.i;
+        self.i += 1;
+        self.same = match &mut self.mode {
+            Mode::Set(seen) => match value.serialize(SetProbe { d: self.d }) {
+                Ok(at) => {
+                    *seen |= 1 << at;
+                    true
+                }
+                Err(_) => false,
+            },
+            mode => match self.d.get(i) {
+                None => false,
+                Some(d) => value
+                    .serialize(Same {
+                        d,
+                        class: Class::Other,
+                        parent: Class::Other,
+                        key: None,
+                        slot: self.slot.item(i),
+                        strict: matches!(mode, Mode::Whole),
+                        ctx: self.ctx,
+                    })
+                    .unwrap_or(false),
+            },
+        };
+        Ok(())
+    }
+
+    fn end(self) -> Result<bool, Unsure> {
+        Ok(self.same
+            && match self.mode {
+                Mode::Set(seen) => seen.count_ones() as usize == self.d.len(),
+                _ => self.i == self.d.len(),
+            })
+    }
+}
+
+/// The position of a live id in a desired id set, or `Err` when it is not there.
+struct SetProbe<'a> {
+    d: &'a [Value],
+}
+
+impl ser::Serializer for SetProbe<'_> {
+    type Ok = usize;
+    type Error = Unsure;
+    type SerializeSeq = Impossible<usize, Unsure>;
+    type SerializeTuple = Impossible<usize, Unsure>;
+    type SerializeTupleStruct = Impossible<usize, Unsure>;
+    type SerializeTupleVariant = Impossible<usize, Unsure>;
+    type SerializeMap = Impossible<usize, Unsure>;
+    type SerializeStruct = Impossible<usize, Unsure>;
+    type SerializeStructVariant = Impossible<usize, Unsure>;
+
+    fn serialize_str(self, v: &str) -> Result<usize, Unsure> {
+        self.d
+            .binary_search_by(|x| x.as_str().unwrap_or_default().cmp(v))
+            .map_err(|_| Unsure)
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<usize, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<usize, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsure> {
+        Err(Unsure)
+    }
+
+    unsure!(usize);
+}
+
+struct MapSame<'a, 'c> {
+    keys: Keys<'a>,
+    class: Class,
+    slot: Slot,
+    pending: Option<(&'a str, &'a Value)>,
+    same: bool,
+    ctx: &'c Ctx<'c>,
+}
+
+impl ser::SerializeMap for MapSame<'_, '_> {
+    type Ok = bool;
+    type Error = Unsure;
+
+    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsure> {
+        if !self.same {
+            return Ok(());
+        }
+        self.pending = match key.serialize(KeyProbe {
+            keys: &mut self.keys,
+        }) {
+            Ok(Found::Managed(k, v)) => Some((k, v)),
+            Ok(Found::Unmanaged) => None,
+            Err(_) => {
+                self.same = false;
+                None
+            }
+        };
+        Ok(())
+    }
+
+    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsure> {
+        let Some((k, d)) = self.pending.take() else {
+            return Ok(());
+        };
+        self.same = value
+            .serialize(Same {
+                d,
+                class: classify(k),
+                parent: self.class,
+                key: Some(k),
+                slot: self.slot.member(k),
+                strict: false,
+                ctx: self.ctx,
+            })
+            .unwrap_or(false);
+        Ok(())
+    }
+
+    fn end(self) -> Result<bool, Unsure> {
+        let parent = self.class;
+        Ok(self.same
+            && self
+                .keys
+                .rest()
+                .into_iter()
+                .all(|(k, d)| null_matches(d, parent, Some(k), false)))
+    }
+}
+
+impl<'k, 'a> ser::Serializer for KeyProbe<'k, 'a> {
+    type Ok = Found<'a>;
+    type Error = Unsure;
+    type SerializeSeq = Impossible<Found<'a>, Unsure>;
+    type SerializeTuple = Impossible<Found<'a>, Unsure>;
+    type SerializeTupleStruct = Impossible<Found<'a>, Unsure>;
+    type SerializeTupleVariant = Impossible<Found<'a>, Unsure>;
+    type SerializeMap = Impossible<Found<'a>, Unsure>;
+    type SerializeStruct = Impossible<Found<'a>, Unsure>;
+    type SerializeStructVariant = Impossible<Found<'a>, Unsure>;
+
+    fn serialize_str(self, v: &str) -> Result<Found<'a>, Unsure> {
+        self.keys.find(v)
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Found<'a>, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<Found<'a>, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsure> {
+        Err(Unsure)
+    }
+
+    unsure!(Found<'a>);
+}
+
+impl<'a, 'c> ser::Serializer for Top<'a, 'c> {
+    type Ok = Vec<&'a str>;
+    type Error = Unsure;
+    type SerializeSeq = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeTuple = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeTupleStruct = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeTupleVariant = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeMap = TopMembers<'a, 'c>;
+    type SerializeStruct = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeStructVariant = Impossible<Vec<&'a str>, Unsure>;
+
+    fn serialize_map(self, _: Option<usize>) -> Result<TopMembers<'a, 'c>, Unsure> {
+        Ok(TopMembers {
+            keys: Keys::new(self.d),
+            ctx: self.ctx,
+            pending: None,
+            failed: Vec::new(),
+        })
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Vec<&'a str>, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<Vec<&'a str>, Unsure> {
+        value.serialize(self)
+    }
+
+    fn serialize_str(self, _: &str) -> Result<Vec<&'a str>, Unsure> {
+        Err(Unsure)
+    }
+
+    unsure!(Vec<&'a str>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::import::spec_from_live;
+    use crate::reconcile::normalise::{normalise_desired, normalise_live_managed};
+    use crate::reconcile::render::{RenderInputs, render};
+    use serde_json::json;
+
+    const SEEDS: [&str; 6] = [
+        "01-windows-install.request.json",
+        "01-windows-install.response.json",
+        "02-linux-rollback.request.json",
+        "02-linux-rollback.response.json",
+        "03-chained-job.request.json",
+        "03-chained-job.response.json",
+    ];
+
+    fn seed(name: &str) -> Value {
+        let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    /// Desired bodies to compare against: each seed as a spec, its scripts as storage paths
+    /// (as imported) and, for the requests, as managed content; with and without the digests
+    /// recorded at the last write.
+    fn desired_cases() -> Vec<(String, Value, BTreeMap<String, String>)> {
+        let mut out = Vec::new();
+        for name in SEEDS {
+            let body = JobBody::from_json(&serde_json::to_vec(&seed(name)).unwrap()).unwrap();
+            let (mut spec, _) = spec_from_live(&body).unwrap();
+            let mut specs = vec![spec.clone()];
+            for (list, actions) in [
+                (&body.pre_deploy_actions, spec.pre_deploy_actions.as_mut()),
+                (&body.post_deploy_actions, spec.post_deploy_actions.as_mut()),
+            ] {
+                let (Some(sent), Some(actions)) = (list.get(), actions) else {
+                    continue;
+                };
+                for (a, s) in actions.iter_mut().zip(sent) {
+                    a.script = s
+                        .script
+                        .get()
+                        .filter(|v| !v.is_empty() && !v.contains('/'))
+                        .cloned();
+                }
+            }
+            specs.push(spec);
+            for spec in specs {
+                let Ok(rendered) = render(&spec, &RenderInputs::default()) else {
+                    continue;
+                };
+                let desired = normalise_desired(&rendered);
+                out.push((name.to_string(), desired.clone(), BTreeMap::new()));
+                out.push((name.to_string(), desired, rendered.scripts.clone()));
+            }
+        }
+        out
+    }
+
+    /// Every variation of `v` that changes one node: nulled, removed, emptied, retyped, lists
+    /// reordered, shortened or with a duplicate.
+    fn mutations(v: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut paths = Vec::new();
+        collect_paths(v, &mut Vec::new(), &mut paths);
+        let replacements = [
+            Value::Null,
+            json!(""),
+            json!(" 7 "),
+            json!(7),
+            json!("7"),
+            json!(-12),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!(true),
+            json!(["b", "a", "a"]),
+            json!("2025-7-01 09:57:18 AM"),
+            json!(
+                "00000000-0000-0000-0000-000000000000/00000000-0000-0000-0000-000000000001/Script"
+            ),
+            json!("bHM="),
+        ];
+        for path in &paths {
+            for r in &replacements {
+                let mut m = v.clone();
+                *node(&mut m, path) = r.clone();
+                out.push(m);
+            }
+            let mut m = v.clone();
+            if let Some((last, parent)) = path.split_last()
+                && let Some(o) = node(&mut m, parent).as_object_mut()
+                && let Step::Key(k) = last
+            {
+                o.shift_remove(k);
+                out.push(m);
+            }
+            let mut m = v.clone();
+            if let Some(items) = node(&mut m, path).as_array().cloned()
+                && !items.is_empty()
+            {
+                let mut r = items.clone();
+                r.reverse();
+                let mut dup = items.clone();
+                dup.push(items[0].clone());
+                let mut short = items;
+                short.pop();
+                for variant in [r, dup, short] {
+                    *node(&mut m, path) = Value::Array(variant);
+                    out.push(m.clone());
+                }
+            }
+        }
+        out
+    }
+
+    #[derive(Clone)]
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+
+    fn collect_paths(v: &Value, at: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(o) => {
+                for (k, c) in o {
+                    at.push(Step::Key(k.clone()));
+                    collect_paths(c, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, c) in items.iter().enumerate() {
+                    at.push(Step::Index(i));
+                    collect_paths(c, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn node<'v>(v: &'v mut Value, path: &[Step]) -> &'v mut Value {
+        path.iter().fold(v, |v, step| match step {
+            Step::Key(k) => &mut v[k.as_str()],
+            Step::Index(i) => &mut v[*i],
+        })
+    }
+
+    fn old(desired: &Value, live: &JobBody, recorded: &BTreeMap<String, String>) -> Vec<FieldDiff> {
+        diff(desired, &normalise_live_managed(live, recorded, desired))
+    }
+
+    #[test]
+    fn converged_seeds_compare_without_the_ordinary_path() {
+        // The seed's requests against their responses: nothing differs, and the walk decides
+        // that without falling back for any member (the reason it is cheaper).
+        for (request, response) in [(0, 1), (2, 3), (4, 5)] {
+            let live =
+                JobBody::from_json(&serde_json::to_vec(&seed(SEEDS[response])).unwrap()).unwrap();
+            for (name, desired, recorded) in desired_cases() {
+                if name != SEEDS[request] || recorded.is_empty() && name.starts_with("01") {
+                    continue;
+                }
+                let failed = live
+                    .serialize(Top {
+                        d: desired.as_object().unwrap(),
+                        ctx: &Ctx {
+                            recorded: &recorded,
+                        },
+                    })
+                    .unwrap();
+                assert_eq!(
+                    old(&desired, &live, &recorded),
+                    diff_live(&desired, &live, &recorded)
+                );
+                let expected: Vec<&str> = if desired.get("chainedJobRule").is_some() {
+                    vec!["chainedJobRule"]
+                } else {
+                    vec![]
+                };
+                if old(&desired, &live, &recorded).is_empty() {
+                    assert_eq!(failed, expected, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_walk_equals_the_ordinary_diff_for_every_mutation() {
+        let desired = desired_cases();
+        let mut compared = 0;
+        let mut differing = 0;
+        for name in SEEDS {
+            let base = seed(name);
+            for m in std::iter::once(base.clone()).chain(mutations(&base)) {
+                let Ok(live) = JobBody::from_json(&serde_json::to_vec(&m).unwrap()) else {
+                    continue;
+                };
+                for (d_name, d, recorded) in &desired {
+                    if d_name[..2] != name[..2] {
+                        continue;
+                    }
+                    let expected = old(d, &live, recorded);
+                    let got = diff_live(d, &live, recorded);
+                    assert_eq!(got, expected, "live {name} mutated: {m}\ndesired {d_name}");
+                    compared += 1;
+                    differing += usize::from(!expected.is_empty());
+                }
+            }
+        }
+        // The mutations do change things: most comparisons find a difference.
+        assert!(compared > 10_000, "{compared}");
+        assert!(differing > compared / 2, "{differing} of {compared}");
+    }
+
+    #[test]
+    fn a_desired_value_that_is_not_an_object_uses_the_whole_live_body() {
+        let live = JobBody::from_json(&serde_json::to_vec(&seed(SEEDS[1])).unwrap()).unwrap();
+        let recorded = BTreeMap::new();
+        assert_eq!(
+            diff_live(&json!("x"), &live, &recorded),
+            old(&json!("x"), &live, &recorded)
+        );
+    }
+}
