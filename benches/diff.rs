@@ -138,6 +138,7 @@ fn example_cases(inputs: &Inputs) -> Vec<Case> {
                 mode: Mode::Cli,
                 generation: None,
                 listing_max_age: Duration::MAX,
+                desired_cache: None,
             };
             let mut state = EngineState::default();
             let out =

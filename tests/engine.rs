@@ -51,6 +51,7 @@ fn ctx<'a>(
         mode,
         generation: Some(1),
         listing_max_age: Duration::from_secs(60),
+        desired_cache: None,
     }
 }
 
@@ -967,6 +968,7 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
         mode: Mode::Controller,
         generation: Some(1),
         listing_max_age: Duration::ZERO,
+        desired_cache: None,
     };
     let mut s = spec("in memory");
     s.job.pre_deploy_actions = None;
@@ -1007,4 +1009,70 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
     .await;
     assert!(out.finished, "{}", out.message);
     assert!(gateway.job(&id).is_none());
+}
+
+/// A ConfigMap script the test edits between reconciles.
+struct EditableScript(std::sync::Mutex<Vec<u8>>);
+
+impl qpm_operator::reconcile::ScriptResolver for EditableScript {
+    fn resolve(&self, _: &qpm_operator::api::ScriptSource) -> Result<Vec<u8>, String> {
+        Ok(self.0.lock().map_err(|e| e.to_string())?.clone())
+    }
+}
+
+/// With the controller's cache of desired bodies: an unchanged resync is served from it and
+/// writes nothing; an edit of the ConfigMap behind `scriptFrom`, with the spec unchanged, is
+/// seen and sent (a stale cached body would report UpToDate and send nothing).
+#[tokio::test]
+async fn a_cached_desired_body_never_hides_a_script_edit() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let scripts = EditableScript(std::sync::Mutex::new(b"Write-Host one".to_vec()));
+    let cache = qpm_operator::reconcile::DesiredCache::new();
+    let mut c = ctx(&client, &directory, &scripts, None, Mode::Controller);
+    c.desired_cache = Some(qpm_operator::reconcile::CacheSlot {
+        cache: &cache,
+        key: "uid-1",
+    });
+    let s: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "cached-script", "platform": "Windows", "scheduleType": "Daily",
+        "startDateTime": "2025-07-01 09:57:18 AM", "timeout": 6, "timeoutUnit": "HOURS",
+        "preDeployActions": [{"action": "Run Script", "scriptType": "ps",
+            "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "pre.ps1"}},
+            "params": {"actionItem": "S1", "timeout": 180}}]}}))
+    .expect("spec");
+    let mut state = EngineState::default();
+    let mut store = MemoryStore::default();
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    assert_eq!(cache.len(), 1);
+    let first = state.digests.clone();
+
+    sim.reset_counters();
+    for _ in 0..2 {
+        let out = engine::apply(&s, &mut state, &mut store, &c).await;
+        assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    }
+    assert_eq!(sim.count(UPDATE), 0);
+    assert_eq!(state.digests, first);
+
+    *scripts.0.lock().expect("lock") = b"Write-Host two".to_vec();
+    let obs = engine::observe(&s, &state, &c).await.expect("observe");
+    let paths: Vec<_> = obs.all_changes().iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, vec!["preDeployActions[0].script"]);
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
+    assert_ne!(state.digests, first);
+    assert_eq!(
+        state
+            .digests
+            .scripts
+            .get("pre[0].script")
+            .map(String::as_str),
+        Some(qpm_operator::reconcile::digest::script_digest(b"Write-Host two").as_str())
+    );
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
 }

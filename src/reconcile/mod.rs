@@ -4,6 +4,7 @@
 //! No Kubernetes client below this line.
 
 pub mod compare;
+pub mod desired;
 pub mod diff;
 pub mod digest;
 pub mod directory;
@@ -16,6 +17,7 @@ pub mod state;
 pub mod update;
 
 pub use compare::diff_live;
+pub use desired::{CacheSlot, Desired, DesiredCache};
 pub use diff::{FieldDiff, diff};
 pub use directory::Directory;
 pub use engine::{
