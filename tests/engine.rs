@@ -1076,3 +1076,121 @@ async fn a_cached_desired_body_never_hides_a_script_edit() {
     assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
     assert_eq!(sim.count(UPDATE), 1);
 }
+
+/// The typed comparison equals the JSON diff on what the simulator answers for every example
+/// (ConfigMap scripts, the chained child), unchanged and with each managed member changed in
+/// turn (removed, null, another value of each type) and each member inside it nulled. Resyncs
+/// through the controller's cache of desired bodies stay converged.
+#[tokio::test]
+async fn the_typed_comparison_equals_the_json_diff_on_the_examples() {
+    use qpm_operator::reconcile::{
+        CacheSlot, DesiredCache, RenderInputs, diff, diff_live, normalise_desired,
+        normalise_live_managed, render,
+    };
+    let (_sim, client) = start().await;
+    let inputs = examples();
+    let directory = Directory::new();
+    let cache = DesiredCache::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut compared = 0;
+    for m in &inputs.jobs {
+        let scripts = InputScripts {
+            inputs: &inputs,
+            namespace: &m.namespace,
+        };
+        let linked = linked_id(m, &ids);
+        let key = m.key();
+        let mut c = ctx(
+            &client,
+            &directory,
+            &scripts,
+            linked.as_deref(),
+            Mode::Controller,
+        );
+        c.desired_cache = Some(CacheSlot {
+            cache: &cache,
+            key: &key,
+        });
+        let mut state = EngineState::default();
+        for expected in [Reason::Created, Reason::UpToDate, Reason::UpToDate] {
+            let out = engine::apply(&m.job.spec, &mut state, &mut MemoryStore::default(), &c).await;
+            assert_eq!(out.reason, expected, "{key}: {}", out.message);
+        }
+        let id = state.job_id.clone().expect("job id");
+        ids.insert(key.clone(), id.clone());
+
+        let live = client.get_job(&id).await.expect("live job");
+        let parent_post_actions: Vec<(String, String)> = match &linked {
+            Some(parent) => client
+                .get_job(parent)
+                .await
+                .expect("parent")
+                .post_deploy_actions
+                .get()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    Some((
+                        a.params.get()?.action_item.get()?.clone(),
+                        a.action_id.get()?.clone(),
+                    ))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let rendered = render(
+            &m.job.spec.job,
+            &RenderInputs {
+                linked_job_id: linked.as_deref(),
+                parent_post_actions: &parent_post_actions,
+                scripts: &scripts,
+            },
+        )
+        .expect("renders");
+        let desired = normalise_desired(&rendered);
+        let recorded = &state.digests.scripts;
+        let base = serde_json::to_value(&live).expect("json");
+        let mut variants = vec![base.clone()];
+        for (k, v) in desired.as_object().expect("object") {
+            for replacement in [
+                None,
+                Some(json!(null)),
+                Some(json!("x")),
+                Some(json!(7)),
+                Some(json!([])),
+                Some(json!({})),
+            ] {
+                let mut changed = base.clone();
+                match replacement {
+                    None => {
+                        changed.as_object_mut().expect("object").shift_remove(k);
+                    }
+                    Some(r) => changed[k] = r,
+                }
+                variants.push(changed);
+            }
+            let inner: Vec<String> = v
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            for i in inner {
+                let mut changed = base.clone();
+                changed[k][&i] = json!(null);
+                variants.push(changed);
+            }
+        }
+        for variant in variants {
+            let Ok(live) = serde_json::from_value::<qpm_operator::qualys::JobBody>(variant) else {
+                continue;
+            };
+            assert_eq!(
+                diff_live(&desired, &live, recorded),
+                diff(&desired, &normalise_live_managed(&live, recorded, &desired)),
+                "{key}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared}");
+    assert_eq!(cache.len(), inputs.jobs.len());
+}
