@@ -15,8 +15,8 @@ use qpm_operator::reconcile::engine;
 use qpm_operator::reconcile::import::spec_from_live;
 use qpm_operator::reconcile::render::NoScripts;
 use qpm_operator::reconcile::{
-    CacheSlot, DesiredCache, Directory, EngineState, MemoryStore, Mode, NoClaims, RenderInputs,
-    ScriptResolver, diff, diff_live, normalise_desired, normalise_live_managed, render,
+    CacheSlot, Compact, DesiredCache, Directory, EngineState, MemoryStore, Mode, NoClaims,
+    RenderInputs, ScriptResolver, diff, normalise_desired, normalise_live_managed, render,
 };
 use qpm_operator::sim::{self, SimConfig};
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +49,7 @@ fn inputs<'a>(case: &'a Case, scripts: &'a dyn ScriptResolver) -> RenderInputs<'
 fn decide(case: &Case, scripts: &dyn ScriptResolver, cache: &DesiredCache) -> usize {
     let slot = CacheSlot { cache, key: "uid" };
     let (desired, _) = desired(&case.spec, &inputs(case, scripts), Some(slot)).expect("renders");
-    diff_live(&desired.value, &case.live, &case.recorded).len()
+    desired.value.diff(&case.live, &case.recorded).len()
 }
 
 /// The first reconcile of a spec (a cache miss): digest of the inputs, render, normalise,
@@ -262,8 +262,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| normalise_live_managed(black_box(&case.live), &case.recorded, &desired))
     });
     steps.bench_function("diff", |b| b.iter(|| diff(black_box(&desired), &live)));
-    steps.bench_function("diff_live", |b| {
-        b.iter(|| diff_live(black_box(&desired), &case.live, &case.recorded))
+    let compact = Compact::of(&desired);
+    steps.bench_function("compare (typed live, compact desired)", |b| {
+        b.iter(|| black_box(&compact).diff(&case.live, &case.recorded))
     });
     let cache = DesiredCache::new();
     let slot = CacheSlot {

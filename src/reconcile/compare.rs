@@ -17,10 +17,9 @@ use super::normalise::{
 use crate::qualys::{JobBody, ScriptKind, is_script_path, schedule};
 use serde::Serialize;
 use serde::ser::{self, Impossible};
-use serde_json::map::Iter;
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::iter::Peekable;
+use serde_json::{Number, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// The `Serializer` methods a probe does not accept.
 macro_rules! unsure {
@@ -138,27 +137,172 @@ pub fn diff_live(
     live: &JobBody,
     recorded: &BTreeMap<String, String>,
 ) -> Vec<FieldDiff> {
-    let Some(d) = desired.as_object() else {
-        return diff(desired, &super::normalise::normalise_live(live, recorded));
-    };
-    let ctx = Ctx { recorded };
-    let failed = match live.serialize(Top { d, ctx: &ctx }) {
-        Ok(failed) => failed,
-        // A shape the walk does not follow: the ordinary path over every managed member.
-        Err(Unsure) => d.keys().map(String::as_str).collect(),
-    };
-    if failed.is_empty() {
-        return Vec::new();
-    }
-    let keep = |k: &str| failed.contains(&k);
-    let exact = normalise_live_keys(live, recorded, &keep);
-    let mut out = Vec::new();
-    for (k, dv) in d {
-        if keep(k) {
-            diff_member(k, dv, exact.get(k).unwrap_or(&Value::Null), &mut out);
+    Compact::of(desired).diff(live, recorded)
+}
+
+/// A normalised desired body in the form the comparison reads: a fraction of the memory of a
+/// `serde_json::Value` (no hash index per object, one allocation per list or object), for the
+/// engine to keep one per resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compact(Node);
+
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Box<str>),
+    Array(Box<[Node]>),
+    Object(Box<Object>),
+}
+
+/// Members in their order, and their positions sorted by key for lookups.
+#[derive(Clone, Debug, PartialEq)]
+struct Object {
+    members: Box<[(Arc<str>, Node)]>,
+    by_key: Box<[u32]>,
+}
+
+impl Node {
+    fn of(v: &Value) -> Node {
+        match v {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => Node::Number(n.clone()),
+            Value::String(s) => Node::String(s.as_str().into()),
+            Value::Array(items) => Node::Array(items.iter().map(Node::of).collect()),
+            Value::Object(o) => {
+                let members: Box<[(Arc<str>, Node)]> =
+                    o.iter().map(|(k, v)| (intern(k), Node::of(v))).collect();
+                let mut by_key: Vec<u32> = (0..members.len())
+                    .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+                    .collect();
+                by_key.sort_by(|a, b| members[*a as usize].0.cmp(&members[*b as usize].0));
+                Node::Object(Box::new(Object {
+                    members,
+                    by_key: by_key.into(),
+                }))
+            }
         }
     }
-    out
+
+    fn to_value(&self) -> Value {
+        match self {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Number(n) => Value::Number(n.clone()),
+            Node::String(s) => Value::String(s.to_string()),
+            Node::Array(items) => Value::Array(items.iter().map(Node::to_value).collect()),
+            Node::Object(o) => Value::Object(
+                o.members
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, Node::Null)
+    }
+
+    fn is_object(&self) -> bool {
+        matches!(self, Node::Object(_))
+    }
+
+    /// Equal to a scalar JSON value (as `serde_json::to_value` would build it).
+    fn eq_scalar(&self, v: &Value) -> bool {
+        match (self, v) {
+            (Node::Null, Value::Null) => true,
+            (Node::Bool(a), Value::Bool(b)) => a == b,
+            (Node::Number(a), Value::Number(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Member names shared by every kept body: they are the wire model's names, a few dozen in all.
+fn intern(name: &str) -> Arc<str> {
+    /// Beyond this many, names are not shared (a bound, never reached by the wire model).
+    const MAX: usize = 1024;
+    static NAMES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = names.get(name) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = name.into();
+    if names.len() < MAX {
+        names.insert(shared.clone());
+    }
+    shared
+}
+
+impl Object {
+    fn get(&self, key: &str) -> Option<&Node> {
+        let at = self
+            .by_key
+            .binary_search_by(|i| (*self.members[*i as usize].0).cmp(key))
+            .ok()?;
+        Some(&self.members[self.by_key[at] as usize].1)
+    }
+}
+
+impl Compact {
+    pub fn of(v: &Value) -> Self {
+        Compact(Node::of(v))
+    }
+
+    /// The value it was made from.
+    pub fn to_value(&self) -> Value {
+        self.0.to_value()
+    }
+
+    /// One member, as a JSON value (None when absent or not an object).
+    pub fn member(&self, key: &str) -> Option<Value> {
+        match &self.0 {
+            Node::Object(o) => o.get(key).map(Node::to_value),
+            _ => None,
+        }
+    }
+
+    /// See [`diff_live`].
+    pub fn diff(&self, live: &JobBody, recorded: &BTreeMap<String, String>) -> Vec<FieldDiff> {
+        let Node::Object(d) = &self.0 else {
+            return diff(
+                &self.to_value(),
+                &super::normalise::normalise_live(live, recorded),
+            );
+        };
+        let ctx = Ctx { recorded };
+        let failed = match live.serialize(Top { d, ctx: &ctx }) {
+            Ok(failed) => failed,
+            // A shape the walk does not follow: the ordinary path over every managed member.
+            Err(Unsure) => d.members.iter().map(|(k, _)| &**k).collect(),
+        };
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        let keep = |k: &str| failed.contains(&k);
+        let exact = normalise_live_keys(live, recorded, &keep);
+        let mut out = Vec::new();
+        for (k, dv) in d.members.iter() {
+            if keep(k) {
+                let lv = exact.get(&**k).unwrap_or(&Value::Null);
+                diff_member(k, &dv.to_value(), lv, &mut out);
+            }
+        }
+        out
+    }
 }
 
 /// What the walk reads besides the two bodies.
@@ -226,54 +370,52 @@ impl Slot {
 /// The merge of a live map's keys with a desired object's keys. Both come in the wire model's
 /// declaration order, so a key is usually the next desired one or not managed at all.
 struct Keys<'a> {
-    d: &'a Map<String, Value>,
-    next: Peekable<Iter<'a>>,
+    d: &'a Object,
+    next: usize,
     /// Desired members the live map lacks (passed over by the merge).
-    missing: Vec<(&'a str, &'a Value)>,
+    missing: Vec<(&'a str, &'a Node)>,
 }
 
 enum Found<'a> {
-    Managed(&'a str, &'a Value),
+    Managed(&'a str, &'a Node),
     Unmanaged,
 }
 
 impl<'a> Keys<'a> {
-    fn new(d: &'a Map<String, Value>) -> Self {
+    fn new(d: &'a Object) -> Self {
         Keys {
             d,
-            next: d.iter().peekable(),
+            next: 0,
             missing: Vec::new(),
         }
     }
 
     fn find(&mut self, key: &str) -> Result<Found<'a>, Unsure> {
-        if let Some((k, _)) = self.next.peek()
-            && k.as_str() == key
+        let members = &self.d.members;
+        if let Some((k, v)) = members.get(self.next)
+            && **k == *key
         {
-            let (k, v) = self.next.next().ok_or(Unsure)?;
+            self.next += 1;
             return Ok(Found::Managed(k, v));
         }
-        if !self.d.contains_key(key) {
+        if self.d.get(key).is_none() {
             return Ok(Found::Unmanaged);
         }
         // Further on: the members passed over are missing from the live map. Behind (a
         // duplicate, another order): not followed here.
-        let ahead = self
-            .next
-            .clone()
-            .position(|(k, _)| k == key)
-            .ok_or(Unsure)?;
-        for _ in 0..ahead {
-            let (k, v) = self.next.next().ok_or(Unsure)?;
-            self.missing.push((k, v));
-        }
-        let (k, v) = self.next.next().ok_or(Unsure)?;
+        let rest = members.get(self.next..).ok_or(Unsure)?;
+        let ahead = rest.iter().position(|(k, _)| **k == *key).ok_or(Unsure)?;
+        self.missing
+            .extend(rest[..ahead].iter().map(|(k, v)| (&**k, v)));
+        let (k, v) = &rest[ahead];
+        self.next += ahead + 1;
         Ok(Found::Managed(k, v))
     }
 
     /// Every desired member the live map did not have.
-    fn rest(mut self) -> Vec<(&'a str, &'a Value)> {
-        self.missing.extend(self.next.map(|(k, v)| (k.as_str(), v)));
+    fn rest(mut self) -> Vec<(&'a str, &'a Node)> {
+        let rest = self.d.members.get(self.next..).unwrap_or_default();
+        self.missing.extend(rest.iter().map(|(k, v)| (&**k, v)));
         self.missing
     }
 }
@@ -285,14 +427,14 @@ struct KeyProbe<'k, 'a> {
 
 /// The top level: which managed members may differ (to be diffed the ordinary way).
 struct Top<'a, 'c> {
-    d: &'a Map<String, Value>,
+    d: &'a Object,
     ctx: &'c Ctx<'c>,
 }
 
 struct TopMembers<'a, 'c> {
     keys: Keys<'a>,
     ctx: &'c Ctx<'c>,
-    pending: Option<(&'a str, &'a Value)>,
+    pending: Option<(&'a str, &'a Node)>,
     failed: Vec<&'a str>,
 }
 
@@ -343,7 +485,7 @@ impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
 /// Whether one live value, normalised under its key, leaves `diff` nothing to report against
 /// the desired value `d`. `Ok(false)` and `Err` both mean "maybe not".
 struct Same<'a, 'c> {
-    d: &'a Value,
+    d: &'a Node,
     class: Class,
     /// The class of the object holding this member (`onComplete` fills defaults for nulls).
     parent: Class,
@@ -369,7 +511,7 @@ impl Same<'_, '_> {
             Class::Numeric | Class::NumericOrEmpty => {
                 let t = s.trim();
                 if let Ok(n) = t.parse::<i64>() {
-                    d.as_number() == Some(&serde_json::Number::from(n))
+                    *d == Node::Number(Number::from(n))
                 } else if t.is_empty() {
                     d.is_null()
                 } else {
@@ -388,20 +530,22 @@ impl Same<'_, '_> {
 
 /// Whether a null member (`present`) or a missing one leaves `diff` nothing to report. The
 /// value rules see a null member, but a missing one only when `onComplete` fills it in.
-fn null_matches(d: &Value, parent: Class, key: Option<&str>, present: bool) -> bool {
+fn null_matches(d: &Node, parent: Class, key: Option<&str>, present: bool) -> bool {
     let mut v = Value::Null;
     if parent == Class::OnComplete
         && let Some(default) = key.and_then(on_complete_default)
     {
         v = default;
-    } else if !present {
-        return diff(d, &v).is_empty();
+    } else if present {
+        normalise_value(&mut v, key);
     }
-    normalise_value(&mut v, key);
-    diff(d, &v).is_empty()
+    match &v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => d.eq_scalar(&v),
+        _ => diff(&d.to_value(), &v).is_empty(),
+    }
 }
 
-fn script_matches(d: &Value, key: ScriptKey, s: &str, recorded: &BTreeMap<String, String>) -> bool {
+fn script_matches(d: &Node, key: ScriptKey, s: &str, recorded: &BTreeMap<String, String>) -> bool {
     if s.is_empty() {
         return d.as_str() == Some("");
     }
@@ -415,14 +559,14 @@ fn script_matches(d: &Value, key: ScriptKey, s: &str, recorded: &BTreeMap<String
             }
         };
     }
-    *d == content_token(s)
+    d.as_str() == content_token(s).as_str()
 }
 
 macro_rules! scalar {
     ($($name:ident($t:ty) => $conv:expr),* $(,)?) => {
         $(fn $name(self, v: $t) -> Result<bool, Unsure> {
             let v: Value = $conv(v);
-            Ok(*self.d == v)
+            Ok(self.d.eq_scalar(&v))
         })*
     };
 }
@@ -508,11 +652,13 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<SeqSame<'a, 'c>, Unsure> {
-        let d = self.d.as_array().ok_or(Unsure)?;
-        let mode = if self.strict || !d.iter().any(Value::is_object) {
+        let Node::Array(d) = self.d else {
+            return Err(Unsure);
+        };
+        let mode = if self.strict || !d.iter().any(Node::is_object) {
             if self.class == Class::IdSet && !self.strict {
                 // Sorted and deduplicated by `normalise`: a set of strings.
-                if d.len() > 64 || !d.iter().all(Value::is_string) {
+                if d.len() > 64 || !d.iter().all(|v| v.as_str().is_some()) {
                     return Err(Unsure);
                 }
                 Mode::Set(0)
@@ -558,7 +704,9 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         if self.strict {
             return Err(Unsure);
         }
-        let d = self.d.as_object().ok_or(Unsure)?;
+        let Node::Object(d) = self.d else {
+            return Err(Unsure);
+        };
         Ok(MapSame {
             keys: Keys::new(d),
             class: self.class,
@@ -594,7 +742,7 @@ enum Mode {
 }
 
 struct SeqSame<'a, 'c> {
-    d: &'a [Value],
+    d: &'a [Node],
     mode: Mode,
     slot: Slot,
     i: usize,
@@ -649,7 +797,7 @@ impl ser::SerializeSeq for SeqSame<'_, '_> {
 
 /// The position of a live id in a desired id set, or `Err` when it is not there.
 struct SetProbe<'a> {
-    d: &'a [Value],
+    d: &'a [Node],
 }
 
 impl ser::Serializer for SetProbe<'_> {
@@ -692,7 +840,7 @@ struct MapSame<'a, 'c> {
     keys: Keys<'a>,
     class: Class,
     slot: Slot,
-    pending: Option<(&'a str, &'a Value)>,
+    pending: Option<(&'a str, &'a Node)>,
     same: bool,
     ctx: &'c Ctx<'c>,
 }
@@ -985,14 +1133,19 @@ mod tests {
                 if name != SEEDS[request] || recorded.is_empty() && name.starts_with("01") {
                     continue;
                 }
+                let compact = Compact::of(&desired);
+                let Node::Object(d) = &compact.0 else {
+                    panic!("an object");
+                };
                 let failed = live
                     .serialize(Top {
-                        d: desired.as_object().unwrap(),
+                        d,
                         ctx: &Ctx {
                             recorded: &recorded,
                         },
                     })
                     .unwrap();
+                assert_eq!(compact.to_value(), desired);
                 assert_eq!(
                     old(&desired, &live, &recorded),
                     diff_live(&desired, &live, &recorded)

@@ -8,11 +8,11 @@
 //! Only the comparable value, its digest and the script digests are kept (no rendered body: it
 //! holds the scripts' content, and it is rendered again on the rare reconcile that writes).
 
+use super::compare::Compact;
 use super::digest::value_digest;
 use super::normalise::normalise_desired;
 use super::render::{RenderError, RenderInputs, Rendered, ScriptResolver, render};
 use crate::api::{JobSpec, ScriptSource};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// The normalised desired body and what the engine records of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
-    /// The body in comparable form (`normalise_desired`).
-    pub value: Value,
+    /// The body in comparable form (`normalise_desired`), compact.
+    pub value: Compact,
     /// `sha256:` of `value`, recorded as the body last written.
     pub digest: String,
     /// The digests of the managed scripts, by key (`pre[0].script`).
@@ -33,7 +33,7 @@ impl Desired {
         let value = normalise_desired(rendered);
         Desired {
             digest: value_digest(&value),
-            value,
+            value: Compact::of(&value),
             scripts: rendered.scripts.clone(),
         }
     }
@@ -255,8 +255,8 @@ mod tests {
         assert!(!hit);
         assert_ne!(changed.scripts, first.scripts);
         assert_ne!(
-            changed.value["postDeployActions"][0]["script"],
-            first.value["postDeployActions"][0]["script"]
+            changed.value.member("postDeployActions"),
+            first.value.member("postDeployActions")
         );
         // And back: the entry was replaced, so the first content is a miss again.
         scripts.set(Ok(b"Write-Host one"));
@@ -266,18 +266,23 @@ mod tests {
         // The parent was re-created under another id.
         let (moved, hit) = run(&cache, "uid-1", &s, &scripts, "p-2", &actions);
         assert!(!hit);
-        assert_eq!(moved.value["linkedJobId"], "p-2");
+        assert_eq!(moved.value.member("linkedJobId"), Some(json!("p-2")));
 
         // The parent's post-deploy action got another id.
         let other = vec![("S1".to_string(), "a-2".to_string())];
         let (rule, hit) = run(&cache, "uid-1", &s, &scripts, "p-2", &other);
         assert!(!hit);
-        assert_eq!(rule.value["chainedJobRule"][0]["actionIds"], json!(["a-2"]));
+        assert_eq!(
+            rule.value
+                .member("chainedJobRule")
+                .map(|r| r[0]["actionIds"].clone()),
+            Some(json!(["a-2"]))
+        );
 
         // The spec changed.
         let (edited, hit) = run(&cache, "uid-1", &spec(7), &scripts, "p-2", &other);
         assert!(!hit);
-        assert_eq!(edited.value["timeout"], 7);
+        assert_eq!(edited.value.member("timeout"), Some(json!(7)));
 
         // Another resource with the same inputs has its own entry.
         assert!(!run(&cache, "uid-2", &spec(7), &scripts, "p-2", &other).1);

@@ -16,7 +16,7 @@ pub mod render;
 pub mod state;
 pub mod update;
 
-pub use compare::diff_live;
+pub use compare::{Compact, diff_live};
 pub use desired::{CacheSlot, Desired, DesiredCache};
 pub use diff::{FieldDiff, diff};
 pub use directory::Directory;

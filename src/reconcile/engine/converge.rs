@@ -6,7 +6,6 @@ use super::observe::{IdentifiedBy, Observation, StateAction, is_recurring, not_r
 use super::outcome::{Notice, Outcome, api_failure, with_live};
 use crate::api::{DeploymentJobSpec, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::compare::diff_live;
 use crate::reconcile::gateway::GatewayWrite;
 use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::update_body;
@@ -149,7 +148,7 @@ async fn write_update<Q: GatewayWrite + ?Sized>(
     );
     state.digests.body = Some(obs.desired_digest.clone());
     state.last_write_time = Some(Timestamp::now());
-    let after = diff_live(&obs.desired.value, &answer, &state.digests.scripts);
+    let after = obs.desired.value.diff(&answer, &state.digests.scripts);
     let stuck: Vec<String> = after
         .iter()
         .filter(|c| c.path != "status")

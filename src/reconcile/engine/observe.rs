@@ -7,7 +7,6 @@ use crate::api::{
     DeploymentJobSpec, JobState, PendingCreate, Reason, RecreatePolicy, ScheduleType,
 };
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::compare::diff_live;
 use crate::reconcile::desired::{self, Desired};
 use crate::reconcile::diff::FieldDiff;
 use crate::reconcile::directory::Listed;
@@ -167,7 +166,10 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
         recreating,
     };
     if let Some(live) = &obs.live {
-        obs.changes = diff_live(&obs.desired.value, live, &state.digests.scripts)
+        obs.changes = obs
+            .desired
+            .value
+            .diff(live, &state.digests.scripts)
             .into_iter()
             .filter(|c| c.path != "status")
             .collect();
