@@ -11,8 +11,8 @@
 use super::diff::{FieldDiff, diff, diff_member};
 use super::digest::ScriptKey;
 use super::normalise::{
-    Class, UNKNOWN_SCRIPT_PREFIX, classify, content_token, normalise_live_keys, normalise_value,
-    on_complete_default,
+    Class, UNKNOWN_SCRIPT_PREFIX, classify, content_token, linked_rules, normalise_live_keys,
+    normalise_value, on_complete_default,
 };
 use crate::qualys::{JobBody, ScriptKind, is_script_path, schedule};
 use serde::Serialize;
@@ -283,7 +283,7 @@ impl Compact {
                 &super::normalise::normalise_live(live, recorded),
             );
         };
-        let ctx = Ctx { recorded };
+        let ctx = Ctx { recorded, live };
         let failed = match live.serialize(Top { d, ctx: &ctx }) {
             Ok(failed) => failed,
             // A shape the walk does not follow: the ordinary path over every managed member.
@@ -308,6 +308,8 @@ impl Compact {
 /// What the walk reads besides the two bodies.
 struct Ctx<'r> {
     recorded: &'r BTreeMap<String, String>,
+    /// For `chainedJobRule`, which the live job reports under `linkedToJob`.
+    live: &'r JobBody,
 }
 
 /// "Not sure": the caller falls back to the ordinary path.
@@ -456,19 +458,18 @@ impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
         let Some((k, dv)) = self.pending.take() else {
             return Ok(());
         };
-        // The live job carries the chained rule under linkedToJob: the ordinary path lifts it.
-        let same = k != "chainedJobRule"
-            && value
-                .serialize(Same {
-                    d: dv,
-                    class: classify(k),
-                    parent: Class::Other,
-                    key: Some(k),
-                    slot: Slot::for_top(k),
-                    strict: false,
-                    ctx: self.ctx,
-                })
-                .unwrap_or(false);
+        let same = value
+            .serialize(Same {
+                d: dv,
+                class: classify(k),
+                parent: Class::Other,
+                key: Some(k),
+                slot: Slot::for_top(k),
+                strict: false,
+                lift: k == "chainedJobRule",
+                ctx: self.ctx,
+            })
+            .unwrap_or(false);
         if !same {
             self.failed.push(k);
         }
@@ -477,7 +478,14 @@ impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
 
     fn end(self) -> Result<Vec<&'a str>, Unsure> {
         let mut failed = self.failed;
-        failed.extend(self.keys.rest().into_iter().map(|(k, _)| k));
+        let live = self.ctx.live;
+        failed.extend(
+            self.keys
+                .rest()
+                .into_iter()
+                .filter(|(k, d)| !(*k == "chainedJobRule" && lifted_matches(d, live)))
+                .map(|(k, _)| k),
+        );
         Ok(failed)
     }
 }
@@ -493,12 +501,17 @@ struct Same<'a, 'c> {
     slot: Slot,
     /// Inside a list compared as a whole: equality, no "unmanaged members" in objects.
     strict: bool,
+    /// The top-level `chainedJobRule`: null means "read it from `linkedToJob`".
+    lift: bool,
     ctx: &'c Ctx<'c>,
 }
 
 impl Same<'_, '_> {
     /// A null (or missing) member, normalised as `normalise` would.
     fn null(&self) -> bool {
+        if self.lift {
+            return lifted_matches(self.d, self.ctx.live);
+        }
         null_matches(self.d, self.parent, self.key, true)
     }
 
@@ -539,9 +552,53 @@ fn null_matches(d: &Node, parent: Class, key: Option<&str>, present: bool) -> bo
     } else if present {
         normalise_value(&mut v, key);
     }
-    match &v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => d.eq_scalar(&v),
-        _ => diff(&d.to_value(), &v).is_empty(),
+    diff_empty(d, &v)
+}
+
+/// The chained rule as the ordinary path lifts it from `linkedToJob`, against `d`.
+fn lifted_matches(d: &Node, live: &JobBody) -> bool {
+    let mut v = Value::Array(linked_rules(live));
+    normalise_value(&mut v, Some("chainedJobRule"));
+    diff_empty(d, &v)
+}
+
+/// Whether `diff` of `d` against an already normalised `live` reports nothing (its rules:
+/// desired members only, lists of objects by position, anything else by equality).
+fn diff_empty(d: &Node, live: &Value) -> bool {
+    match d {
+        Node::Object(o) => {
+            let l = live.as_object();
+            o.members
+                .iter()
+                .all(|(k, dv)| diff_empty(dv, l.and_then(|l| l.get(&**k)).unwrap_or(&Value::Null)))
+        }
+        Node::Array(items)
+            if items.iter().any(Node::is_object)
+                || live
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(Value::is_object)) =>
+        {
+            let l = live.as_array().map(Vec::as_slice).unwrap_or_default();
+            items.len() == l.len() && items.iter().zip(l).all(|(d, l)| diff_empty(d, l))
+        }
+        _ => equal(d, live),
+    }
+}
+
+/// JSON equality of a node and a value (objects as maps, whatever their order).
+fn equal(d: &Node, v: &Value) -> bool {
+    match (d, v) {
+        (Node::String(a), Value::String(b)) => **a == **b,
+        (Node::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| equal(a, b))
+        }
+        (Node::Object(a), Value::Object(b)) => {
+            a.members.len() == b.len()
+                && a.members
+                    .iter()
+                    .all(|(k, a)| b.get(&**k).is_some_and(|b| equal(a, b)))
+        }
+        _ => d.eq_scalar(v),
     }
 }
 
@@ -778,6 +835,7 @@ impl ser::SerializeSeq for SeqSame<'_, '_> {
                         key: None,
                         slot: self.slot.item(i),
                         strict: matches!(mode, Mode::Whole),
+                        lift: false,
                         ctx: self.ctx,
                     })
                     .unwrap_or(false),
@@ -878,6 +936,7 @@ impl ser::SerializeMap for MapSame<'_, '_> {
                 key: Some(k),
                 slot: self.slot.member(k),
                 strict: false,
+                lift: false,
                 ctx: self.ctx,
             })
             .unwrap_or(false);
@@ -1142,6 +1201,7 @@ mod tests {
                         d,
                         ctx: &Ctx {
                             recorded: &recorded,
+                            live: &live,
                         },
                     })
                     .unwrap();
@@ -1150,11 +1210,7 @@ mod tests {
                     old(&desired, &live, &recorded),
                     diff_live(&desired, &live, &recorded)
                 );
-                let expected: Vec<&str> = if desired.get("chainedJobRule").is_some() {
-                    vec!["chainedJobRule"]
-                } else {
-                    vec![]
-                };
+                let expected: Vec<&str> = vec![];
                 if old(&desired, &live, &recorded).is_empty() {
                     assert_eq!(failed, expected, "{name}");
                 }
