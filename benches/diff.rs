@@ -242,6 +242,7 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
     print_ratios(&cases, &inputs);
+    print_cache_memory(&cases);
 
     // Where the time of the heaviest case goes, step by step.
     let Some(case) = cases.iter().find(|c| c.name == "seed/03-chained-job") else {
@@ -352,6 +353,60 @@ fn print_ratios(cases: &[Case], inputs: &Inputs) {
         );
     }
     println!("worst ratio: steady {worst:.2} (goal ≤ 0.80), cold {worst_cold:.2}\n");
+}
+
+/// What the engine keeps per resource between reconciles: the growth of the process over 10,000
+/// cached desired bodies, for jobs like the load harness's and like the seed's chained job.
+fn print_cache_memory(cases: &[Case]) {
+    fn rss_kib() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+    const N: usize = 10_000;
+    let load = |i: usize| -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": format!("load job {i}"), "platform": "Windows", "scheduleType": "Daily",
+            "startDateTime": "2025-07-01 09:57:18 AM", "timeout": 6, "timeoutUnit": "HOURS",
+            "approvedPatches": ["9285e676-6340-3ba7-b124-31d84542c7bf"]}))
+        .expect("load spec")
+    };
+    let Some(chained) = cases.iter().find(|c| c.name == "seed/03-chained-job") else {
+        return;
+    };
+    let chained = |i: usize| {
+        let mut spec = chained.spec.clone();
+        spec.name = format!("job {i}");
+        spec
+    };
+    let kinds: [(&str, &dyn Fn(usize) -> JobSpec); 2] = [
+        ("load harness job", &load),
+        ("seed/03-chained-job", &chained),
+    ];
+    println!("memory of the desired-body cache, {N} entries:");
+    for (label, make) in kinds {
+        let specs: Vec<JobSpec> = (0..N).map(make).collect();
+        let keys: Vec<String> = (0..N).map(|i| format!("{i:08}-uid")).collect();
+        // The allocator first takes what rendering needs in passing.
+        for spec in specs.iter().take(100) {
+            let _ = desired(spec, &RenderInputs::default(), None);
+        }
+        let cache = DesiredCache::new();
+        let Some(before) = rss_kib() else {
+            return;
+        };
+        for (spec, key) in specs.iter().zip(&keys) {
+            let slot = CacheSlot { cache: &cache, key };
+            let _ = desired(spec, &RenderInputs::default(), Some(slot)).expect("renders");
+        }
+        let after = rss_kib().unwrap_or(before);
+        println!(
+            "  {label:<22} +{} KiB, {:.2} KiB per entry",
+            after.saturating_sub(before),
+            after.saturating_sub(before) as f64 / N as f64
+        );
+    }
+    println!();
 }
 
 criterion_group! {
