@@ -10,125 +10,18 @@
 
 use super::diff::{FieldDiff, diff, diff_member};
 use super::digest::ScriptKey;
+// "Not sure": the caller falls back to the ordinary path.
 use super::normalise::{
     Class, UNKNOWN_SCRIPT_PREFIX, classify, content_token, linked_rules, normalise_live_keys,
     normalise_value, on_complete_default,
 };
+use super::normalise::{Unsupported, unsupported_rest};
 use crate::qualys::{JobBody, ScriptKind, is_script_path, schedule};
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 use serde_json::{Number, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-
-/// The `Serializer` methods a probe does not accept.
-macro_rules! unsure {
-    ($ok:ty) => {
-        fn serialize_bool(self, _: bool) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_i8(self, _: i8) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_i16(self, _: i16) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_i32(self, _: i32) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_i64(self, _: i64) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_u8(self, _: u8) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_u16(self, _: u16) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_u32(self, _: u32) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_u64(self, _: u64) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_f32(self, _: f32) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_f64(self, _: f64) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_char(self, _: char) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_bytes(self, _: &[u8]) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_none(self) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_unit(self) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_unit_struct(self, _: &'static str) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_unit_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-        ) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_newtype_variant<T: ?Sized + Serialize>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: &T,
-        ) -> Result<$ok, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_tuple_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleStruct, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_tuple_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleVariant, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStruct, Unsure> {
-            Err(Unsure)
-        }
-        fn serialize_struct_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStructVariant, Unsure> {
-            Err(Unsure)
-        }
-    };
-}
 
 /// The differences between a normalised desired body and a typed live job, identical (paths,
 /// order, values) to `diff(desired, &normalise_live_managed(live, recorded, desired))`.
@@ -287,7 +180,7 @@ impl Compact {
         let failed = match live.serialize(Top { d, ctx: &ctx }) {
             Ok(failed) => failed,
             // A shape the walk does not follow: the ordinary path over every managed member.
-            Err(Unsure) => d.members.iter().map(|(k, _)| &**k).collect(),
+            Err(Unsupported) => d.members.iter().map(|(k, _)| &**k).collect(),
         };
         if failed.is_empty() {
             return Vec::new();
@@ -310,24 +203,6 @@ struct Ctx<'r> {
     recorded: &'r BTreeMap<String, String>,
     /// For `chainedJobRule`, which the live job reports under `linkedToJob`.
     live: &'r JobBody,
-}
-
-/// "Not sure": the caller falls back to the ordinary path.
-#[derive(Debug)]
-struct Unsure;
-
-impl std::fmt::Display for Unsure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("not compared here")
-    }
-}
-
-impl std::error::Error for Unsure {}
-
-impl ser::Error for Unsure {
-    fn custom<T: std::fmt::Display>(_: T) -> Self {
-        Unsure
-    }
 }
 
 /// Where a value sits, for the script rule (it applies to the `script` and `detectionScript`
@@ -392,7 +267,7 @@ impl<'a> Keys<'a> {
         }
     }
 
-    fn find(&mut self, key: &str) -> Result<Found<'a>, Unsure> {
+    fn find(&mut self, key: &str) -> Result<Found<'a>, Unsupported> {
         let members = &self.d.members;
         if let Some((k, v)) = members.get(self.next)
             && **k == *key
@@ -405,8 +280,11 @@ impl<'a> Keys<'a> {
         }
         // Further on: the members passed over are missing from the live map. Behind (a
         // duplicate, another order): not followed here.
-        let rest = members.get(self.next..).ok_or(Unsure)?;
-        let ahead = rest.iter().position(|(k, _)| **k == *key).ok_or(Unsure)?;
+        let rest = members.get(self.next..).ok_or(Unsupported)?;
+        let ahead = rest
+            .iter()
+            .position(|(k, _)| **k == *key)
+            .ok_or(Unsupported)?;
         self.missing
             .extend(rest[..ahead].iter().map(|(k, v)| (&**k, v)));
         let (k, v) = &rest[ahead];
@@ -442,9 +320,9 @@ struct TopMembers<'a, 'c> {
 
 impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
     type Ok = Vec<&'a str>;
-    type Error = Unsure;
+    type Error = Unsupported;
 
-    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsure> {
+    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsupported> {
         self.pending = match key.serialize(KeyProbe {
             keys: &mut self.keys,
         })? {
@@ -454,7 +332,7 @@ impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
         Ok(())
     }
 
-    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsure> {
+    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsupported> {
         let Some((k, dv)) = self.pending.take() else {
             return Ok(());
         };
@@ -476,7 +354,7 @@ impl<'a, 'c> ser::SerializeMap for TopMembers<'a, 'c> {
         Ok(())
     }
 
-    fn end(self) -> Result<Vec<&'a str>, Unsure> {
+    fn end(self) -> Result<Vec<&'a str>, Unsupported> {
         let mut failed = self.failed;
         let live = self.ctx.live;
         failed.extend(
@@ -621,7 +499,7 @@ fn script_matches(d: &Node, key: ScriptKey, s: &str, recorded: &BTreeMap<String,
 
 macro_rules! scalar {
     ($($name:ident($t:ty) => $conv:expr),* $(,)?) => {
-        $(fn $name(self, v: $t) -> Result<bool, Unsure> {
+        $(fn $name(self, v: $t) -> Result<bool, Unsupported> {
             let v: Value = $conv(v);
             Ok(self.d.eq_scalar(&v))
         })*
@@ -630,14 +508,14 @@ macro_rules! scalar {
 
 impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
     type Ok = bool;
-    type Error = Unsure;
+    type Error = Unsupported;
     type SerializeSeq = SeqSame<'a, 'c>;
-    type SerializeTuple = Impossible<bool, Unsure>;
-    type SerializeTupleStruct = Impossible<bool, Unsure>;
-    type SerializeTupleVariant = Impossible<bool, Unsure>;
+    type SerializeTuple = Impossible<bool, Unsupported>;
+    type SerializeTupleStruct = Impossible<bool, Unsupported>;
+    type SerializeTupleVariant = Impossible<bool, Unsupported>;
     type SerializeMap = MapSame<'a, 'c>;
-    type SerializeStruct = Impossible<bool, Unsure>;
-    type SerializeStructVariant = Impossible<bool, Unsure>;
+    type SerializeStruct = Impossible<bool, Unsupported>;
+    type SerializeStructVariant = Impossible<bool, Unsupported>;
 
     scalar!(
         serialize_bool(bool) => Value::Bool,
@@ -653,31 +531,31 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         serialize_f64(f64) => Value::from,
     );
 
-    fn serialize_char(self, v: char) -> Result<bool, Unsure> {
+    fn serialize_char(self, v: char) -> Result<bool, Unsupported> {
         Ok(self.string(v.encode_utf8(&mut [0; 4])))
     }
 
-    fn serialize_str(self, v: &str) -> Result<bool, Unsure> {
+    fn serialize_str(self, v: &str) -> Result<bool, Unsupported> {
         Ok(self.string(v))
     }
 
-    fn serialize_bytes(self, _: &[u8]) -> Result<bool, Unsure> {
-        Err(Unsure)
+    fn serialize_bytes(self, _: &[u8]) -> Result<bool, Unsupported> {
+        Err(Unsupported)
     }
 
-    fn serialize_none(self) -> Result<bool, Unsure> {
+    fn serialize_none(self) -> Result<bool, Unsupported> {
         Ok(self.null())
     }
 
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<bool, Unsure> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<bool, Unsupported> {
         value.serialize(self)
     }
 
-    fn serialize_unit(self) -> Result<bool, Unsure> {
+    fn serialize_unit(self) -> Result<bool, Unsupported> {
         Ok(self.null())
     }
 
-    fn serialize_unit_struct(self, _: &'static str) -> Result<bool, Unsure> {
+    fn serialize_unit_struct(self, _: &'static str) -> Result<bool, Unsupported> {
         Ok(self.null())
     }
 
@@ -686,7 +564,7 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         _: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<bool, Unsure> {
+    ) -> Result<bool, Unsupported> {
         Ok(self.string(variant))
     }
 
@@ -694,29 +572,19 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<bool, Unsure> {
+    ) -> Result<bool, Unsupported> {
         value.serialize(self)
     }
 
-    fn serialize_newtype_variant<T: ?Sized + Serialize>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<bool, Unsure> {
-        Err(Unsure)
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<SeqSame<'a, 'c>, Unsure> {
+    fn serialize_seq(self, _: Option<usize>) -> Result<SeqSame<'a, 'c>, Unsupported> {
         let Node::Array(d) = self.d else {
-            return Err(Unsure);
+            return Err(Unsupported);
         };
         let mode = if self.strict || !d.iter().any(Node::is_object) {
             if self.class == Class::IdSet && !self.strict {
                 // Sorted and deduplicated by `normalise`: a set of strings.
                 if d.len() > 64 || !d.iter().all(|v| v.as_str().is_some()) {
-                    return Err(Unsure);
+                    return Err(Unsupported);
                 }
                 Mode::Set(0)
             } else {
@@ -735,34 +603,12 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         })
     }
 
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsure> {
-        Err(Unsure)
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, Unsure> {
-        Err(Unsure)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Unsure> {
-        Err(Unsure)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<MapSame<'a, 'c>, Unsure> {
+    fn serialize_map(self, _: Option<usize>) -> Result<MapSame<'a, 'c>, Unsupported> {
         if self.strict {
-            return Err(Unsure);
+            return Err(Unsupported);
         }
         let Node::Object(d) = self.d else {
-            return Err(Unsure);
+            return Err(Unsupported);
         };
         Ok(MapSame {
             keys: Keys::new(d),
@@ -774,19 +620,7 @@ impl<'a, 'c> ser::Serializer for Same<'a, 'c> {
         })
     }
 
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Unsure> {
-        Err(Unsure)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, Unsure> {
-        Err(Unsure)
-    }
+    unsupported_rest!(compound bool);
 }
 
 /// How a desired list is compared (as `diff` does): lists holding objects item by item, other
@@ -809,9 +643,9 @@ struct SeqSame<'a, 'c> {
 
 impl ser::SerializeSeq for SeqSame<'_, '_> {
     type Ok = bool;
-    type Error = Unsure;
+    type Error = Unsupported;
 
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unsure> {
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Unsupported> {
         if !self.same {
             return Ok(());
         }
@@ -844,7 +678,7 @@ impl ser::SerializeSeq for SeqSame<'_, '_> {
         Ok(())
     }
 
-    fn end(self) -> Result<bool, Unsure> {
+    fn end(self) -> Result<bool, Unsupported> {
         Ok(self.same
             && match self.mode {
                 Mode::Set(seen) => seen.count_ones() as usize == self.d.len(),
@@ -860,22 +694,22 @@ struct SetProbe<'a> {
 
 impl ser::Serializer for SetProbe<'_> {
     type Ok = usize;
-    type Error = Unsure;
-    type SerializeSeq = Impossible<usize, Unsure>;
-    type SerializeTuple = Impossible<usize, Unsure>;
-    type SerializeTupleStruct = Impossible<usize, Unsure>;
-    type SerializeTupleVariant = Impossible<usize, Unsure>;
-    type SerializeMap = Impossible<usize, Unsure>;
-    type SerializeStruct = Impossible<usize, Unsure>;
-    type SerializeStructVariant = Impossible<usize, Unsure>;
+    type Error = Unsupported;
+    type SerializeSeq = Impossible<usize, Unsupported>;
+    type SerializeTuple = Impossible<usize, Unsupported>;
+    type SerializeTupleStruct = Impossible<usize, Unsupported>;
+    type SerializeTupleVariant = Impossible<usize, Unsupported>;
+    type SerializeMap = Impossible<usize, Unsupported>;
+    type SerializeStruct = Impossible<usize, Unsupported>;
+    type SerializeStructVariant = Impossible<usize, Unsupported>;
 
-    fn serialize_str(self, v: &str) -> Result<usize, Unsure> {
+    fn serialize_str(self, v: &str) -> Result<usize, Unsupported> {
         self.d
             .binary_search_by(|x| x.as_str().unwrap_or_default().cmp(v))
-            .map_err(|_| Unsure)
+            .map_err(|_| Unsupported)
     }
 
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<usize, Unsure> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<usize, Unsupported> {
         value.serialize(self)
     }
 
@@ -883,15 +717,15 @@ impl ser::Serializer for SetProbe<'_> {
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<usize, Unsure> {
+    ) -> Result<usize, Unsupported> {
         value.serialize(self)
     }
 
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsure> {
-        Err(Unsure)
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
+        Err(Unsupported)
     }
 
-    unsure!(usize);
+    unsupported_rest!(usize);
 }
 
 struct MapSame<'a, 'c> {
@@ -905,9 +739,9 @@ struct MapSame<'a, 'c> {
 
 impl ser::SerializeMap for MapSame<'_, '_> {
     type Ok = bool;
-    type Error = Unsure;
+    type Error = Unsupported;
 
-    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsure> {
+    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Unsupported> {
         if !self.same {
             return Ok(());
         }
@@ -924,7 +758,7 @@ impl ser::SerializeMap for MapSame<'_, '_> {
         Ok(())
     }
 
-    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsure> {
+    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Unsupported> {
         let Some((k, d)) = self.pending.take() else {
             return Ok(());
         };
@@ -943,7 +777,7 @@ impl ser::SerializeMap for MapSame<'_, '_> {
         Ok(())
     }
 
-    fn end(self) -> Result<bool, Unsure> {
+    fn end(self) -> Result<bool, Unsupported> {
         let parent = self.class;
         Ok(self.same
             && self
@@ -956,20 +790,20 @@ impl ser::SerializeMap for MapSame<'_, '_> {
 
 impl<'k, 'a> ser::Serializer for KeyProbe<'k, 'a> {
     type Ok = Found<'a>;
-    type Error = Unsure;
-    type SerializeSeq = Impossible<Found<'a>, Unsure>;
-    type SerializeTuple = Impossible<Found<'a>, Unsure>;
-    type SerializeTupleStruct = Impossible<Found<'a>, Unsure>;
-    type SerializeTupleVariant = Impossible<Found<'a>, Unsure>;
-    type SerializeMap = Impossible<Found<'a>, Unsure>;
-    type SerializeStruct = Impossible<Found<'a>, Unsure>;
-    type SerializeStructVariant = Impossible<Found<'a>, Unsure>;
+    type Error = Unsupported;
+    type SerializeSeq = Impossible<Found<'a>, Unsupported>;
+    type SerializeTuple = Impossible<Found<'a>, Unsupported>;
+    type SerializeTupleStruct = Impossible<Found<'a>, Unsupported>;
+    type SerializeTupleVariant = Impossible<Found<'a>, Unsupported>;
+    type SerializeMap = Impossible<Found<'a>, Unsupported>;
+    type SerializeStruct = Impossible<Found<'a>, Unsupported>;
+    type SerializeStructVariant = Impossible<Found<'a>, Unsupported>;
 
-    fn serialize_str(self, v: &str) -> Result<Found<'a>, Unsure> {
+    fn serialize_str(self, v: &str) -> Result<Found<'a>, Unsupported> {
         self.keys.find(v)
     }
 
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Found<'a>, Unsure> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Found<'a>, Unsupported> {
         value.serialize(self)
     }
 
@@ -977,29 +811,29 @@ impl<'k, 'a> ser::Serializer for KeyProbe<'k, 'a> {
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<Found<'a>, Unsure> {
+    ) -> Result<Found<'a>, Unsupported> {
         value.serialize(self)
     }
 
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsure> {
-        Err(Unsure)
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
+        Err(Unsupported)
     }
 
-    unsure!(Found<'a>);
+    unsupported_rest!(Found<'a>);
 }
 
 impl<'a, 'c> ser::Serializer for Top<'a, 'c> {
     type Ok = Vec<&'a str>;
-    type Error = Unsure;
-    type SerializeSeq = Impossible<Vec<&'a str>, Unsure>;
-    type SerializeTuple = Impossible<Vec<&'a str>, Unsure>;
-    type SerializeTupleStruct = Impossible<Vec<&'a str>, Unsure>;
-    type SerializeTupleVariant = Impossible<Vec<&'a str>, Unsure>;
+    type Error = Unsupported;
+    type SerializeSeq = Impossible<Vec<&'a str>, Unsupported>;
+    type SerializeTuple = Impossible<Vec<&'a str>, Unsupported>;
+    type SerializeTupleStruct = Impossible<Vec<&'a str>, Unsupported>;
+    type SerializeTupleVariant = Impossible<Vec<&'a str>, Unsupported>;
     type SerializeMap = TopMembers<'a, 'c>;
-    type SerializeStruct = Impossible<Vec<&'a str>, Unsure>;
-    type SerializeStructVariant = Impossible<Vec<&'a str>, Unsure>;
+    type SerializeStruct = Impossible<Vec<&'a str>, Unsupported>;
+    type SerializeStructVariant = Impossible<Vec<&'a str>, Unsupported>;
 
-    fn serialize_map(self, _: Option<usize>) -> Result<TopMembers<'a, 'c>, Unsure> {
+    fn serialize_map(self, _: Option<usize>) -> Result<TopMembers<'a, 'c>, Unsupported> {
         Ok(TopMembers {
             keys: Keys::new(self.d),
             ctx: self.ctx,
@@ -1008,7 +842,7 @@ impl<'a, 'c> ser::Serializer for Top<'a, 'c> {
         })
     }
 
-    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Vec<&'a str>, Unsure> {
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<Vec<&'a str>, Unsupported> {
         value.serialize(self)
     }
 
@@ -1016,15 +850,15 @@ impl<'a, 'c> ser::Serializer for Top<'a, 'c> {
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<Vec<&'a str>, Unsure> {
+    ) -> Result<Vec<&'a str>, Unsupported> {
         value.serialize(self)
     }
 
-    fn serialize_str(self, _: &str) -> Result<Vec<&'a str>, Unsure> {
-        Err(Unsure)
+    fn serialize_str(self, _: &str) -> Result<Vec<&'a str>, Unsupported> {
+        Err(Unsupported)
     }
 
-    unsure!(Vec<&'a str>);
+    unsupported_rest!(Vec<&'a str>);
 }
 
 #[cfg(test)]

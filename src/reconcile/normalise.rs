@@ -89,6 +89,122 @@ pub(super) fn normalise_live_keys(
     v
 }
 
+pub(super) use filtered::Unsupported;
+
+/// The `Serializer` methods of a serializer that reads only some shapes: each is an error, so
+/// the caller takes another path.
+macro_rules! unsupported_rest {
+    (compound $ok:ty) => {
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStruct, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Unsupported> {
+            Err(Unsupported)
+        }
+    };
+    ($ok:ty) => {
+        fn serialize_bool(self, _: bool) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i8(self, _: i8) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i16(self, _: i16) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i32(self, _: i32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i64(self, _: i64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u8(self, _: u8) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u16(self, _: u16) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u32(self, _: u32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u64(self, _: u64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_f32(self, _: f32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_f64(self, _: f64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_char(self, _: char) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_bytes(self, _: &[u8]) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_none(self) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit(self) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+        ) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
+            Err(Unsupported)
+        }
+        unsupported_rest!(compound $ok);
+    };
+}
+pub(super) use unsupported_rest;
+
 /// A serializer for the top level of a job body that turns only the kept members into JSON
 /// values. It accepts exactly what serde's derive produces for a struct with a flattened
 /// member (a map of entries); anything else is an error and the caller falls back.
@@ -162,12 +278,6 @@ mod filtered {
         }
     }
 
-    macro_rules! unsupported {
-        ($($name:ident($($t:ty),*)),* $(,)?) => {
-            $(fn $name(self, $(_: $t),*) -> Result<Value, Unsupported> { Err(Unsupported) })*
-        };
-    }
-
     impl<'a> ser::Serializer for Top<'a> {
         type Ok = Value;
         type Error = Unsupported;
@@ -187,30 +297,14 @@ mod filtered {
             })
         }
 
-        unsupported!(
-            serialize_bool(bool),
-            serialize_i8(i8),
-            serialize_i16(i16),
-            serialize_i32(i32),
-            serialize_i64(i64),
-            serialize_u8(u8),
-            serialize_u16(u16),
-            serialize_u32(u32),
-            serialize_u64(u64),
-            serialize_f32(f32),
-            serialize_f64(f64),
-            serialize_char(char),
-            serialize_str(&str),
-            serialize_bytes(&[u8]),
-            serialize_none(),
-            serialize_unit(),
-            serialize_unit_struct(&'static str),
-            serialize_unit_variant(&'static str, u32, &'static str),
-        );
+        fn serialize_str(self, _: &str) -> Result<Value, Unsupported> {
+            Err(Unsupported)
+        }
 
         fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Value, Unsupported> {
             Err(Unsupported)
         }
+
         fn serialize_newtype_struct<T: ?Sized + Serialize>(
             self,
             _: &'static str,
@@ -218,53 +312,8 @@ mod filtered {
         ) -> Result<Value, Unsupported> {
             Err(Unsupported)
         }
-        fn serialize_newtype_variant<T: ?Sized + Serialize>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: &T,
-        ) -> Result<Value, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleStruct, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStruct, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_struct_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStructVariant, Unsupported> {
-            Err(Unsupported)
-        }
+
+        super::unsupported_rest!(Value);
     }
 }
 
