@@ -37,6 +37,7 @@ fn ctx<'a>(client: &'a Client, directory: &'a Directory) -> Context<'a> {
         mode: Mode::Controller,
         generation: Some(1),
         listing_max_age: Duration::from_secs(60),
+        desired_cache: None,
     }
 }
 

@@ -6,7 +6,8 @@ use qpm_operator::api::JobSpec;
 use qpm_operator::qualys::JobBody;
 use qpm_operator::reconcile::import::spec_from_live;
 use qpm_operator::reconcile::{
-    RenderInputs, diff, normalise, normalise_desired, normalise_live, render, update_body,
+    RenderInputs, diff, diff_live, normalise, normalise_desired, normalise_live,
+    normalise_live_managed, render, update_body,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -180,5 +181,53 @@ proptest! {
         let body = update_body(&live, &rendered, &BTreeMap::new());
         let left = diff(&normalise_desired(&rendered), &normalise_live(&body, &BTreeMap::new()));
         prop_assert!(left.is_empty(), "{:?}", left);
+    }
+
+    /// The typed comparison the engine uses says exactly what the JSON diff says (same paths,
+    /// order and values), for a seed body with any JSON put somewhere in it, against the desired
+    /// body of any seed, with or without recorded script digests.
+    #[test]
+    fn the_typed_comparison_equals_the_json_diff(
+        live in varied_seed(),
+        at in prop::sample::select(vec![
+            "", "timeout", "approvedPatches", "assetIds", "startDateTime", "linkedJobId",
+            "postDeployment", "postDeployment.onComplete", "preDeployment.deferment",
+            "notification.notificationConfigs", "preDeployActions", "preDeployActions.0",
+            "preDeployActions.0.params", "postDeployActions.0", "chainedJobRule", "linkedToJob",
+        ]),
+        key in prop::sample::select(vec![
+            "timeout", "script", "detectionScript", "count", "userMessage", "actionIds",
+            "completedPercentage", "threshold", "x", "onComplete", "name",
+        ]),
+        value in any_json(),
+        desired_from in 0usize..6,
+        recorded in any::<bool>(),
+    ) {
+        let mut live = live;
+        let mut node = &mut live;
+        for step in at.split('.').filter(|s| !s.is_empty()) {
+            node = match step.parse::<usize>() {
+                Ok(i) => &mut node[i],
+                Err(_) => &mut node[step],
+            };
+        }
+        if let Some(o) = node.as_object_mut() {
+            o.insert(key.to_string(), value);
+        } else {
+            *node = value;
+        }
+        let live = serde_json::from_value::<JobBody>(live);
+        // A value of the wrong type for a typed member is no job body (rejects are bounded).
+        prop_assume!(live.is_ok());
+        let live = live.unwrap();
+        let base: JobBody = serde_json::from_value(seed(desired_from)).unwrap();
+        let (spec, _) = spec_from_live(&base).unwrap();
+        let rendered = render(&spec, &RenderInputs::default()).unwrap();
+        let desired = normalise_desired(&rendered);
+        let recorded = if recorded { rendered.scripts.clone() } else { BTreeMap::new() };
+        prop_assert_eq!(
+            diff_live(&desired, &live, &recorded),
+            diff(&desired, &normalise_live_managed(&live, &recorded, &desired))
+        );
     }
 }

@@ -51,6 +51,7 @@ fn ctx<'a>(
         mode,
         generation: Some(1),
         listing_max_age: Duration::from_secs(60),
+        desired_cache: None,
     }
 }
 
@@ -967,6 +968,7 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
         mode: Mode::Controller,
         generation: Some(1),
         listing_max_age: Duration::ZERO,
+        desired_cache: None,
     };
     let mut s = spec("in memory");
     s.job.pre_deploy_actions = None;
@@ -1007,4 +1009,188 @@ async fn the_engine_runs_against_an_in_memory_gateway() {
     .await;
     assert!(out.finished, "{}", out.message);
     assert!(gateway.job(&id).is_none());
+}
+
+/// A ConfigMap script the test edits between reconciles.
+struct EditableScript(std::sync::Mutex<Vec<u8>>);
+
+impl qpm_operator::reconcile::ScriptResolver for EditableScript {
+    fn resolve(&self, _: &qpm_operator::api::ScriptSource) -> Result<Vec<u8>, String> {
+        Ok(self.0.lock().map_err(|e| e.to_string())?.clone())
+    }
+}
+
+/// With the controller's cache of desired bodies: an unchanged resync is served from it and
+/// writes nothing; an edit of the ConfigMap behind `scriptFrom`, with the spec unchanged, is
+/// seen and sent (a stale cached body would report UpToDate and send nothing).
+#[tokio::test]
+async fn a_cached_desired_body_never_hides_a_script_edit() {
+    let (sim, client) = start().await;
+    let directory = Directory::new();
+    let scripts = EditableScript(std::sync::Mutex::new(b"Write-Host one".to_vec()));
+    let cache = qpm_operator::reconcile::DesiredCache::new();
+    let mut c = ctx(&client, &directory, &scripts, None, Mode::Controller);
+    c.desired_cache = Some(qpm_operator::reconcile::CacheSlot {
+        cache: &cache,
+        key: "uid-1",
+    });
+    let s: DeploymentJobSpec = serde_json::from_value(json!({"job": {
+        "name": "cached-script", "platform": "Windows", "scheduleType": "Daily",
+        "startDateTime": "2025-07-01 09:57:18 AM", "timeout": 6, "timeoutUnit": "HOURS",
+        "preDeployActions": [{"action": "Run Script", "scriptType": "ps",
+            "scriptFrom": {"configMapKeyRef": {"name": "scripts", "key": "pre.ps1"}},
+            "params": {"actionItem": "S1", "timeout": 180}}]}}))
+    .expect("spec");
+    let mut state = EngineState::default();
+    let mut store = MemoryStore::default();
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::Created, "{}", out.message);
+    assert_eq!(cache.len(), 1);
+    let first = state.digests.clone();
+
+    sim.reset_counters();
+    for _ in 0..2 {
+        let out = engine::apply(&s, &mut state, &mut store, &c).await;
+        assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    }
+    assert_eq!(sim.count(UPDATE), 0);
+    assert_eq!(state.digests, first);
+
+    *scripts.0.lock().expect("lock") = b"Write-Host two".to_vec();
+    let obs = engine::observe(&s, &state, &c).await.expect("observe");
+    let paths: Vec<_> = obs.all_changes().iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, vec!["preDeployActions[0].script"]);
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::Updated, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
+    assert_ne!(state.digests, first);
+    assert_eq!(
+        state
+            .digests
+            .scripts
+            .get("pre[0].script")
+            .map(String::as_str),
+        Some(qpm_operator::reconcile::digest::script_digest(b"Write-Host two").as_str())
+    );
+    let out = engine::apply(&s, &mut state, &mut store, &c).await;
+    assert_eq!(out.reason, Reason::UpToDate, "{}", out.message);
+    assert_eq!(sim.count(UPDATE), 1);
+}
+
+/// The typed comparison equals the JSON diff on what the simulator answers for every example
+/// (ConfigMap scripts, the chained child), unchanged and with each managed member changed in
+/// turn (removed, null, another value of each type) and each member inside it nulled. Resyncs
+/// through the controller's cache of desired bodies stay converged.
+#[tokio::test]
+async fn the_typed_comparison_equals_the_json_diff_on_the_examples() {
+    use qpm_operator::reconcile::{
+        CacheSlot, DesiredCache, RenderInputs, diff, diff_live, normalise_desired,
+        normalise_live_managed, render,
+    };
+    let (_sim, client) = start().await;
+    let inputs = examples();
+    let directory = Directory::new();
+    let cache = DesiredCache::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut compared = 0;
+    for m in &inputs.jobs {
+        let scripts = InputScripts {
+            inputs: &inputs,
+            namespace: &m.namespace,
+        };
+        let linked = linked_id(m, &ids);
+        let key = m.key();
+        let mut c = ctx(
+            &client,
+            &directory,
+            &scripts,
+            linked.as_deref(),
+            Mode::Controller,
+        );
+        c.desired_cache = Some(CacheSlot {
+            cache: &cache,
+            key: &key,
+        });
+        let mut state = EngineState::default();
+        for expected in [Reason::Created, Reason::UpToDate, Reason::UpToDate] {
+            let out = engine::apply(&m.job.spec, &mut state, &mut MemoryStore::default(), &c).await;
+            assert_eq!(out.reason, expected, "{key}: {}", out.message);
+        }
+        let id = state.job_id.clone().expect("job id");
+        ids.insert(key.clone(), id.clone());
+
+        let live = client.get_job(&id).await.expect("live job");
+        let parent_post_actions: Vec<(String, String)> = match &linked {
+            Some(parent) => client
+                .get_job(parent)
+                .await
+                .expect("parent")
+                .post_deploy_actions
+                .get()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    Some((
+                        a.params.get()?.action_item.get()?.clone(),
+                        a.action_id.get()?.clone(),
+                    ))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let rendered = render(
+            &m.job.spec.job,
+            &RenderInputs {
+                linked_job_id: linked.as_deref(),
+                parent_post_actions: &parent_post_actions,
+                scripts: &scripts,
+            },
+        )
+        .expect("renders");
+        let desired = normalise_desired(&rendered);
+        let recorded = &state.digests.scripts;
+        let base = serde_json::to_value(&live).expect("json");
+        let mut variants = vec![base.clone()];
+        for (k, v) in desired.as_object().expect("object") {
+            for replacement in [
+                None,
+                Some(json!(null)),
+                Some(json!("x")),
+                Some(json!(7)),
+                Some(json!([])),
+                Some(json!({})),
+            ] {
+                let mut changed = base.clone();
+                match replacement {
+                    None => {
+                        changed.as_object_mut().expect("object").shift_remove(k);
+                    }
+                    Some(r) => changed[k] = r,
+                }
+                variants.push(changed);
+            }
+            let inner: Vec<String> = v
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            for i in inner {
+                let mut changed = base.clone();
+                changed[k][&i] = json!(null);
+                variants.push(changed);
+            }
+        }
+        for variant in variants {
+            let Ok(live) = serde_json::from_value::<qpm_operator::qualys::JobBody>(variant) else {
+                continue;
+            };
+            assert_eq!(
+                diff_live(&desired, &live, recorded),
+                diff(&desired, &normalise_live_managed(&live, recorded, &desired)),
+                "{key}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared}");
+    assert_eq!(cache.len(), inputs.jobs.len());
 }

@@ -214,6 +214,7 @@ pub fn context<'a, Q: ?Sized>(
         generation: None,
         // One listing per platform per run: jobs this run creates are added to it as it goes.
         listing_max_age: Duration::MAX,
+        desired_cache: None,
     }
 }
 

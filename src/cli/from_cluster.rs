@@ -337,6 +337,7 @@ async fn plan_one(
         generation: dj.metadata.generation,
         // One listing per connection per plan.
         listing_max_age: Duration::MAX,
+        desired_cache: None,
     };
     let observed = engine::observe(&dj.spec, &state, &ctx).await;
     super::plan::record(&mut r, observed);

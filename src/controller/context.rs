@@ -77,6 +77,8 @@ pub struct Shared {
     pub settings: Settings,
     /// The installed CRD, as compared with this binary's.
     pub crd: Arc<super::crd_check::InstalledCrd>,
+    /// Per resource: the desired body while its inputs are unchanged.
+    pub desired: crate::reconcile::DesiredCache,
     trigger: UnboundedSender<ObjectRef<DeploymentJob>>,
     /// Per resource: the retry delays still to come (exponential, jittered, capped).
     backoff: Mutex<HashMap<ObjectRef<DeploymentJob>, ExponentialBackoff>>,
@@ -102,6 +104,7 @@ impl Shared {
             recorder,
             settings,
             crd: super::crd_check::InstalledCrd::new(),
+            desired: crate::reconcile::DesiredCache::new(),
             trigger,
             backoff: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),

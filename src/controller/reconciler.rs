@@ -10,7 +10,9 @@ use crate::api::{
     Reason, ScriptSource, ScriptStore, validate::UnknownFields, validate_manifest_with,
 };
 use crate::reconcile::engine::{self, CleanupOptions};
-use crate::reconcile::{Claims, Context, EngineState, Mode, NoticeType, Outcome, ScriptResolver};
+use crate::reconcile::{
+    CacheSlot, Claims, Context, EngineState, Mode, NoticeType, Outcome, ScriptResolver,
+};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::controller::Action;
@@ -422,6 +424,9 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Shared) -> Result<Action, E
         publish(ctx, &dj, &outcome).await;
         ctx.set_reason_gone(&key);
         ctx.connections.forget(&key);
+        if let Some(uid) = &dj.metadata.uid {
+            ctx.desired.forget(uid);
+        }
         return Ok(Action::await_change());
     }
     let status = compose(
@@ -447,8 +452,8 @@ async fn cleanup_inner(dj: Arc<DeploymentJob>, ctx: &Shared) -> Result<Action, E
 
 /// The engine's view of one reconcile of `dj` through `conn`.
 fn engine_context<'a>(
-    ctx: &Shared,
-    dj: &DeploymentJob,
+    ctx: &'a Shared,
+    dj: &'a DeploymentJob,
     conn: &'a Resolved,
     claims: &'a dyn Claims,
     scripts: &'a dyn ScriptResolver,
@@ -463,6 +468,10 @@ fn engine_context<'a>(
         mode: Mode::Controller,
         generation: dj.metadata.generation,
         listing_max_age: ctx.settings.listing_max_age,
+        desired_cache: dj.metadata.uid.as_deref().map(|key| CacheSlot {
+            cache: &ctx.desired,
+            key,
+        }),
     }
 }
 

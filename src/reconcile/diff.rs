@@ -40,6 +40,11 @@ pub fn diff(desired: &Value, live: &Value) -> Vec<FieldDiff> {
     out
 }
 
+/// [`diff`] of one top-level member, appended to `out` (paths start with `key`).
+pub(super) fn diff_member(key: &str, desired: &Value, live: &Value, out: &mut Vec<FieldDiff>) {
+    walk(desired, live, &mut key.to_string(), out);
+}
+
 fn walk(desired: &Value, live: &Value, path: &mut String, out: &mut Vec<FieldDiff>) {
     match desired {
         Value::Object(d) => {

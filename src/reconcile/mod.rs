@@ -3,6 +3,8 @@
 //! bodies to send, and (in `engine`) execute the resulting plan against a Qualys client.
 //! No Kubernetes client below this line.
 
+pub mod compare;
+pub mod desired;
 pub mod diff;
 pub mod digest;
 pub mod directory;
@@ -14,6 +16,8 @@ pub mod render;
 pub mod state;
 pub mod update;
 
+pub use compare::{Compact, diff_live};
+pub use desired::{CacheSlot, Desired, DesiredCache};
 pub use diff::{FieldDiff, diff};
 pub use directory::Directory;
 pub use engine::{

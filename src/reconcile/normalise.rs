@@ -61,16 +61,25 @@ pub fn normalise_live_managed(
     let Some(managed) = desired.as_object() else {
         return normalise_live(live, recorded);
     };
+    normalise_live_keys(live, recorded, &|k: &str| managed.contains_key(k))
+}
+
+/// [`normalise_live`] restricted to the top-level members `keep` accepts. Each member is
+/// normalised on its own, so the result for a member does not depend on which others are kept.
+pub(super) fn normalise_live_keys(
+    live: &JobBody,
+    recorded: &BTreeMap<String, String>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Value {
     // Building a JSON value is most of the cost of a reconcile: build only the managed fields.
-    let keep = |k: &str| managed.contains_key(k);
-    let mut v = match live.serialize(filtered::Top { keep: &keep }) {
+    let mut v = match live.serialize(filtered::Top { keep }) {
         Ok(v) => v,
         Err(_) => serde_json::to_value(live).unwrap_or(Value::Null),
     };
     // The rule comes back under linkedToJob; lift it from the typed job rather than turning
     // the whole parent summary (with its action details) into JSON.
     if let Value::Object(o) = &mut v
-        && managed.contains_key("chainedJobRule")
+        && keep("chainedJobRule")
         && o.get("chainedJobRule").is_none_or(Value::is_null)
     {
         o.insert("chainedJobRule".into(), Value::Array(linked_rules(live)));
@@ -79,6 +88,122 @@ pub fn normalise_live_managed(
     normalise(&mut v);
     v
 }
+
+pub(super) use filtered::Unsupported;
+
+/// The `Serializer` methods of a serializer that reads only some shapes: each is an error, so
+/// the caller takes another path.
+macro_rules! unsupported_rest {
+    (compound $ok:ty) => {
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStruct, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Unsupported> {
+            Err(Unsupported)
+        }
+    };
+    ($ok:ty) => {
+        fn serialize_bool(self, _: bool) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i8(self, _: i8) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i16(self, _: i16) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i32(self, _: i32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_i64(self, _: i64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u8(self, _: u8) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u16(self, _: u16) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u32(self, _: u32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_u64(self, _: u64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_f32(self, _: f32) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_f64(self, _: f64) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_char(self, _: char) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_bytes(self, _: &[u8]) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_none(self) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit(self) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+        ) -> Result<$ok, Unsupported> {
+            Err(Unsupported)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
+            Err(Unsupported)
+        }
+        unsupported_rest!(compound $ok);
+    };
+}
+pub(super) use unsupported_rest;
 
 /// A serializer for the top level of a job body that turns only the kept members into JSON
 /// values. It accepts exactly what serde's derive produces for a struct with a flattened
@@ -153,12 +278,6 @@ mod filtered {
         }
     }
 
-    macro_rules! unsupported {
-        ($($name:ident($($t:ty),*)),* $(,)?) => {
-            $(fn $name(self, $(_: $t),*) -> Result<Value, Unsupported> { Err(Unsupported) })*
-        };
-    }
-
     impl<'a> ser::Serializer for Top<'a> {
         type Ok = Value;
         type Error = Unsupported;
@@ -178,30 +297,14 @@ mod filtered {
             })
         }
 
-        unsupported!(
-            serialize_bool(bool),
-            serialize_i8(i8),
-            serialize_i16(i16),
-            serialize_i32(i32),
-            serialize_i64(i64),
-            serialize_u8(u8),
-            serialize_u16(u16),
-            serialize_u32(u32),
-            serialize_u64(u64),
-            serialize_f32(f32),
-            serialize_f64(f64),
-            serialize_char(char),
-            serialize_str(&str),
-            serialize_bytes(&[u8]),
-            serialize_none(),
-            serialize_unit(),
-            serialize_unit_struct(&'static str),
-            serialize_unit_variant(&'static str, u32, &'static str),
-        );
+        fn serialize_str(self, _: &str) -> Result<Value, Unsupported> {
+            Err(Unsupported)
+        }
 
         fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Value, Unsupported> {
             Err(Unsupported)
         }
+
         fn serialize_newtype_struct<T: ?Sized + Serialize>(
             self,
             _: &'static str,
@@ -209,53 +312,8 @@ mod filtered {
         ) -> Result<Value, Unsupported> {
             Err(Unsupported)
         }
-        fn serialize_newtype_variant<T: ?Sized + Serialize>(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: &T,
-        ) -> Result<Value, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleStruct, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_tuple_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_struct(
-            self,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStruct, Unsupported> {
-            Err(Unsupported)
-        }
-        fn serialize_struct_variant(
-            self,
-            _: &'static str,
-            _: u32,
-            _: &'static str,
-            _: usize,
-        ) -> Result<Self::SerializeStructVariant, Unsupported> {
-            Err(Unsupported)
-        }
+
+        super::unsupported_rest!(Value);
     }
 }
 
@@ -275,7 +333,7 @@ fn tokenise_live(v: &mut Value, recorded: &BTreeMap<String, String>) {
 }
 
 /// A token for script text that is (or should be) base64 content.
-fn content_token(value: &str) -> Value {
+pub(super) fn content_token(value: &str) -> Value {
     if value.starts_with("sha256:") || value.starts_with(UNKNOWN_SCRIPT_PREFIX) {
         return Value::String(value.to_string());
     }
@@ -350,7 +408,7 @@ pub fn normalise(v: &mut Value) {
 /// What the value-level rules do with a key (one `match`, not a scan of each list per key:
 /// this runs on every node of both bodies on every reconcile).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(super) enum Class {
     Numeric,
     EmptyMeansNull,
     NumericOrEmpty,
@@ -361,7 +419,7 @@ enum Class {
     Other,
 }
 
-fn classify(k: &str) -> Class {
+pub(super) fn classify(k: &str) -> Class {
     match k {
         "additionalDynamicQQLType" => Class::NumericOrEmpty,
         "patchTuesdayPlusXDays"
@@ -389,6 +447,23 @@ fn classify(k: &str) -> Class {
         "startDateTime" => Class::StartDateTime,
         _ => Class::Other,
     }
+}
+
+/// The members of `onComplete` the server fills in when they are null or missing.
+const ON_COMPLETE_DEFAULTS: [&str; 3] = ["userMessage", "description", "alwaysShowCompletedPrompt"];
+
+/// What the server answers for a null or missing `onComplete` member.
+pub(super) fn on_complete_default(field: &str) -> Option<Value> {
+    match field {
+        "userMessage" | "description" => Some(Value::String(String::new())),
+        "alwaysShowCompletedPrompt" => Some(Value::Bool(false)),
+        _ => None,
+    }
+}
+
+/// The value rules applied to one value found under `key` (None: a list item).
+pub(super) fn normalise_value(v: &mut Value, key: Option<&str>) {
+    walk(v, key);
 }
 
 fn walk(v: &mut Value, key: Option<&str>) {
@@ -421,12 +496,9 @@ fn walk(v: &mut Value, key: Option<&str>) {
                 *v = Value::Object(Map::new());
             }
             if let Value::Object(o) = v {
-                for (field, default) in [
-                    ("userMessage", Value::String(String::new())),
-                    ("description", Value::String(String::new())),
-                    ("alwaysShowCompletedPrompt", Value::Bool(false)),
-                ] {
+                for field in ON_COMPLETE_DEFAULTS {
                     if o.get(field).is_none_or(Value::is_null) {
+                        let default = on_complete_default(field).unwrap_or(Value::Null);
                         o.insert(field.to_string(), default);
                     }
                 }

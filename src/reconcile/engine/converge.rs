@@ -2,13 +2,11 @@
 //! only describe the differences.
 
 use super::Context;
-use super::observe::{IdentifiedBy, Observation, StateAction, is_recurring};
+use super::observe::{IdentifiedBy, Observation, StateAction, is_recurring, not_rendered};
 use super::outcome::{Notice, Outcome, api_failure, with_live};
 use crate::api::{DeploymentJobSpec, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::diff;
 use crate::reconcile::gateway::GatewayWrite;
-use crate::reconcile::normalise::normalise_live_managed;
 use crate::reconcile::state::{EngineState, StateStore};
 use crate::reconcile::update::update_body;
 use jiff::Timestamp;
@@ -130,7 +128,11 @@ async fn write_update<Q: GatewayWrite + ?Sized>(
         return Ok(Vec::new());
     }
     let id = &p.id;
-    let body = update_body(&p.current, &obs.rendered, &state.digests.scripts);
+    let body = update_body(
+        &p.current,
+        obs.rendered.as_ref().ok_or_else(not_rendered)?,
+        &state.digests.scripts,
+    );
     let answer = ctx
         .client
         .update_job(id, &body)
@@ -139,17 +141,14 @@ async fn write_update<Q: GatewayWrite + ?Sized>(
     p.wrote = true;
     // Scripts sent as content are now the stored ones.
     state.digests.scripts.extend(
-        obs.rendered
+        obs.desired
             .scripts
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     state.digests.body = Some(obs.desired_digest.clone());
     state.last_write_time = Some(Timestamp::now());
-    let after = diff(
-        &obs.desired,
-        &normalise_live_managed(&answer, &state.digests.scripts, &obs.desired),
-    );
+    let after = obs.desired.value.diff(&answer, &state.digests.scripts);
     let stuck: Vec<String> = after
         .iter()
         .filter(|c| c.path != "status")
@@ -181,7 +180,7 @@ fn record_update(
     let id = &p.id;
     if updated_fields.is_empty() {
         state.digests.body = Some(obs.desired_digest.clone());
-        state.digests.scripts.extend(obs.rendered.scripts.clone());
+        state.digests.scripts.extend(obs.desired.scripts.clone());
         return Vec::new();
     }
     let fields = updated_fields.join(", ");

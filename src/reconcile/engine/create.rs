@@ -3,7 +3,7 @@
 
 use super::Context;
 use super::converge::set_state;
-use super::observe::Observation;
+use super::observe::{Observation, not_rendered};
 use super::outcome::{Notice, Outcome, api_failure, refused_outright, with_live};
 use crate::api::{DeploymentJobSpec, JobState, PendingCreate, Reason};
 use crate::qualys::{self, Error as QError, JobBody};
@@ -48,7 +48,7 @@ pub(super) async fn create<S: StateStore, Q: GatewayWrite + ?Sized>(
     state.job_id = Some(id.clone());
     state.pending_create = None;
     state.digests.body = Some(obs.desired_digest.clone());
-    state.digests.scripts = obs.rendered.scripts.clone();
+    state.digests.scripts = obs.desired.scripts.clone();
     state.last_write_time = Some(Timestamp::now());
     state.adopted_generation = None;
     let saved = store.save(state).await;
@@ -83,7 +83,7 @@ async fn post<S: StateStore, Q: GatewayWrite + ?Sized>(
     ctx: &Context<'_, Q>,
     obs: &Observation,
 ) -> Result<JobBody, Outcome> {
-    let body = create_body(&obs.rendered);
+    let body = create_body(obs.rendered.as_ref().ok_or_else(not_rendered)?);
     match ctx.client.create_job(&body).await {
         Ok(job) => Ok(job),
         Err(e @ QError::OutcomeUnknown { .. }) => {

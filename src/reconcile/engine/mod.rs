@@ -16,6 +16,7 @@ pub use outcome::{
     reason_for,
 };
 
+use super::desired::CacheSlot;
 use super::diff::FieldDiff;
 use super::directory::Directory;
 use super::gateway::GatewayWrite;
@@ -66,6 +67,8 @@ pub struct Context<'a, Q: ?Sized = Client> {
     pub generation: Option<i64>,
     /// How old a job listing may be for a name lookup before a create.
     pub listing_max_age: Duration,
+    /// Where this resource's desired body is kept between reconciles (None: rendered each time).
+    pub desired_cache: Option<CacheSlot<'a>>,
 }
 
 /// Reconcile toward the spec: create, adopt, update, enable/disable, or (Report mode) only

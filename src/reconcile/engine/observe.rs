@@ -7,15 +7,15 @@ use crate::api::{
     DeploymentJobSpec, JobState, PendingCreate, Reason, RecreatePolicy, ScheduleType,
 };
 use crate::qualys::{self, Error as QError, JobBody};
-use crate::reconcile::diff::{FieldDiff, diff};
-use crate::reconcile::digest::value_digest;
+use crate::reconcile::desired::{self, Desired};
+use crate::reconcile::diff::FieldDiff;
 use crate::reconcile::directory::Listed;
 use crate::reconcile::gateway::GatewayRead;
-use crate::reconcile::normalise::{normalise_desired, normalise_live_managed};
 use crate::reconcile::render::{RenderError, RenderInputs, Rendered, render};
 use crate::reconcile::state::EngineState;
 use jiff::Timestamp;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How far a job's creation date may precede the recorded start of a create and still be that
@@ -63,8 +63,10 @@ pub(super) enum StateAction {
 /// The read-only half of a reconcile: what exists and how it differs.
 #[derive(Debug)]
 pub struct Observation {
-    pub rendered: Rendered,
-    pub(super) desired: Value,
+    /// The wire form of the desired body: always there when the job is to be created or
+    /// updated (a cached desired body has none otherwise).
+    pub rendered: Option<Rendered>,
+    pub(super) desired: Arc<Desired>,
     pub desired_digest: String,
     pub live: Option<JobBody>,
     pub identified_by: IdentifiedBy,
@@ -147,21 +149,15 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
         parent_post_actions: &parent_actions,
         scripts: ctx.scripts,
     };
-    let rendered = render(job, &inputs).map_err(|e| match e {
-        RenderError::WaitingForLinkedJob { .. } => {
-            Outcome::new(Reason::WaitingForLinkedJob, e.to_string())
-        }
-        other => Outcome::new(Reason::InvalidSpec, other.to_string()),
-    })?;
-    let desired = normalise_desired(&rendered);
-    let desired_digest = value_digest(&desired);
+    let (desired, rendered) =
+        desired::desired(job, &inputs, ctx.desired_cache).map_err(render_failure)?;
 
     let (live, identified_by, adopting, recreating) = find_live(spec, state, ctx).await?;
 
     let mut obs = Observation {
+        desired_digest: desired.digest.clone(),
         rendered,
         desired,
-        desired_digest,
         live,
         identified_by,
         changes: Vec::new(),
@@ -170,14 +166,37 @@ pub async fn observe<Q: GatewayRead + ?Sized>(
         recreating,
     };
     if let Some(live) = &obs.live {
-        let live_norm = normalise_live_managed(live, &state.digests.scripts, &obs.desired);
-        obs.changes = diff(&obs.desired, &live_norm)
+        obs.changes = obs
+            .desired
+            .value
+            .diff(live, &state.digests.scripts)
             .into_iter()
             .filter(|c| c.path != "status")
             .collect();
         obs.state_action = state_action(spec, state, ctx, live, adopting);
     }
+    // A cached desired body has no wire form; a reconcile that writes one renders it again.
+    if obs.rendered.is_none() && (obs.live.is_none() || !obs.changes.is_empty()) {
+        obs.rendered = Some(render(job, &inputs).map_err(render_failure)?);
+    }
     Ok(obs)
+}
+
+/// A write found no wire form of the desired body (observe renders it whenever one is due).
+pub(super) fn not_rendered() -> Outcome {
+    Outcome::new(
+        Reason::InvalidSpec,
+        "internal error: the desired body was not rendered before a write",
+    )
+}
+
+fn render_failure(e: RenderError) -> Outcome {
+    match e {
+        RenderError::WaitingForLinkedJob { .. } => {
+            Outcome::new(Reason::WaitingForLinkedJob, e.to_string())
+        }
+        other => Outcome::new(Reason::InvalidSpec, other.to_string()),
+    }
 }
 
 /// The `linkedJobRef` parent's post-deploy actions as (actionItem, actionId), read from its
