@@ -169,6 +169,17 @@ impl Client {
     /// already also ends the walk (a gateway ignoring `pageNumber` would otherwise be asked
     /// forever). Ids seen twice (a job created between pages shifts the offsets) are kept once.
     pub async fn list_summaries(&self, platform: &str) -> Result<Vec<JobSummary>, Error> {
+        self.list_summaries_with(platform, Some).await
+    }
+
+    /// [`list_summaries`](Self::list_summaries), keeping of each summary only what `keep`
+    /// makes of it (`None`: drop it). Summaries are decoded a page at a time, so a caller that
+    /// keeps a few fields of 10,000 jobs never holds 10,000 whole summaries.
+    pub async fn list_summaries_with<T>(
+        &self,
+        platform: &str,
+        mut keep: impl FnMut(JobSummary) -> Option<T>,
+    ) -> Result<Vec<T>, Error> {
         if platform.trim().is_empty() {
             return Err(Error::Invalid {
                 field: Some("platform".to_owned()),
@@ -208,8 +219,10 @@ impl Client {
                 if fresh {
                     new += 1;
                     // Kept in the list by a gateway that deletes softly; gone for every caller.
-                    if item.deleted.get() != Some(&true) {
-                        all.push(item);
+                    if item.deleted.get() != Some(&true)
+                        && let Some(kept) = keep(item)
+                    {
+                        all.push(kept);
                     }
                 }
             }
