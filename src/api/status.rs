@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 /// it differs from what is stored.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// The blocks that are absent most of the time (pending create, drift) or hold several strings
+// are boxed: every resource's status is cached, and inline they cost ~300 bytes each.
 pub struct DeploymentJobStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,13 +38,13 @@ pub struct DeploymentJobStatus {
     /// Recorded before a create is sent, so a crash between the create and the status write
     /// that records the job id is recovered by adopting that job, not by creating a second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_create: Option<PendingCreate>,
+    pub pending_create: Option<Box<PendingCreate>>,
 
     /// Digests of what was last written: the managed body and each script (`sha256:` of the
     /// decoded bytes, keyed like `pre[0].script`). Scripts cannot be read back from Qualys, so
     /// these are how a script change is noticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digests: Option<Digests>,
+    pub digests: Option<Box<Digests>>,
 
     /// Report mode: how the live job differs from the spec. Scripts appear as digests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -51,11 +53,11 @@ pub struct DeploymentJobStatus {
 
     /// Drift corrected or detected: which fields, and how often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<DriftStatus>,
+    pub drift: Option<Box<DriftStatus>>,
 
     /// A summary of the live job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<LiveJobSummary>,
+    pub job: Option<Box<LiveJobSummary>>,
 
     /// The generation at which an existing job was adopted. The operator never enables a job
     /// on adoption: its `status` is applied only once the spec changes after this generation.

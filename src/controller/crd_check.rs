@@ -313,12 +313,12 @@ mod tests {
         );
         let full = DeploymentJobStatus {
             job_id: Some("j".into()),
-            pending_create: Some(crate::api::PendingCreate {
+            pending_create: Some(Box::new(crate::api::PendingCreate {
                 name: "n".into(),
                 platform: "WINDOWS".into(),
                 body_digest: "d".into(),
                 started_at: "t".into(),
-            }),
+            })),
             ..Default::default()
         };
         let stored = installed.as_stored(&full);

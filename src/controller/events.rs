@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -18,8 +19,8 @@ const CACHE_TTL: SignedDuration = SignedDuration::from_mins(6);
 
 /// What a repeat of an event needs: where the first one is, and how often it was seen.
 struct Seen {
-    namespace: String,
-    name: String,
+    namespace: Box<str>,
+    name: Box<str>,
     count: i32,
     last: Timestamp,
 }
@@ -28,8 +29,9 @@ pub struct Recorder {
     client: kube::Client,
     reporter: Reporter,
     /// Keyed like kube's recorder: type, action, reason, reporter and the regarding and
-    /// related references, joined into one string.
-    cache: Mutex<HashMap<String, Seen>>,
+    /// related references, joined into one string — and kept as 128 bits of its SHA-256, not
+    /// as the string (about 200 bytes, for every resource that had an event in six minutes).
+    cache: Mutex<HashMap<u128, Seen>>,
 }
 
 fn push_ref(key: &mut String, r: &ObjectReference) {
@@ -56,7 +58,7 @@ impl Recorder {
         }
     }
 
-    fn key(&self, ev: &Event, regarding: &ObjectReference) -> String {
+    fn key(&self, ev: &Event, regarding: &ObjectReference) -> u128 {
         let mut key = String::with_capacity(160);
         key.push_str(match ev.type_ {
             EventType::Normal => "N\0",
@@ -72,7 +74,10 @@ impl Recorder {
         if let Some(related) = &ev.secondary {
             push_ref(&mut key, related);
         }
-        key
+        let digest = Sha256::digest(key.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        u128::from_le_bytes(first)
     }
 
     fn event(&self, ev: &Event, reference: &ObjectReference, now: Timestamp) -> K8sEvent {
@@ -121,9 +126,13 @@ impl Recorder {
         let repeat = match self.cache.lock() {
             Ok(mut cache) => {
                 cache.retain(|_, seen| seen.last + CACHE_TTL > now);
-                cache
-                    .get(&key)
-                    .map(|seen| (seen.namespace.clone(), seen.name.clone(), seen.count + 1))
+                cache.get(&key).map(|seen| {
+                    (
+                        seen.namespace.to_string(),
+                        seen.name.to_string(),
+                        seen.count + 1,
+                    )
+                })
             }
             Err(_) => None,
         };
@@ -153,8 +162,8 @@ impl Recorder {
             cache.insert(
                 key,
                 Seen {
-                    namespace,
-                    name,
+                    namespace: namespace.into(),
+                    name: name.into(),
                     count,
                     last: now,
                 },

@@ -164,7 +164,7 @@ pub fn compose(
         s.drift = Some(drift);
     }
     if let Some(live) = &outcome.live {
-        s.job = Some(live.clone());
+        s.job = Some(Box::new(live.clone()));
     }
     s
 }

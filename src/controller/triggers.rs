@@ -45,23 +45,18 @@ pub async fn poll_once(ctx: &Shared) -> std::time::Duration {
         // One platform at a time, so only one platform's listing is in memory at once.
         let mut listing = HashMap::new();
         for platform in crate::qualys::values::PLATFORMS {
-            let summaries = match client.list_summaries(platform).await {
-                Ok(s) => s,
+            let dates = match directory.refresh(&client, platform).await {
+                Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(connection = %id, error = %e, "cannot list job summaries");
                     continue 'connections;
                 }
             };
-            for s in &summaries {
-                if let Some(job_id) = s.id.get() {
-                    listing.insert(
-                        job_id.clone(),
-                        crate::reconcile::engine::later_date_ms(&s.created, &s.updated)
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-            directory.replace(platform, summaries);
+            listing.extend(
+                dates
+                    .into_iter()
+                    .map(|(id, ms)| (id, ms.unwrap_or_default())),
+            );
         }
         ctx.metrics.polled(&id.to_string());
         floor = floor.max(client.min_poll_interval(client.list_calls() - calls_before));

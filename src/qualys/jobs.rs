@@ -169,6 +169,17 @@ impl Client {
     /// already also ends the walk (a gateway ignoring `pageNumber` would otherwise be asked
     /// forever). Ids seen twice (a job created between pages shifts the offsets) are kept once.
     pub async fn list_summaries(&self, platform: &str) -> Result<Vec<JobSummary>, Error> {
+        self.list_summaries_with(platform, Some).await
+    }
+
+    /// [`list_summaries`](Self::list_summaries), keeping of each summary only what `keep`
+    /// makes of it (`None`: drop it). Summaries are decoded a page at a time, so a caller that
+    /// keeps a few fields of 10,000 jobs never holds 10,000 whole summaries.
+    pub async fn list_summaries_with<T>(
+        &self,
+        platform: &str,
+        mut keep: impl FnMut(JobSummary) -> Option<T>,
+    ) -> Result<Vec<T>, Error> {
         if platform.trim().is_empty() {
             return Err(Error::Invalid {
                 field: Some("platform".to_owned()),
@@ -192,15 +203,8 @@ impl Client {
                 .what("the job summary endpoint (is the gateway URL right?)");
             self.inner.list_calls.fetch_add(1, Ordering::Relaxed);
             let bytes = self.execute(&call).await?;
-            let items: Vec<JobSummary> = decode(Endpoint::ListSummaries, &bytes)?;
-            let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-            if count == 0 {
-                reached_the_end = true;
-                break;
-            }
-            largest = largest.max(count);
             let mut new = 0;
-            for item in items {
+            let count = decode_each(Endpoint::ListSummaries, &bytes, |item: JobSummary| {
                 let fresh = match item.id.get() {
                     Some(id) => seen.insert(id.clone()),
                     None => true,
@@ -208,11 +212,18 @@ impl Client {
                 if fresh {
                     new += 1;
                     // Kept in the list by a gateway that deletes softly; gone for every caller.
-                    if item.deleted.get() != Some(&true) {
-                        all.push(item);
+                    if item.deleted.get() != Some(&true)
+                        && let Some(kept) = keep(item)
+                    {
+                        all.push(kept);
                     }
                 }
+            })?;
+            if count == 0 {
+                reached_the_end = true;
+                break;
             }
+            largest = largest.max(count);
             if new == 0 {
                 warn!(
                     platform,
@@ -425,6 +436,37 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Decode a JSON list one item at a time, handing each to `each` as it is read: a page of
+/// 1,000 summaries is never held whole beside its own bytes. Returns how many there were.
+fn decode_each<T: serde::de::DeserializeOwned>(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    each: impl FnMut(T),
+) -> Result<u32, Error> {
+    struct Each<F, T>(F, std::marker::PhantomData<T>);
+    impl<'de, F: FnMut(T), T: serde::de::DeserializeOwned> serde::de::Visitor<'de> for Each<F, T> {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<u32, A::Error> {
+            let mut count = 0u32;
+            while let Some(item) = seq.next_element::<T>()? {
+                (self.0)(item);
+                count = count.saturating_add(1);
+            }
+            Ok(count)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::Deserializer::deserialize_seq(&mut de, Each(each, std::marker::PhantomData))
+        .and_then(|count| de.end().map(|()| count))
+        .map_err(|e| Error::Decode {
+            endpoint,
+            message: e.to_string(),
+        })
+}
+
 pub(super) fn check_id(id: &str) -> Result<(), Error> {
     if id.trim().is_empty() {
         return Err(Error::Invalid {
@@ -440,4 +482,30 @@ fn is_marked_deleted(job: &JobBody) -> bool {
     let by = job.deleted_by.get().is_some_and(|a| !a.date.is_unset());
     let flag = job.extra.get("deleted") == Some(&serde_json::Value::Bool(true));
     by || flag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_each_hands_over_every_item_in_order_and_refuses_what_is_not_one_list() {
+        let mut names = Vec::new();
+        let count = decode_each(
+            Endpoint::ListSummaries,
+            br#"[{"id": "a", "name": "x"}, {"name": "y"}]"#,
+            |s: JobSummary| names.push(s.name.get().cloned()),
+        )
+        .unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(names, [Some("x".to_string()), Some("y".to_string())]);
+        assert_eq!(
+            decode_each(Endpoint::ListSummaries, b"[]", |_: JobSummary| {}).unwrap(),
+            0
+        );
+        for bad in [&br#"{"id": "a"}"#[..], b"[] []", b"[{\"id\": 1}"] {
+            let err = decode_each(Endpoint::ListSummaries, bad, |_: JobSummary| {}).unwrap_err();
+            assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        }
+    }
 }

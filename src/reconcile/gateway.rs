@@ -6,6 +6,7 @@
 //! The futures are boxed: the controller needs them `Send`, and a trait object (`dyn
 //! GatewayRead`) needs them to have one type.
 
+use super::directory::Brief;
 use crate::qualys::{
     self, Audit, AuditUser, Client, Error as QError, Field, ItemOutcome, JobBody, JobSummary,
     LooseInt, WireState,
@@ -23,6 +24,12 @@ pub trait GatewayRead: Sync {
         &'a self,
         platform: &'a str,
     ) -> BoxFuture<'a, Result<Vec<JobSummary>, QError>>;
+    /// The listing as the directory keeps it.
+    fn list_briefs<'a>(&'a self, platform: &'a str) -> BoxFuture<'a, Result<Vec<Brief>, QError>> {
+        self.list_summaries(platform)
+            .map(|all| Ok(all?.into_iter().filter_map(Brief::from_summary).collect()))
+            .boxed()
+    }
 }
 
 /// What the engine writes to Qualys.
@@ -56,6 +63,11 @@ impl GatewayRead for Client {
         platform: &'a str,
     ) -> BoxFuture<'a, Result<Vec<JobSummary>, QError>> {
         Client::list_summaries(self, platform).boxed()
+    }
+    // Each page's summaries are shed as the page is read: 10,000 whole summaries would
+    // otherwise be held at once, twice the memory of everything else per job.
+    fn list_briefs<'a>(&'a self, platform: &'a str) -> BoxFuture<'a, Result<Vec<Brief>, QError>> {
+        Client::list_summaries_with(self, platform, Brief::from_summary).boxed()
     }
 }
 

@@ -75,34 +75,43 @@ pub fn spec_from_live(live: &JobBody) -> Result<(JobSpec, Vec<String>), ImportEr
         pre_deployment: live
             .pre_deployment
             .get()
-            .map(|p| deferrable(p, &mut e, "preDeployment")),
-        during_deployment: live.during_deployment.get().map(|p| PromptSpec {
-            user_message: p.user_message.get().cloned(),
-            description: p.description.get().cloned(),
-        }),
-        post_deployment: live.post_deployment.get().map(|p| PostDeploymentSpec {
-            suppress_reboots: copy(&p.suppress_reboots),
-            reboot_honor_on_user_login: copy(&p.reboot_honor_on_user_login),
-            reboot_option: p
-                .reboot_option
-                .get()
-                .map(|r| deferrable(r, &mut e, "postDeployment.rebootOption")),
-            reboot_countdown: p.reboot_countdown.get().map(|c| RebootCountdownSpec {
-                interval: int(&c.interval),
-                interval_unit: e.read(
-                    "postDeployment.rebootCountdown.intervalUnit",
-                    &c.interval_unit,
-                    TimeUnit::from_wire,
-                ),
-                user_message: c.user_message.get().cloned(),
-                description: c.description.get().cloned(),
-            }),
-            on_complete: p.on_complete.get().map(|c| OnCompleteSpec {
-                user_message: c.user_message.get().cloned(),
-                description: c.description.get().cloned(),
-                always_show_completed_prompt: copy(&c.always_show_completed_prompt),
-            }),
-        }),
+            .map(|p| deferrable(p, &mut e, "preDeployment"))
+            .map(Box::new),
+        during_deployment: live
+            .during_deployment
+            .get()
+            .map(|p| PromptSpec {
+                user_message: p.user_message.get().cloned(),
+                description: p.description.get().cloned(),
+            })
+            .map(Box::new),
+        post_deployment: live
+            .post_deployment
+            .get()
+            .map(|p| PostDeploymentSpec {
+                suppress_reboots: copy(&p.suppress_reboots),
+                reboot_honor_on_user_login: copy(&p.reboot_honor_on_user_login),
+                reboot_option: p
+                    .reboot_option
+                    .get()
+                    .map(|r| deferrable(r, &mut e, "postDeployment.rebootOption")),
+                reboot_countdown: p.reboot_countdown.get().map(|c| RebootCountdownSpec {
+                    interval: int(&c.interval),
+                    interval_unit: e.read(
+                        "postDeployment.rebootCountdown.intervalUnit",
+                        &c.interval_unit,
+                        TimeUnit::from_wire,
+                    ),
+                    user_message: c.user_message.get().cloned(),
+                    description: c.description.get().cloned(),
+                }),
+                on_complete: p.on_complete.get().map(|c| OnCompleteSpec {
+                    user_message: c.user_message.get().cloned(),
+                    description: c.description.get().cloned(),
+                    always_show_completed_prompt: copy(&c.always_show_completed_prompt),
+                }),
+            })
+            .map(Box::new),
         description: live.description.get().cloned(),
         opportunistic_downloads: copy(&live.opportunistic_downloads),
         filter_type: e.read("filterType", &live.filter_type, FilterType::from_wire),
@@ -130,22 +139,25 @@ pub fn spec_from_live(live: &JobBody) -> Result<(JobSpec, Vec<String>), ImportEr
             platform,
             &mut e,
         ),
-        notification: live.notification.get().map(|n| NotificationSpec {
-            notification_types: n.notification_types.get().map(|t| NotificationTypesSpec {
-                email: copy(&t.email),
-            }),
-            notification_configs: n
-                .notification_configs
-                .get()
-                .map(|c| NotificationConfigsSpec {
-                    recipient_emails: c.recipient_emails.get().cloned(),
-                    completed_percentage: int(&c.completed_percentage),
+        notification: live
+            .notification
+            .get()
+            .map(|n| NotificationSpec {
+                notification_types: n.notification_types.get().map(|t| NotificationTypesSpec {
+                    email: copy(&t.email),
                 }),
-            notification_events: n.notification_events.get().map(|v| NotificationEventsSpec {
-                on_job_start: copy(&v.on_job_start),
-                on_job_complete: copy(&v.on_job_complete),
-            }),
-        }),
+                notification_configs: n.notification_configs.get().map(|c| {
+                    NotificationConfigsSpec {
+                        recipient_emails: c.recipient_emails.get().cloned(),
+                        completed_percentage: int(&c.completed_percentage),
+                    }
+                }),
+                notification_events: n.notification_events.get().map(|v| NotificationEventsSpec {
+                    on_job_start: copy(&v.on_job_start),
+                    on_job_complete: copy(&v.on_job_complete),
+                }),
+            })
+            .map(Box::new),
         linked_job_id: live.linked_job_id.get().filter(|s| !s.is_empty()).cloned(),
         linked_job_ref: None,
         chained_job_rule: chained_rules(live),

@@ -139,7 +139,7 @@ pub fn render(spec: &JobSpec, inputs: &RenderInputs<'_>) -> Result<Rendered, Ren
         download_randomize_time_unit: opt(spec
             .download_randomize_time_unit
             .map(|u| u.as_str().to_string())),
-        pre_deployment: opt(spec.pre_deployment.as_ref().map(deferrable)),
+        pre_deployment: opt(spec.pre_deployment.as_deref().map(deferrable)),
         during_deployment: opt(spec.during_deployment.as_ref().map(|p| qualys::Prompt {
             user_message: opt(p.user_message.clone()),
             description: opt(p.description.clone()),

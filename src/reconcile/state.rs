@@ -39,8 +39,8 @@ impl EngineState {
         };
         EngineState {
             job_id: s.job_id.clone(),
-            pending_create: s.pending_create.clone(),
-            digests: s.digests.clone().unwrap_or_default(),
+            pending_create: s.pending_create.as_deref().cloned(),
+            digests: s.digests.as_deref().cloned().unwrap_or_default(),
             last_write_time: s.last_write_time.as_ref().map(|t| t.0),
             adopted_generation: s.adopted_generation,
             last_enabled_time: s.last_enabled_time.as_ref().map(|t| t.0),
@@ -50,11 +50,11 @@ impl EngineState {
     /// Copy the engine's memory into a status.
     pub fn write_to(&self, status: &mut DeploymentJobStatus) {
         status.job_id = self.job_id.clone();
-        status.pending_create = self.pending_create.clone();
+        status.pending_create = self.pending_create.clone().map(Box::new);
         status.digests = if self.digests == Digests::default() {
             None
         } else {
-            Some(self.digests.clone())
+            Some(Box::new(self.digests.clone()))
         };
         status.last_write_time = self.last_write_time.map(to_second);
         status.adopted_generation = self.adopted_generation;
