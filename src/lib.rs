@@ -12,3 +12,6 @@ pub mod probe;
 pub mod qualys;
 pub mod reconcile;
 pub mod sim;
+
+#[cfg(test)]
+mod seed_fixtures;

@@ -45,19 +45,7 @@ mod lossless_tests {
     use super::JobBody;
     use serde_json::Value;
 
-    const FIXTURES: [&str; 6] = [
-        "01-windows-install.request.json",
-        "01-windows-install.response.json",
-        "02-linux-rollback.request.json",
-        "02-linux-rollback.response.json",
-        "03-chained-job.request.json",
-        "03-chained-job.response.json",
-    ];
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::seed_fixtures::{FILES as FIXTURES, bytes as fixture};
 
     #[test]
     fn every_seed_body_round_trips_to_the_same_json_value() {

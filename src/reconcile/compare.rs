@@ -869,18 +869,10 @@ mod tests {
     use crate::reconcile::render::{RenderInputs, render};
     use serde_json::json;
 
-    const SEEDS: [&str; 6] = [
-        "01-windows-install.request.json",
-        "01-windows-install.response.json",
-        "02-linux-rollback.request.json",
-        "02-linux-rollback.response.json",
-        "03-chained-job.request.json",
-        "03-chained-job.response.json",
-    ];
+    use crate::seed_fixtures::FILES as SEEDS;
 
     fn seed(name: &str) -> Value {
-        let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        serde_json::from_slice(&crate::seed_fixtures::bytes(name)).unwrap()
     }
 
     /// Desired bodies to compare against: each seed as a spec, its scripts as storage paths

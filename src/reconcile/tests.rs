@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 fn seed(name: &str) -> JobBody {
-    let path = format!("{}/testdata/seed/{name}", env!("CARGO_MANIFEST_DIR"));
-    JobBody::from_json(&std::fs::read(&path).unwrap()).unwrap()
+    JobBody::from_json(&crate::seed_fixtures::bytes(name)).unwrap()
 }
 
 fn render_plain(spec: &JobSpec, linked: Option<&str>) -> Rendered {
