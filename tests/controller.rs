@@ -615,6 +615,60 @@ async fn deleting_after_the_credentials_secret_is_gone_uses_the_last_good_creden
     op.shutdown().await;
 }
 
+/// A resource whose deletion was stuck and whose finalizer was then removed by hand leaves the
+/// cache without a last reconcile: the operator still forgets it (its reason no longer counts
+/// in qpm_managed_jobs).
+#[tokio::test]
+async fn a_resource_whose_finalizer_was_removed_by_hand_no_longer_counts() {
+    let env = Env::start().await;
+    let op = env.operator().await;
+    env.create("stuck", spec("stuck")).await;
+    env.wait_reason("stuck", "Created").await;
+    op.shutdown().await;
+    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
+    secrets
+        .delete("qualys", &DeleteParams::default())
+        .await
+        .unwrap();
+    // A fresh operator without credentials cannot delete the job: DeletionBlocked.
+    let op = env.operator().await;
+    env.jobs
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_reason("stuck", "DeletionBlocked").await;
+    let metric = |name: &str| {
+        op.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let blocked = r#"qpm_managed_jobs{reason="DeletionBlocked"}"#;
+    wait_for(
+        WAIT,
+        "the stuck resource counted as DeletionBlocked",
+        || async { (metric(blocked) == 1.0).then_some(()) },
+    )
+    .await;
+    env.patch_spec("stuck", json!({"metadata": {"finalizers": null}}))
+        .await;
+    env.wait_gone("stuck").await;
+    wait_for(WAIT, "the vanished resource forgotten", || async {
+        (metric(blocked) == 0.0).then_some(())
+    })
+    .await;
+    let text = op.metrics.encode();
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("qpm_managed_jobs{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 0.0, "{text}");
+    op.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_existing_job_is_adopted_by_job_id_and_not_enabled() {
     let env = Env::start().await;

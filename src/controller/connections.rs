@@ -228,6 +228,17 @@ impl Connections {
         }
     }
 
+    /// Every resource with a connection assignment.
+    pub fn keys(&self) -> Vec<ObjectRef<DeploymentJob>> {
+        let mut keys = Vec::new();
+        for map in [&self.current, &self.last_good] {
+            if let Ok(m) = map.lock() {
+                keys.extend(m.keys().cloned());
+            }
+        }
+        keys
+    }
+
     /// The resource `key` is gone: it uses no connection any more.
     pub fn forget(&self, key: &ObjectRef<DeploymentJob>) {
         if let Ok(mut m) = self.current.lock() {

@@ -12,7 +12,7 @@ use futures::channel::mpsc::UnboundedSender;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,6 +163,36 @@ impl Shared {
                 ready: ready.unwrap_or(outcome).as_str(),
             }),
         );
+    }
+
+    /// Forget what is kept per resource for resources no longer in the cache. Most leave
+    /// through their finalizer's last reconcile, which forgets them there; one whose finalizer
+    /// was removed by hand (a stuck deletion, cleared with kubectl) vanishes without one, and its
+    /// reason would count in `qpm_managed_jobs` for the life of the process.
+    pub fn forget_vanished(&self) {
+        let cached = self.store.state();
+        let present: HashSet<ObjectRef<DeploymentJob>> =
+            cached.iter().map(|dj| key_of(dj)).collect();
+        let uids: HashSet<&str> = cached
+            .iter()
+            .filter_map(|dj| dj.metadata.uid.as_deref())
+            .collect();
+        let mut vanished: HashSet<ObjectRef<DeploymentJob>> = self
+            .metrics
+            .reason_keys()
+            .into_iter()
+            .chain(self.connections.keys())
+            .filter(|k| !present.contains(k))
+            .collect();
+        if let Ok(m) = self.backoff.lock() {
+            vanished.extend(m.keys().filter(|k| !present.contains(*k)).cloned());
+        }
+        for key in &vanished {
+            self.set_reason_gone(key);
+            self.connections.forget(key);
+            self.reset_backoff(key);
+        }
+        self.desired.retain(|uid| uids.contains(uid));
     }
 
     pub fn set_reason_gone(&self, key: &ObjectRef<DeploymentJob>) {

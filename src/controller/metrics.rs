@@ -301,6 +301,14 @@ impl Metrics {
         self.last_reconcile.set(now_seconds());
     }
 
+    /// Every resource with recorded reasons.
+    pub fn reason_keys(&self) -> Vec<ObjectRef<DeploymentJob>> {
+        self.reasons
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Record the reasons of a resource (`None` when it is gone).
     pub fn set_reason(&self, key: &ObjectRef<DeploymentJob>, reasons: Option<Reasons>) {
         let Ok(mut map) = self.reasons.lock() else {

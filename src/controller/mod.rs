@@ -474,7 +474,8 @@ async fn run_controller(
     let pollers = {
         let a = tokio::spawn(triggers::poll_summaries(ctx.clone()));
         let b = tokio::spawn(triggers::poll_secrets(ctx.clone()));
-        (a, b)
+        let c = tokio::spawn(triggers::forget_vanished(ctx.clone()));
+        (a, b, c)
     };
 
     let stop_signal = async move {
@@ -500,6 +501,7 @@ async fn run_controller(
         .await;
     pollers.0.abort();
     pollers.1.abort();
+    pollers.2.abort();
     crd_follow.abort();
 }
 

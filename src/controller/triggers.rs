@@ -74,6 +74,19 @@ pub async fn poll_once(ctx: &Shared) -> std::time::Duration {
     floor
 }
 
+/// Every poll interval, forget the per-resource state of resources that left the cache
+/// without a last reconcile (`Shared::forget_vanished`). An entry exists only once a reconcile
+/// found its resource in the cache, and the cache swaps a re-listing in whole, so a resource
+/// missing from it is gone.
+pub async fn forget_vanished(ctx: Arc<Shared>) {
+    let mut interval = tokio::time::interval(ctx.settings.poll_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        ctx.forget_vanished();
+    }
+}
+
 /// Re-read every referenced Secret by name (metadata only) each interval; a change, creation
 /// or deletion re-queues exactly the resources that reference it. No list or watch of Secrets.
 pub async fn poll_secrets(ctx: Arc<Shared>) {

@@ -141,6 +141,12 @@ impl DesiredCache {
         entries.remove(key);
     }
 
+    /// Keep only the entries of the resources `keep` says still exist.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|key, _| keep(key));
+    }
+
     pub fn len(&self) -> usize {
         self.entries
             .lock()
