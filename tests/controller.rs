@@ -153,6 +153,28 @@ impl Env {
             .expect("patch");
     }
 
+    /// A resource whose job exists and whose deletion is blocked: created by one operator, then
+    /// its credentials Secret deleted and the resource deleted under a fresh operator, which has
+    /// no credentials in memory. Returns that operator, the job id and the resource.
+    async fn deletion_blocked(&self, name: &str) -> (Operator, String, DeploymentJob) {
+        let op = self.operator().await;
+        self.create(name, spec(name)).await;
+        let id = job_id(&self.wait_reason(name, "Created").await);
+        op.shutdown().await;
+        let secrets: Api<Secret> = Api::namespaced(self.cluster.client(), self.ns());
+        secrets
+            .delete("qualys", &DeleteParams::default())
+            .await
+            .unwrap();
+        let op = self.operator().await;
+        self.jobs
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        let dj = self.wait_reason(name, "DeletionBlocked").await;
+        (op, id, dj)
+    }
+
     /// Wait until the Ready condition's reason is `reason` for the current generation; on a
     /// timeout, say what the conditions were.
     async fn wait_reason(&self, name: &str, reason: &str) -> DeploymentJob {
@@ -583,21 +605,7 @@ async fn deleting_after_the_credentials_secret_is_gone_uses_the_last_good_creden
 
     // A fresh operator has no credentials in memory: DeletionBlocked until force-orphan.
     let env2 = Env::start().await;
-    let op = env2.operator().await;
-    env2.create("blocked", spec("blocked")).await;
-    let id = job_id(&env2.wait_reason("blocked", "Created").await);
-    op.shutdown().await;
-    let secrets: Api<Secret> = Api::namespaced(env2.cluster.client(), env2.ns());
-    secrets
-        .delete("qualys", &DeleteParams::default())
-        .await
-        .unwrap();
-    let op = env2.operator().await;
-    env2.jobs
-        .delete("blocked", &DeleteParams::default())
-        .await
-        .unwrap();
-    let dj = env2.wait_reason("blocked", "DeletionBlocked").await;
+    let (op, id, dj) = env2.deletion_blocked("blocked").await;
     assert_eq!(condition(&dj, "Stalled").unwrap().status, "True");
     assert!(
         condition(&dj, "Ready")
@@ -621,22 +629,7 @@ async fn deleting_after_the_credentials_secret_is_gone_uses_the_last_good_creden
 #[tokio::test]
 async fn a_resource_whose_finalizer_was_removed_by_hand_no_longer_counts() {
     let env = Env::start().await;
-    let op = env.operator().await;
-    env.create("stuck", spec("stuck")).await;
-    env.wait_reason("stuck", "Created").await;
-    op.shutdown().await;
-    let secrets: Api<Secret> = Api::namespaced(env.cluster.client(), env.ns());
-    secrets
-        .delete("qualys", &DeleteParams::default())
-        .await
-        .unwrap();
-    // A fresh operator without credentials cannot delete the job: DeletionBlocked.
-    let op = env.operator().await;
-    env.jobs
-        .delete("stuck", &DeleteParams::default())
-        .await
-        .unwrap();
-    env.wait_reason("stuck", "DeletionBlocked").await;
+    let (op, ..) = env.deletion_blocked("stuck").await;
     let metric = |name: &str| {
         op.metrics
             .encode()
