@@ -325,6 +325,15 @@ fn condition<'a>(dj: &'a DeploymentJob, ty: &str) -> Option<&'a Condition> {
         .find(|c| c.type_ == ty)
 }
 
+/// The value of one metric series (`name{labels}`) in the operator's metrics text.
+fn sample(op: &Operator, name: &str) -> Option<f64> {
+    op.metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+        .and_then(|v| v.parse::<f64>().ok())
+}
+
 fn job_id(dj: &DeploymentJob) -> String {
     dj.status
         .as_ref()
@@ -630,14 +639,7 @@ async fn deleting_after_the_credentials_secret_is_gone_uses_the_last_good_creden
 async fn a_resource_whose_finalizer_was_removed_by_hand_no_longer_counts() {
     let env = Env::start().await;
     let (op, ..) = env.deletion_blocked("stuck").await;
-    let metric = |name: &str| {
-        op.metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let metric = |name: &str| sample(&op, name).unwrap_or(0.0);
     let blocked = r#"qpm_managed_jobs{reason="DeletionBlocked"}"#;
     wait_for(
         WAIT,
@@ -1057,13 +1059,7 @@ async fn managed_jobs_counts_the_ready_reason_a_resync_keeps() {
     let op = env.operator_resyncing(Duration::from_millis(100)).await;
     env.create("kept", spec("kept")).await;
     env.wait_reason("kept", "Created").await;
-    let metric = |name: &str| {
-        op.metrics
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let metric = |name: &str| sample(&op, name);
     let up_to_date = r#"qpm_reconciles_total{result="UpToDate"}"#;
     wait_for(WAIT, "three resyncs that find nothing to do", || async {
         (metric(up_to_date)? >= 3.0).then_some(())
