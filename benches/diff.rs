@@ -170,19 +170,7 @@ fn example_cases(inputs: &Inputs) -> Vec<Case> {
             let parent_post_actions = parent
                 .as_ref()
                 .and_then(|p| lives.get(p))
-                .map(|p: &JobBody| {
-                    p.post_deploy_actions
-                        .get()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|a| {
-                            Some((
-                                a.params.get()?.action_item.get()?.clone(),
-                                a.action_id.get()?.clone(),
-                            ))
-                        })
-                        .collect()
-                })
+                .map(JobBody::post_action_ids)
                 .unwrap_or_default();
             ids.insert(m.key(), id);
             lives.insert(m.key(), live.clone());

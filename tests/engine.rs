@@ -1125,17 +1125,7 @@ async fn the_typed_comparison_equals_the_json_diff_on_the_examples() {
                 .get_job(parent)
                 .await
                 .expect("parent")
-                .post_deploy_actions
-                .get()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| {
-                    Some((
-                        a.params.get()?.action_item.get()?.clone(),
-                        a.action_id.get()?.clone(),
-                    ))
-                })
-                .collect(),
+                .post_action_ids(),
             None => Vec::new(),
         };
         let rendered = render(

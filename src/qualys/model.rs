@@ -650,6 +650,22 @@ impl JobBody {
         self.id.get().map(String::as_str)
     }
 
+    /// The post-deploy actions as (actionItem, actionId), those with both: what a chained
+    /// child's `actionRefs` name.
+    pub fn post_action_ids(&self) -> Vec<(String, String)> {
+        self.post_deploy_actions
+            .get()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a.params.get()?.action_item.get()?.clone(),
+                    a.action_id.get()?.clone(),
+                ))
+            })
+            .collect()
+    }
+
     pub fn job_name(&self) -> Option<&str> {
         self.name.get().map(String::as_str)
     }

@@ -225,16 +225,7 @@ async fn parent_post_actions<Q: GatewayRead + ?Sized>(
         ),
         other => api_failure(&other, "reading the linked parent job"),
     })?;
-    let mut actions = Vec::new();
-    for a in parent.post_deploy_actions.get().into_iter().flatten() {
-        if let (Some(item), Some(id)) = (
-            a.params.get().and_then(|p| p.action_item.get()),
-            a.action_id.get(),
-        ) {
-            actions.push((item.clone(), id.clone()));
-        }
-    }
-    Ok(actions)
+    Ok(parent.post_action_ids())
 }
 
 pub(super) type Found = (Option<JobBody>, IdentifiedBy, bool, bool);
