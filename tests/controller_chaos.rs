@@ -52,7 +52,7 @@ async fn the_standby_takes_over_from_a_sigkilled_leader_and_the_old_one_writes_n
 /// that sends, right before reqwest writes; kube's client hands the request to its buffer task
 /// after the check, a wider gap, and one run in about five let one status patch and one
 /// finalizer patch of the resumed leader through. So Kubernetes writes are bounded by the
-/// reconciles in flight (--concurrency 16), one each, not zero.
+/// reconciles in flight (`chaos::RECONCILES`), one each, not zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_resumed_after_losing_its_lease_writes_nothing_after_the_takeover() {
     let figures = chaos::failover(&short(), true)
@@ -63,6 +63,9 @@ async fn a_leader_resumed_after_losing_its_lease_writes_nothing_after_the_takeov
         .old_leader_writes_after_takeover
         .expect("the takeover was seen");
     assert_eq!(qualys, 0, "Qualys writes by the resumed leader");
-    assert!(kube <= 16, "{kube} Kubernetes writes by the resumed leader");
+    assert!(
+        kube <= chaos::RECONCILES,
+        "{kube} Kubernetes writes by the resumed leader"
+    );
     assert_eq!(figures.duplicates, 0);
 }

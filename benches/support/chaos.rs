@@ -379,7 +379,7 @@ impl Run {
             "--qualys-concurrency",
             "8",
             "--concurrency",
-            "16",
+            &RECONCILES.to_string(),
             "--poll-interval",
             &format!("{}s", self.cfg.poll_secs),
         ]
@@ -915,6 +915,9 @@ async fn holder(leases: &Api<Lease>) -> Option<(String, jiff::Timestamp)> {
 ///
 /// With `pause`, the leader is SIGSTOPped instead, until the standby holds the lease, then
 /// SIGCONTinued (a frozen node or a long GC pause): the same checks, with the old leader alive.
+/// The operator's `--concurrency` in these scenarios.
+pub const RECONCILES: usize = 16;
+
 pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
     let scenario = if pause {
         "leader SIGSTOPped mid-rollout past its lease, then resumed"
@@ -1035,8 +1038,13 @@ pub async fn failover(cfg: &Config, pause: bool) -> anyhow::Result<Figures> {
     let by_old = writes.iter().filter(|w| of(&w.user_agent, old)).count();
     run.figures.old_leader_writes_after_takeover = Some((kube_late.len(), qualys_late.len()));
     checked?;
+    // The fence is a check before each request: a pause landing between a check and the bytes
+    // on the wire lets that one request out on resume. kube's client hands requests to a buffer
+    // task after the check, so a resumed leader may finish one Kubernetes request per reconcile
+    // in flight; Qualys writes are checked in the sending task, and a killed leader sends none.
+    let kube_allowed = if pause { RECONCILES } else { 0 };
     anyhow::ensure!(
-        kube_late.is_empty() && qualys_late.is_empty(),
+        kube_late.len() <= kube_allowed && qualys_late.is_empty(),
         "the old leader {old} wrote after {new} acquired the lease (at {acquired}):\n  Kubernetes: {}\n  Qualys: {}\n{}",
         kube_late.join("; "),
         qualys_late.join("; "),
