@@ -1065,6 +1065,55 @@ async fn without_a_gateway_or_sim_every_command_fails_and_says_what_to_set() {
     assert!(both.stderr.contains("cannot be used with"), "{both:?}");
 }
 
+/// A CA bundle file that holds no certificate is named, with the flag (or variable), in the one
+/// line that refuses it — for the commands and for the probe alike — before any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_bundle_without_certificates_is_refused_naming_its_file() {
+    let dir = Dir::new("badca");
+    let bad = dir.s("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let examples = examples();
+    let env = [("QUALYS_USERNAME", "u"), ("QUALYS_PASSWORD", "p")];
+    let want = format!(
+        "error: --ca-bundle {bad}: holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)\n"
+    );
+    for args in [
+        vec![
+            "plan",
+            "-f",
+            &examples,
+            "--gateway-url",
+            "https://127.0.0.1:1",
+            "--ca-bundle",
+            &bad,
+        ],
+        vec![
+            "probe",
+            "--gateway-url",
+            "https://127.0.0.1:1",
+            "--ca-bundle",
+            &bad,
+        ],
+    ] {
+        let run = qpm(&args, &env).await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert_eq!(run.stderr, want, "{args:?}");
+    }
+    // The same from the environment names the variable.
+    let run = qpm(
+        &["check", "--gateway-url", "https://127.0.0.1:1"],
+        &[env[0], env[1], ("QUALYS_CA_BUNDLE_FILE", &bad)],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: QUALYS_CA_BUNDLE_FILE {bad}: holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)\n"
+        )
+    );
+}
+
 /// `plan -o json | head` closes the pipe early: no panic, no backtrace, the plan's own exit code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_the_output_quietly() {

@@ -10,6 +10,7 @@ use super::stats::Stats;
 use crate::api::validate::{MAX_PASSWORD_BYTES, password_problem};
 use crate::qualys::{
     BudgetArgs, CachedJob, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
+    read_ca_bundle,
 };
 use crate::reconcile::Directory;
 use crate::sim::{self, SimConfig, SimHandle};
@@ -81,16 +82,20 @@ impl GatewayArgs {
                     )
                 })?,
         };
-        let ca_file = self
-            .ca_bundle
-            .clone()
-            .or_else(|| env_var("QUALYS_CA_BUNDLE_FILE").map(PathBuf::from));
+        let ca_file = match &self.ca_bundle {
+            Some(path) => Some(("--ca-bundle", path.clone())),
+            None => env_var("QUALYS_CA_BUNDLE_FILE")
+                .map(|p| ("QUALYS_CA_BUNDLE_FILE", PathBuf::from(p))),
+        };
         let mut conn = Connection::new(gateway.trim(), username, password);
-        if let Some(path) = ca_file {
-            conn.ca_bundle = Some(
-                std::fs::read(&path)
-                    .with_context(|| format!("--ca-bundle {}: cannot read", path.display()))?,
-            );
+        if let Some((source, path)) = ca_file {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("{source} {}: cannot read", path.display()))?;
+            // Checked here, where the file is known: the client could only say "caBundle".
+            if let Err(problem) = read_ca_bundle(&pem) {
+                bail!("{source} {}: {problem}", path.display());
+            }
+            conn.ca_bundle = Some(pem);
         }
         Ok(Some(conn))
     }

@@ -38,6 +38,7 @@ pub use jobs::{ItemOutcome, WireState};
 pub use model::*;
 pub use options::{
     BudgetArgs, BudgetFlag, ClientOptions, ProxySettings, http_client_builder, parse_duration,
+    read_ca_bundle,
 };
 
 #[cfg(test)]

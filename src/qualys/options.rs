@@ -359,13 +359,16 @@ pub(super) fn build_proxies(settings: &ProxySettings) -> Result<Vec<reqwest::Pro
 }
 
 pub(super) fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Error> {
-    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-        Error::config("caBundle is not valid PEM (expected -----BEGIN CERTIFICATE----- blocks)")
-    })?;
+    read_ca_bundle(pem).map_err(|problem| Error::config(format!("caBundle {problem}")))
+}
+
+/// The certificates of a PEM bundle, or what is wrong with it (to follow the bundle's name:
+/// the Secret key, the flag or the file).
+pub fn read_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, &'static str> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|_| "is not valid PEM (expected -----BEGIN CERTIFICATE----- blocks)")?;
     if certs.is_empty() {
-        return Err(Error::config(
-            "caBundle holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
-        ));
+        return Err("holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)");
     }
     Ok(certs)
 }
