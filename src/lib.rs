@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod files;
 pub mod probe;
 pub mod qualys;
 pub mod reconcile;

@@ -1114,6 +1114,46 @@ async fn a_ca_bundle_without_certificates_is_refused_naming_its_file() {
     );
 }
 
+/// Single-file flags read only regular files, and only so much: a FIFO would block for ever and
+/// `/dev/zero` never ends. Each is one line naming the flag and the file, exit 1, no call.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_file_flags_refuse_fifos_and_devices() {
+    let dir = Dir::new("special");
+    let fifo = dir.s("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let examples = examples();
+    let env = [("QUALYS_USERNAME", "u"), ("QUALYS_PASSWORD", "p")];
+    let gw = ["--gateway-url", "https://127.0.0.1:1"];
+    for (flag, path, kind) in [
+        ("--ca-bundle", fifo.as_str(), "a FIFO"),
+        ("--ca-bundle", "/dev/zero", "a device"),
+        ("--password-file", fifo.as_str(), "a FIFO"),
+        ("--state", fifo.as_str(), "a FIFO"),
+    ] {
+        let mut args = vec!["plan", "-f", &examples];
+        args.extend(gw);
+        args.extend([flag, path]);
+        let run = qpm_guarded(&args, &env).await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        // The state file's errors name the file alone (its path may be the default).
+        let named = if flag == "--state" {
+            path.to_string()
+        } else {
+            format!("{flag} {path}")
+        };
+        assert_eq!(
+            run.stderr,
+            format!("error: {named}: {kind}: only regular files are read\n"),
+            "{args:?}"
+        );
+    }
+}
+
 /// `plan -o json | head` closes the pipe early: no panic, no backtrace, the plan's own exit code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_the_output_quietly() {

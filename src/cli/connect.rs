@@ -8,6 +8,7 @@ use super::manifests::Inputs;
 use super::state_file::{StateFile, write_atomically};
 use super::stats::Stats;
 use crate::api::validate::{MAX_PASSWORD_BYTES, password_problem};
+use crate::files::{MAX_CA_BUNDLE_BYTES, open_regular, read_regular};
 use crate::qualys::{
     BudgetArgs, CachedJob, Client, ClientOptions, Connection, ConnectionId, ProxySettings, Secret,
     read_ca_bundle,
@@ -89,8 +90,8 @@ impl GatewayArgs {
         };
         let mut conn = Connection::new(gateway.trim(), username, password);
         if let Some((source, path)) = ca_file {
-            let pem = std::fs::read(&path)
-                .with_context(|| format!("{source} {}: cannot read", path.display()))?;
+            let pem = read_regular(&path, MAX_CA_BUNDLE_BYTES)
+                .map_err(|e| anyhow!("{source} {}: {e}", path.display()))?;
             // Checked here, where the file is known: the client could only say "caBundle".
             if let Err(problem) = read_ca_bundle(&pem) {
                 bail!("{source} {}: {problem}", path.display());
@@ -178,8 +179,10 @@ fn read_password_file(path: &Path) -> anyhow::Result<Secret> {
     let mut bytes = Vec::new();
     // Bounded: a wrong path (a log file, /dev/zero) must not be read to the end.
     let limit = (MAX_PASSWORD_BYTES + 2) as u64;
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    open_regular(path)
+        .map_err(|e| anyhow!("--password-file {}: {e}", path.display()))?
+        .take(limit)
+        .read_to_end(&mut bytes)
         .with_context(|| format!("--password-file {}: cannot read", path.display()))?;
     // The first line, without its line ending: `echo secret > file` must work.
     let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();

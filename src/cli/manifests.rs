@@ -273,25 +273,7 @@ fn folder_id(path: &Path, meta: &std::fs::Metadata) -> FolderId {
     }
 }
 
-/// What a path is that is neither a folder nor a regular file, in words.
-fn special_kind(meta: &std::fs::Metadata) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    let _ = meta;
-    "not a regular file"
-}
+use crate::files::special_kind;
 
 impl Walk {
     fn error(&mut self, path: &Path, message: String) {

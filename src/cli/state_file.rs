@@ -43,13 +43,16 @@ impl std::fmt::Debug for StateFile {
     }
 }
 
+/// The most read from a state file (100,000 jobs take about 50 MB).
+const MAX_STATE_BYTES: u64 = 1 << 30;
+
 impl StateFile {
     /// Open (or start) the file at `path`; `None` keeps the state in memory only.
     pub fn open(path: Option<&Path>) -> Result<Self, String> {
         let body = match path {
             Some(p) if p.exists() => {
-                let bytes =
-                    std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+                let bytes = crate::files::read_regular(p, MAX_STATE_BYTES)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
                 let body: FileBody = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{}: not a qpm-operator state file: {e}", p.display()))?;
                 if body.version != VERSION {

@@ -530,7 +530,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut c = Connection::new(url.clone(), user.clone(), Secret::new(pw));
             if let Some(path) = &args.ca_bundle_file {
                 c.ca_bundle = Some(
-                    std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    crate::files::read_regular(path, crate::files::MAX_CA_BUNDLE_BYTES)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
                 );
             }
             Some(c)

@@ -40,15 +40,15 @@ pub struct Loaded {
 
 /// Read a state file; a missing file is an empty state (it is created on the first save).
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::files::read_regular(path, 1 << 30) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(crate::files::ReadError::NotFound) => {
             return Ok(Loaded {
                 jobs: Vec::new(),
                 scripts: BTreeMap::new(),
             });
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
     let state: StateIn = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a simulator state file", path.display()))?;

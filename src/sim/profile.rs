@@ -22,8 +22,8 @@ pub const DOCUMENTED_RATE_LIMIT: RateLimit = RateLimit {
 
 /// Read a probe report, refusing other formats and versions.
 pub fn read_report(path: &Path) -> anyhow::Result<Report> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("--profile {}: cannot read", path.display()))?;
+    let bytes = crate::files::read_regular(path, 64 << 20)
+        .map_err(|e| anyhow::anyhow!("--profile {}: {e}", path.display()))?;
     let report: Report = serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "--profile {}: not a qpm-operator probe report",
